@@ -1,0 +1,146 @@
+//! Request extraction shared by the handlers: the calling key (`Auth`) and JSON bodies read
+//! within the size, depth and content-type rules, each failure a JSON `ApiError`.
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::{HeaderMap, header, request::Parts};
+use serde_json::Value;
+
+use super::AppState;
+use crate::auth::Principal;
+use crate::domain::json_depth::{MAX_JSON_DEPTH, depth_exceeds};
+use crate::error::ApiError;
+
+/// The authenticated caller. Extracted before the body, so unauthenticated requests never have
+/// their bodies read.
+pub struct Auth(pub Principal);
+
+/// The key text a request presents: `X-API-Key`, else `Authorization: Bearer`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get("x-api-key") {
+        return v.to_str().ok().map(str::trim);
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state
+            .auth
+            .authenticate(presented_key(&parts.headers))
+            .await
+            .map(Auth)
+    }
+}
+
+/// Is the declared content type JSON? A missing type is taken as JSON (curl's `-d` users).
+fn is_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("");
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type(format!(
+            "Content-Type '{}' is not supported; send application/json",
+            crate::domain::time::truncate_for_message(text)
+        )))
+    }
+}
+
+/// Reads the body (at most `max_bytes`) and parses it as JSON.
+pub async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    max_bytes: usize,
+) -> Result<Value, ApiError> {
+    is_json_content_type(headers)?;
+    let too_large = || {
+        ApiError::too_large(format!(
+            "the request body is larger than {max_bytes} bytes (ANNALS_MAX_BODY_BYTES)"
+        ))
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max_bytes as u64
+    {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, max_bytes).await.map_err(|e| {
+        let limit_hit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if limit_hit {
+            too_large()
+        } else {
+            ApiError::bad_json(format!("the request body could not be read: {e}"))
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_json(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    if depth_exceeds(&bytes, MAX_JSON_DEPTH) {
+        return Err(ApiError::invalid(
+            "",
+            format!("JSON is nested deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_json(format!("the request body is not valid JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn key_from_either_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_key(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(presented_key(&h), Some("abc"));
+        h.insert("x-api-key", HeaderValue::from_static("xyz"));
+        assert_eq!(presented_key(&h), Some("xyz"));
+        let mut basic = HeaderMap::new();
+        basic.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(presented_key(&basic), None);
+    }
+
+    #[test]
+    fn json_content_types() {
+        let mut h = HeaderMap::new();
+        assert!(is_json_content_type(&h).is_ok());
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert!(is_json_content_type(&h).is_ok());
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/cloudevents+json"),
+        );
+        assert!(is_json_content_type(&h).is_ok());
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(is_json_content_type(&h).is_err());
+    }
+}

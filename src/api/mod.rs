@@ -1,0 +1,78 @@
+//! The HTTP API: one module per resource, each exporting its `router()`; this module merges them
+//! and adds the cross-cutting layers (request ids, tracing, panics → JSON 500, JSON 404/405).
+//!
+//! Routes (DESIGN.md): `/v1/*`, the unversioned AUDITOR paths `/events`, `/health`, and the
+//! seed-002 aliases under `/api/v1/*`.
+
+mod events;
+mod extract;
+mod health;
+mod query_params;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{Method, Request, Uri};
+use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{Authenticator, KeyService};
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::store::Store;
+
+/// Everything a handler needs, shared by all requests.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub auth: Arc<Authenticator>,
+    pub keys: KeyService,
+    pub limits: Limits,
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+pub fn router(state: AppState) -> Router {
+    let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
+    Router::new()
+        .merge(events::router())
+        .merge(health::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(
+                    // The span names the path only: query strings can carry tokens.
+                    TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                        let id = req
+                            .headers()
+                            .get(REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::internal("a handler panicked").into_response()
+                })),
+        )
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    ApiError::not_found(format!("there is no route for {method} {}", uri.path())).into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+    .into_response()
+}

@@ -1,0 +1,205 @@
+//! Query-string parsing for event listings: reserved parameters become typed filters, every
+//! other `name=value` becomes a filter on `data` (seed 001), `data.a.b=value` on a nested field.
+//! Also the opaque cursor and the `Link: rel="next"` header.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::domain::{ClientId, FieldError, Timestamp, TopicPattern};
+use crate::error::ApiError;
+use crate::store::{DataFilter, EventQuery, Order};
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+const MAX_DATA_FILTERS: usize = 16;
+const MAX_VALUE_LEN: usize = 1024;
+
+/// Parsed listing parameters; `client_id` is what the caller asked for, before the tenancy check.
+pub struct ListParams {
+    pub query: EventQuery,
+    pub requested_client: Option<ClientId>,
+}
+
+pub fn parse_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or("")).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("the query string is malformed: {e}"),
+        )
+    })
+}
+
+pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiError> {
+    let mut q = EventQuery {
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
+    let mut requested_client = None;
+    let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in pairs {
+        if !seen.insert(name.as_str()) {
+            errors.push(FieldError::new(name, "is given more than once"));
+            continue;
+        }
+        if value.chars().count() > MAX_VALUE_LEN {
+            errors.push(FieldError::new(
+                name,
+                format!("must be at most {MAX_VALUE_LEN} characters"),
+            ));
+            continue;
+        }
+        let text = || Some(value.clone());
+        let result: Result<(), String> = match name.as_str() {
+            "user_id" => Ok(q.user_id = text()),
+            "source" => Ok(q.source = text()),
+            "subject" => Ok(q.subject = text()),
+            "correlation_id" => Ok(q.correlation_id = text()),
+            "status" => Ok(q.status = text()),
+            "event_type" => TopicPattern::parse(value).map(|p| q.event_type = Some(p)),
+            "from" => Timestamp::parse_bound(value).map(|t| q.from = Some(t)),
+            "to" => Timestamp::parse_bound(value).map(|t| q.to = Some(t)),
+            "client_id" => ClientId::parse(value).map(|c| requested_client = Some(c)),
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(q.limit = n),
+                _ => Err(format!("must be a whole number from 1 to {MAX_LIMIT}")),
+            },
+            "order" => match value.as_str() {
+                "asc" => Ok(q.order = Order::Asc),
+                "desc" => Ok(q.order = Order::Desc),
+                _ => Err(String::from("must be asc or desc")),
+            },
+            "cursor" => decode_cursor(value).map(|s| q.after_seq = Some(s)),
+            other => data_path(other).map(|path| {
+                q.data.push(DataFilter {
+                    path,
+                    value: value.clone(),
+                })
+            }),
+        };
+        if let Err(message) = result {
+            errors.push(FieldError::new(name, message));
+        }
+    }
+    if q.data.len() > MAX_DATA_FILTERS {
+        errors.push(FieldError::new(
+            "data",
+            format!("at most {MAX_DATA_FILTERS} data filters"),
+        ));
+    }
+    if let (Some(from), Some(to)) = (q.from, q.to)
+        && from >= to
+    {
+        errors.push(FieldError::new("to", "must be later than from"));
+    }
+    if errors.is_empty() {
+        Ok(ListParams {
+            query: q,
+            requested_client,
+        })
+    } else {
+        Err(ApiError::invalid_fields(errors))
+    }
+}
+
+/// `amount` → `["amount"]`; `data.a.b` → `["a", "b"]`.
+fn data_path(name: &str) -> Result<Vec<String>, String> {
+    let path: Vec<&str> = match name.strip_prefix("data.") {
+        Some(rest) => rest.split('.').collect(),
+        None => vec![name],
+    };
+    if path.len() > 8 {
+        return Err(String::from(
+            "a data filter path may have at most 8 segments",
+        ));
+    }
+    for segment in &path {
+        if segment.is_empty()
+            || segment.len() > 128
+            || segment.contains(['"', '\\'])
+            || segment.chars().any(char::is_control)
+        {
+            return Err(String::from(
+                "is not a usable data field name (1-128 characters, no quotes, backslashes or empty segments)",
+            ));
+        }
+    }
+    Ok(path.into_iter().map(String::from).collect())
+}
+
+pub fn encode_cursor(seq: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))
+}
+
+fn decode_cursor(text: &str) -> Result<i64, String> {
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("seq:").and_then(|n| n.parse().ok()))
+        .ok_or_else(|| {
+            String::from("is not a cursor this server issued; use the Link header's URL")
+        })
+}
+
+/// `<path?…&cursor=…>; rel="next"`, keeping every other parameter as the client sent it.
+pub fn next_link(path: &str, pairs: &[(String, String)], next_after: i64) -> String {
+    let mut kept: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "cursor")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let cursor = encode_cursor(next_after);
+    kept.push(("cursor", &cursor));
+    let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
+    format!("<{path}?{query}>; rel=\"next\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(q: &str) -> Vec<(String, String)> {
+        parse_pairs(Some(q)).unwrap()
+    }
+
+    #[test]
+    fn unknown_names_are_data_filters() {
+        let p =
+            parse_list_params(&pairs("user_id=u1&amount=1200&data.a.b=x&data.status=ok")).unwrap();
+        assert_eq!(p.query.user_id.as_deref(), Some("u1"));
+        let paths: Vec<_> = p.query.data.iter().map(|d| d.path.join("/")).collect();
+        assert_eq!(paths, ["amount", "a/b", "status"]);
+        assert!(p.query.status.is_none());
+    }
+
+    #[test]
+    fn bad_parameters_are_all_reported() {
+        let Err(e) = parse_list_params(&pairs(
+            "limit=0&order=up&from=never&cursor=zz&event_type=a..b",
+        )) else {
+            panic!("should fail");
+        };
+        let fields: Vec<_> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["limit", "order", "from", "cursor", "event_type"]);
+    }
+
+    #[test]
+    fn cursor_round_trip_and_link() {
+        assert_eq!(decode_cursor(&encode_cursor(42)), Ok(42));
+        let link = next_link("/v1/events", &pairs("user_id=a%20b&cursor=old"), 7);
+        assert_eq!(
+            link,
+            format!(
+                "</v1/events?user_id=a+b&cursor={}>; rel=\"next\"",
+                encode_cursor(7)
+            )
+        );
+    }
+
+    #[test]
+    fn repeated_parameters_are_refused() {
+        assert!(parse_list_params(&pairs("user_id=a&user_id=b")).is_err());
+    }
+}

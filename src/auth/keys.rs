@@ -1,0 +1,247 @@
+//! API keys: issuing, hashing, verifying, and the management operations the CLI (`annals keys`)
+//! and the HTTP admin API share.
+//!
+//! Key text: `ank_<key_id>_<secret>` — `key_id` is 16 hex digits (public, the lookup prefix),
+//! `secret` is 256 random bits in base64url. The store keeps SHA-256(secret) only; a random
+//! 256-bit secret needs no slow hash.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::Principal;
+use crate::domain::access::{KeyRecord, KeySelector, Scope, Scopes};
+use crate::domain::{ClientId, Timestamp};
+use crate::error::ApiError;
+use crate::store::{Store, StoreError};
+
+const KEY_PREFIX: &str = "ank_";
+/// How long a looked-up key record is trusted before it is read again. Changes made through
+/// this process invalidate it at once; changes by another process (the CLI) apply within this.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+const CACHE_MAX_ENTRIES: usize = 10_000;
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).expect("the operating system's random source failed");
+    buf
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Splits key text into `(key_id, secret)`.
+fn split_key(text: &str) -> Option<(&str, &str)> {
+    let rest = text.strip_prefix(KEY_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty())
+        .then_some((id, secret))
+}
+
+/// What a new key should be.
+#[derive(Clone, Debug)]
+pub struct NewKeyRequest {
+    pub client_id: ClientId,
+    pub name: String,
+    pub scopes: Scopes,
+    pub rate_limit: Option<u32>,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A freshly issued key: `key` is the only time the secret is ever visible.
+#[derive(Clone, Debug)]
+pub struct IssuedKey {
+    pub key: String,
+    pub record: KeyRecord,
+}
+
+/// Resolves presented key text to a `Principal`.
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    static_key_hash: Option<[u8; 32]>,
+    static_client: ClientId,
+    static_rate_limit: Option<u32>,
+    cache: RwLock<HashMap<String, (Instant, Option<KeyRecord>)>>,
+}
+
+impl Authenticator {
+    /// `static_key` is `ANNALS_API_KEY`: an admin key for `static_client`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        static_key: Option<&str>,
+        static_client: ClientId,
+        static_rate_limit: Option<u32>,
+    ) -> Self {
+        Self {
+            store,
+            static_key_hash: static_key.map(|k| sha256(k.as_bytes())),
+            static_client,
+            static_rate_limit,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal, ApiError> {
+        let Some(presented) = presented.filter(|k| !k.is_empty()) else {
+            return Err(ApiError::unauthorized(
+                "an API key is required: send it as X-API-Key or Authorization: Bearer",
+            ));
+        };
+        if let Some(expected) = &self.static_key_hash
+            && bool::from(sha256(presented.as_bytes()).ct_eq(expected))
+        {
+            return Ok(Principal {
+                key_id: None,
+                key_name: String::from("ANNALS_API_KEY"),
+                client_id: self.static_client.clone(),
+                scopes: Scopes::new(Scope::ALL.to_vec()),
+                rate_limit: self.static_rate_limit,
+            });
+        }
+        let invalid = || ApiError::unauthorized("the API key is not valid");
+        let (key_id, secret) = split_key(presented).ok_or_else(invalid)?;
+        let record = self.lookup(key_id).await?.ok_or_else(invalid)?;
+        if !bool::from(sha256(secret.as_bytes()).ct_eq(&record.secret_hash)) {
+            return Err(invalid());
+        }
+        if !record.is_active {
+            return Err(ApiError::unauthorized("the API key is disabled"));
+        }
+        if record.expires_at.is_some_and(|t| t <= Timestamp::now()) {
+            return Err(ApiError::unauthorized("the API key has expired"));
+        }
+        Ok(Principal {
+            key_id: Some(record.key_id),
+            key_name: record.name,
+            client_id: record.client_id,
+            scopes: record.scopes,
+            rate_limit: record.rate_limit,
+        })
+    }
+
+    async fn lookup(&self, key_id: &str) -> Result<Option<KeyRecord>, ApiError> {
+        if let Some((at, record)) = self.cache.read().expect("key cache lock").get(key_id)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(record.clone());
+        }
+        let record = self
+            .store
+            .find_key(key_id.to_string())
+            .await
+            .map_err(ApiError::from_store)?;
+        let mut cache = self.cache.write().expect("key cache lock");
+        if cache.len() >= CACHE_MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key_id.to_string(), (Instant::now(), record.clone()));
+        Ok(record)
+    }
+
+    /// Forgets cached records so a change made in this process applies to the next request.
+    pub fn invalidate(&self) {
+        self.cache.write().expect("key cache lock").clear();
+    }
+}
+
+/// Key management shared by `annals keys …` and the admin HTTP API.
+#[derive(Clone)]
+pub struct KeyService {
+    store: Arc<dyn Store>,
+    authenticator: Option<Arc<Authenticator>>,
+}
+
+impl KeyService {
+    pub fn new(store: Arc<dyn Store>, authenticator: Option<Arc<Authenticator>>) -> Self {
+        Self {
+            store,
+            authenticator,
+        }
+    }
+
+    pub async fn create(&self, request: NewKeyRequest) -> Result<IssuedKey, StoreError> {
+        let key_id = hex::encode(random_bytes::<8>());
+        let secret = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+        let record = KeyRecord {
+            key_id: key_id.clone(),
+            client_id: request.client_id,
+            name: request.name,
+            scopes: request.scopes,
+            rate_limit: request.rate_limit,
+            is_active: true,
+            created_at: Timestamp::now(),
+            expires_at: request.expires_at,
+            secret_hash: sha256(secret.as_bytes()),
+        };
+        self.store.insert_key(record.clone()).await?;
+        Ok(IssuedKey {
+            key: format!("{KEY_PREFIX}{key_id}_{secret}"),
+            record,
+        })
+    }
+
+    pub async fn list(&self, client: Option<ClientId>) -> Result<Vec<KeyRecord>, StoreError> {
+        self.store.list_keys(client).await
+    }
+
+    pub async fn delete(&self, selector: KeySelector) -> Result<Vec<String>, StoreError> {
+        let deleted = self.store.delete_keys(selector).await?;
+        self.invalidate();
+        Ok(deleted)
+    }
+
+    pub async fn toggle(&self, selector: KeySelector) -> Result<Vec<KeyRecord>, StoreError> {
+        let toggled = self.store.toggle_keys(selector).await?;
+        self.invalidate();
+        Ok(toggled)
+    }
+
+    fn invalidate(&self) {
+        if let Some(a) = &self.authenticator {
+            a.invalidate();
+        }
+    }
+
+    /// On an empty store with no static key, issues the first admin key (DESIGN.md
+    /// "Configuration"). Returns it so the caller can print it once.
+    pub async fn bootstrap_admin(
+        &self,
+        client: &ClientId,
+    ) -> Result<Option<IssuedKey>, StoreError> {
+        if self.store.count_keys().await? > 0 {
+            return Ok(None);
+        }
+        self.create(NewKeyRequest {
+            client_id: client.clone(),
+            name: String::from("initial admin key"),
+            scopes: Scopes::new(Scope::ALL.to_vec()),
+            rate_limit: None,
+            expires_at: None,
+        })
+        .await
+        .map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_text_splits_only_when_well_formed() {
+        assert_eq!(
+            split_key("ank_0123456789abcdef_se_cr-et"),
+            Some(("0123456789abcdef", "se_cr-et"))
+        );
+        assert_eq!(split_key("ank_0123_secret"), None);
+        assert_eq!(split_key("ank_0123456789abcdeg_secret"), None);
+        assert_eq!(split_key("0123456789abcdef_secret"), None);
+        assert_eq!(split_key("ank_0123456789abcdef_"), None);
+    }
+}

@@ -1,0 +1,293 @@
+//! `annals bench`: ingest throughput of the real server against the ceilings measured in the same
+//! run on the same machine:
+//! - single events (N concurrent connections) vs a no-op axum handler that parses the same body;
+//! - 1000-event batches vs raw batched SQLite inserts of the same rows (same schema, same
+//!   durability setting, no HTTP).
+//!
+//! It prints events/s and the ratios. It is a program, not a test: timings never gate CI.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::routing::post;
+use clap::Args;
+use rusqlite::params;
+use serde_json::{Value, json};
+
+use crate::config::ServeArgs;
+use crate::domain::Timestamp;
+use crate::server;
+use crate::store::sqlite::{Synchronous, open_and_migrate};
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Seconds each single-event phase runs.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Concurrent connections for single-event ingest.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Events per batch request.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Batch requests sent (spread over `batch-concurrency` connections).
+    #[arg(long, default_value_t = 100)]
+    pub batches: usize,
+    /// Concurrent connections for batch ingest.
+    #[arg(long, default_value_t = 4)]
+    pub batch_concurrency: usize,
+    /// SQLite durability for both the server and the raw-insert ceiling.
+    #[arg(long, value_enum, default_value = "full")]
+    pub sqlite_synchronous: Synchronous,
+}
+
+fn event_body(n: u64) -> Value {
+    json!({
+        "event_type": "billing.invoice.paid",
+        "user_id": format!("user-{}", n % 1000),
+        "source": "bench",
+        "data": {"invoice": format!("in_{n}"), "amount": 1200, "currency": "EUR"},
+        "headers": {"actor": "bench"},
+    })
+}
+
+/// Sends single events from `concurrency` tasks for `seconds`; returns events/s.
+async fn load_single(
+    url: String,
+    key: Option<String>,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, key) = (client.clone(), url.clone(), key.clone());
+        let (stop, done, errors, counter) =
+            (stop.clone(), done.clone(), errors.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let mut req = client.post(&url).json(&event_body(n));
+                if let Some(k) = &key {
+                    req = req.header("x-api-key", k);
+                }
+                match req.send().await {
+                    Ok(r) if r.status() == StatusCode::CREATED => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let errors = errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        eprintln!("  ({errors} requests failed)");
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / elapsed)
+}
+
+/// Sends `batches` batch requests over `concurrency` connections; returns events/s.
+async fn load_batches(url: String, key: String, args: &BenchArgs) -> anyhow::Result<f64> {
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.batch_concurrency {
+        let (client, url, key, next) = (client.clone(), url.clone(), key.clone(), next.clone());
+        let (batches, size) = (args.batches as u64, args.batch_size as u64);
+        tasks.push(tokio::spawn(async move {
+            let mut stored = 0u64;
+            loop {
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= batches {
+                    break;
+                }
+                let events: Vec<Value> = (0..size).map(|i| event_body(b * size + i)).collect();
+                let body = serde_json::to_vec(&json!({"events": events})).expect("serializes");
+                let r = client
+                    .post(&url)
+                    .header("x-api-key", &key)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    r.status() == StatusCode::CREATED,
+                    "batch failed: {}",
+                    r.status()
+                );
+                stored += size;
+            }
+            anyhow::Ok(stored)
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        stored += t.await??;
+    }
+    Ok(stored as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The no-op ceiling: same runtime, same axum stack, the same body read and parsed, no work.
+async fn noop_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    async fn handler(body: Bytes) -> (StatusCode, axum::Json<Value>) {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(_) => (
+                StatusCode::CREATED,
+                axum::Json(json!({"message": "Event recorded", "id": uuid::Uuid::now_v7()})),
+            ),
+            Err(_) => (StatusCode::BAD_REQUEST, axum::Json(json!({}))),
+        }
+    }
+    let app = Router::new().route("/v1/events", post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((format!("http://{addr}/v1/events"), task))
+}
+
+/// The storage ceiling: the same rows inserted in 1000-row transactions straight into SQLite.
+fn raw_sqlite_inserts(
+    path: &std::path::Path,
+    total: usize,
+    batch: usize,
+    sync: Synchronous,
+) -> anyhow::Result<f64> {
+    let mut conn = open_and_migrate(path, sync)?;
+    let started = Instant::now();
+    let mut seq = 0i64;
+    for chunk in 0..total.div_ceil(batch) {
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
+                 correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )?;
+            let now = Timestamp::now().as_micros();
+            for i in 0..batch {
+                seq += 1;
+                let n = (chunk * batch + i) as u64;
+                let body = event_body(n);
+                stmt.execute(params![
+                    seq,
+                    uuid::Uuid::now_v7().as_bytes().as_slice(),
+                    "default",
+                    "billing.invoice.paid",
+                    body["user_id"].as_str(),
+                    None::<String>,
+                    "bench",
+                    None::<String>,
+                    None::<String>,
+                    None::<String>,
+                    None::<String>,
+                    None::<String>,
+                    now,
+                    now,
+                    body["data"].to_string(),
+                    body["headers"].to_string(),
+                ])?;
+            }
+        }
+        tx.execute(
+            "UPDATE event_sequence SET last_seq = ?1 WHERE id = 1",
+            [seq],
+        )?;
+        tx.commit()?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    println!(
+        "annals bench: {} s single-event phases at {} connections; {} batches of {} events at {} connections; synchronous={:?}",
+        args.seconds,
+        args.concurrency,
+        args.batches,
+        args.batch_size,
+        args.batch_concurrency,
+        args.sqlite_synchronous
+    );
+
+    let (noop_url, noop_task) = noop_server().await?;
+    let noop = load_single(noop_url, None, args.concurrency, args.seconds).await?;
+    noop_task.abort();
+
+    let mut serve = ServeArgs::with_database(dir.path().join("bench.db").display().to_string());
+    serve.store.sqlite_synchronous = args.sqlite_synchronous;
+    let server = server::start(serve).await?;
+    let key = server
+        .bootstrap_key
+        .as_ref()
+        .map(|k| k.key.clone())
+        .context("the benchmark server did not issue a key")?;
+    let base = format!("http://{}", server.addr);
+    let single = load_single(
+        format!("{base}/v1/events"),
+        Some(key.clone()),
+        args.concurrency,
+        args.seconds,
+    )
+    .await?;
+    let batch = load_batches(format!("{base}/v1/events/batch"), key, &args).await?;
+    server.stop().await?;
+
+    let raw_path = dir.path().join("raw.db");
+    let (total, size, sync) = (
+        args.batches * args.batch_size,
+        args.batch_size,
+        args.sqlite_synchronous,
+    );
+    let raw = tokio::task::spawn_blocking(move || raw_sqlite_inserts(&raw_path, total, size, sync))
+        .await??;
+
+    println!();
+    println!("{:<44} {:>12}  {:>8}", "phase", "events/s", "ratio");
+    println!(
+        "{:<44} {:>12.0}  {:>8}",
+        "ceiling: no-op handler, same body", noop, "1.00"
+    );
+    println!(
+        "{:<44} {:>12.0}  {:>8.2}",
+        "annals: single events (POST /v1/events)",
+        single,
+        single / noop
+    );
+    println!(
+        "{:<44} {:>12.0}  {:>8}",
+        "ceiling: raw batched SQLite inserts", raw, "1.00"
+    );
+    println!(
+        "{:<44} {:>12.0}  {:>8.2}",
+        "annals: batches (POST /v1/events/batch)",
+        batch,
+        batch / raw
+    );
+    println!();
+    println!("targets: single >= 0.60 x no-op; batch >= 0.80 x raw inserts");
+    Ok(())
+}

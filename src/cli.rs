@@ -1,0 +1,264 @@
+//! The command line: `annals [serve]`, `annals migrate`, `annals keys …`, `annals bench`.
+//! Key commands call the same `KeyService` as the HTTP admin API.
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::auth::{KeyService, NewKeyRequest};
+use crate::bench::BenchArgs;
+use crate::config::{ServeArgs, StoreArgs};
+use crate::domain::access::{KeyRecord, KeySelector, Scopes};
+use crate::domain::{ClientId, Timestamp};
+use crate::server;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "annals",
+    version,
+    about = "Records events for auditability, answers questions about them, delivers them to subscribers."
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// With no subcommand, `annals` serves with these options.
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the HTTP service (the default).
+    Serve(ServeArgs),
+    /// Create or upgrade the database schema, then exit.
+    Migrate(StoreArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Measure ingest throughput against its ceilings (see README).
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Create a key; the key text is printed once.
+    Create(CreateKey),
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this client's keys.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one key, or all of a client's keys.
+    Delete(SelectKeys),
+    /// Enable a disabled key or disable an enabled one (each selected key flips).
+    Toggle(SelectKeys),
+}
+
+#[derive(Args, Debug)]
+struct CreateKey {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long)]
+    client_id: String,
+    #[arg(long)]
+    name: String,
+    /// Requests per minute (default: the server's ANNALS_RATE_LIMIT_PER_MINUTE).
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Comma-separated: events:write, events:read, admin.
+    #[arg(long, default_value = "events:write,events:read")]
+    scopes: String,
+    /// Days until the key stops working.
+    #[arg(long)]
+    expires_in_days: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("which").required(true).args(["client_id", "key_id"])))]
+struct SelectKeys {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Every key of this client.
+    #[arg(long)]
+    client_id: Option<String>,
+    /// One key, by its id.
+    #[arg(long)]
+    key_id: Option<String>,
+}
+
+impl SelectKeys {
+    fn selector(&self) -> anyhow::Result<KeySelector> {
+        match (&self.client_id, &self.key_id) {
+            (Some(c), None) => Ok(KeySelector::Client(
+                ClientId::parse(c).map_err(|e| anyhow::anyhow!("--client-id {e}"))?,
+            )),
+            (None, Some(k)) => Ok(KeySelector::KeyId(k.clone())),
+            _ => anyhow::bail!("give exactly one of --client-id or --key-id"),
+        }
+    }
+}
+
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ANNALS_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("ANNALS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn key_service(
+    store: &StoreArgs,
+) -> anyhow::Result<(KeyService, std::sync::Arc<dyn crate::store::Store>)> {
+    let store = server::open_store(store).await?;
+    Ok((KeyService::new(store.clone(), None), store))
+}
+
+fn key_json(k: &KeyRecord) -> serde_json::Value {
+    json!({
+        "key_id": k.key_id,
+        "client_id": k.client_id.as_str(),
+        "name": k.name,
+        "scopes": k.scopes.to_list(),
+        "rate_limit": k.rate_limit,
+        "is_active": k.is_active,
+        "created_at": k.created_at.to_rfc3339(),
+        "expires_at": k.expires_at.map(Timestamp::to_rfc3339),
+    })
+}
+
+fn print_keys(keys: &[KeyRecord]) {
+    println!(
+        "{:<18} {:<20} {:<24} {:<30} {:>10} {:<8}",
+        "KEY ID", "CLIENT", "NAME", "SCOPES", "RATE/MIN", "ACTIVE"
+    );
+    for k in keys {
+        println!(
+            "{:<18} {:<20} {:<24} {:<30} {:>10} {:<8}",
+            k.key_id,
+            k.client_id,
+            k.name,
+            k.scopes.to_list(),
+            k.rate_limit
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| String::from("default")),
+            if k.is_active { "yes" } else { "no" }
+        );
+    }
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            None => server::serve(self.serve).await,
+            Some(Command::Serve(args)) => server::serve(args).await,
+            Some(Command::Migrate(store)) => {
+                let store = server::open_store(&store).await?;
+                store.shutdown().await;
+                println!("database is migrated to the current schema");
+                Ok(())
+            }
+            Some(Command::Bench(args)) => crate::bench::run(args).await,
+            Some(Command::Keys(command)) => run_keys(command).await,
+        }
+    }
+}
+
+async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create(c) => {
+            let client_id =
+                ClientId::parse(&c.client_id).map_err(|e| anyhow::anyhow!("--client-id {e}"))?;
+            let scopes =
+                Scopes::parse_list(&c.scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
+            if c.name.trim().is_empty() || c.name.chars().count() > 200 {
+                anyhow::bail!("--name must be 1 to 200 characters");
+            }
+            if c.rate_limit == Some(0) {
+                anyhow::bail!("--rate-limit must be at least 1 request per minute");
+            }
+            let expires_at = c.expires_in_days.map(|d| {
+                Timestamp::from_micros(Timestamp::now().as_micros() + i64::from(d) * 86_400_000_000)
+            });
+            let (keys, store) = key_service(&c.store).await?;
+            let issued = keys
+                .create(NewKeyRequest {
+                    client_id,
+                    name: c.name,
+                    scopes,
+                    rate_limit: c.rate_limit,
+                    expires_at,
+                })
+                .await?;
+            store.shutdown().await;
+            println!(
+                "Created key {} for client '{}' ({}).",
+                issued.record.key_id,
+                issued.record.client_id,
+                issued.record.scopes.to_list()
+            );
+            println!(
+                "This is the only time the key is shown; store it now:\n\n    {}\n",
+                issued.key
+            );
+            Ok(())
+        }
+        KeysCommand::List {
+            store,
+            client_id,
+            json,
+        } => {
+            let client = client_id
+                .map(|c| ClientId::parse(&c).map_err(|e| anyhow::anyhow!("--client-id {e}")))
+                .transpose()?;
+            let (keys, store) = key_service(&store).await?;
+            let list = keys.list(client).await?;
+            store.shutdown().await;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list.iter().map(key_json).collect::<Vec<_>>())?
+                );
+            } else {
+                print_keys(&list);
+            }
+            Ok(())
+        }
+        KeysCommand::Delete(select) => {
+            let selector = select.selector()?;
+            let (keys, store) = key_service(&select.store).await?;
+            let deleted = keys.delete(selector).await?;
+            store.shutdown().await;
+            if deleted.is_empty() {
+                anyhow::bail!("no key matched");
+            }
+            println!("Deleted {} key(s): {}", deleted.len(), deleted.join(", "));
+            Ok(())
+        }
+        KeysCommand::Toggle(select) => {
+            let selector = select.selector()?;
+            let (keys, store) = key_service(&select.store).await?;
+            let toggled = keys.toggle(selector).await?;
+            store.shutdown().await;
+            if toggled.is_empty() {
+                anyhow::bail!("no key matched");
+            }
+            print_keys(&toggled);
+            Ok(())
+        }
+    }
+}

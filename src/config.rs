@@ -1,0 +1,217 @@
+//! Configuration: command-line flags with `ANNALS_*` environment fallbacks (clap), checked once
+//! at start-up into the values the rest of the program uses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::domain::ClientId;
+use crate::store::sqlite::{SqliteOptions, Synchronous};
+
+const MIB: usize = 1024 * 1024;
+
+/// Where events live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseLocation {
+    /// `postgres://…` / `postgresql://…` → PostgreSQL; `sqlite://path`, `sqlite:path` or a plain
+    /// path → a SQLite file.
+    pub fn parse(url: &str) -> Self {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Self::Postgres(url.to_string());
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        Self::Sqlite(PathBuf::from(path))
+    }
+}
+
+/// Options that say which store to open and how.
+#[derive(Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// Database: a SQLite file path (default `./annals.db`) or `postgres://…`.
+    #[arg(long, env = "ANNALS_DATABASE_URL", default_value = "annals.db")]
+    pub database_url: String,
+
+    /// SQLite durability: `full` syncs every group commit; `normal` trades the last commits on
+    /// power loss for speed.
+    #[arg(
+        long,
+        env = "ANNALS_SQLITE_SYNCHRONOUS",
+        value_enum,
+        ignore_case = true,
+        default_value = "full"
+    )]
+    pub sqlite_synchronous: Synchronous,
+
+    /// Bytes of accepted, not yet written events held in memory before ingest answers 503.
+    #[arg(long, env = "ANNALS_WRITE_QUEUE_BYTES", default_value_t = 64 * MIB)]
+    pub write_queue_bytes: usize,
+
+    /// Requests waiting for the writer before ingest answers 503.
+    #[arg(long, env = "ANNALS_WRITE_QUEUE_JOBS", default_value_t = 8192)]
+    pub write_queue_jobs: usize,
+
+    /// A query running longer than this is stopped with 422 "query too broad".
+    #[arg(long, env = "ANNALS_QUERY_TIMEOUT_MS", default_value_t = 5000)]
+    pub query_timeout_ms: u64,
+}
+
+impl StoreArgs {
+    pub fn location(&self) -> DatabaseLocation {
+        DatabaseLocation::parse(&self.database_url)
+    }
+
+    pub fn sqlite_options(&self, path: PathBuf) -> SqliteOptions {
+        SqliteOptions {
+            synchronous: self.sqlite_synchronous,
+            queue_jobs: self.write_queue_jobs,
+            queue_bytes: self.write_queue_bytes,
+            query_timeout: Duration::from_millis(self.query_timeout_ms),
+            ..SqliteOptions::new(path)
+        }
+    }
+}
+
+/// Options of `annals serve`.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Address to listen on.
+    #[arg(long, env = "ANNALS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// A static admin key (the AUDITOR "key specified in the server").
+    #[arg(long, env = "ANNALS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Client that events sent with the static key belong to, and owner of the first admin key.
+    #[arg(long, env = "ANNALS_DEFAULT_CLIENT_ID", default_value = "default")]
+    pub default_client_id: String,
+
+    /// Largest `data` + `headers` of one event, in bytes (at most 64 MiB).
+    #[arg(long, env = "ANNALS_MAX_EVENT_BYTES", default_value_t = MIB)]
+    pub max_event_bytes: usize,
+
+    /// Largest request body, in bytes.
+    #[arg(long, env = "ANNALS_MAX_BODY_BYTES", default_value_t = 16 * MIB)]
+    pub max_body_bytes: usize,
+
+    /// Most events in one batch request.
+    #[arg(long, env = "ANNALS_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+
+    /// Requests per minute per key unless the key sets its own.
+    #[arg(long, env = "ANNALS_RATE_LIMIT_PER_MINUTE")]
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+/// Request limits, checked at start-up.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_event_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: MIB,
+            max_body_bytes: 16 * MIB,
+            max_batch: 1000,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Defaults for every option, with the database at `database_url` (used by tests and the
+    /// benchmark).
+    pub fn with_database(database_url: impl Into<String>) -> Self {
+        Self {
+            store: StoreArgs {
+                database_url: database_url.into(),
+                sqlite_synchronous: Synchronous::Full,
+                write_queue_bytes: 64 * MIB,
+                write_queue_jobs: 8192,
+                query_timeout_ms: 5000,
+            },
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_key: None,
+            default_client_id: String::from("default"),
+            max_event_bytes: MIB,
+            max_body_bytes: 16 * MIB,
+            max_batch: 1000,
+            rate_limit_per_minute: None,
+        }
+    }
+
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        if self.max_event_bytes == 0 || self.max_event_bytes > 64 * MIB {
+            bail!(
+                "ANNALS_MAX_EVENT_BYTES must be between 1 and {} (64 MiB)",
+                64 * MIB
+            );
+        }
+        if self.max_body_bytes < 1024 {
+            bail!("ANNALS_MAX_BODY_BYTES must be at least 1024");
+        }
+        if !(1..=100_000).contains(&self.max_batch) {
+            bail!("ANNALS_MAX_BATCH must be between 1 and 100000");
+        }
+        Ok(Limits {
+            max_event_bytes: self.max_event_bytes,
+            max_body_bytes: self.max_body_bytes,
+            max_batch: self.max_batch,
+        })
+    }
+
+    pub fn default_client(&self) -> anyhow::Result<ClientId> {
+        ClientId::parse(&self.default_client_id)
+            .map_err(|e| anyhow::anyhow!("ANNALS_DEFAULT_CLIENT_ID {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_locations() {
+        assert_eq!(
+            DatabaseLocation::parse("annals.db"),
+            DatabaseLocation::Sqlite("annals.db".into())
+        );
+        assert_eq!(
+            DatabaseLocation::parse("sqlite:///tmp/a.db"),
+            DatabaseLocation::Sqlite("/tmp/a.db".into())
+        );
+        assert_eq!(
+            DatabaseLocation::parse("sqlite:a.db"),
+            DatabaseLocation::Sqlite("a.db".into())
+        );
+        assert!(matches!(
+            DatabaseLocation::parse("postgres://u@h/db"),
+            DatabaseLocation::Postgres(_)
+        ));
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let mut args = ServeArgs::with_database("x.db");
+        assert!(args.limits().is_ok());
+        args.max_event_bytes = 65 * MIB;
+        assert!(args.limits().is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! Domain types: the shapes a request becomes once it has been checked at the edge.
+//!
+//! Invariant: every value of a type in this module is valid. Handlers and stores never see an
+//! unchecked string where one of these types is expected; parsing is the only way to build one.
+
+pub mod access;
+pub mod envelope;
+pub mod event;
+pub mod json_depth;
+pub mod names;
+pub mod time;
+pub mod topic;
+
+pub use envelope::{EnvelopeLimits, FieldError, NewEvent, ParsedEvent, parse_event};
+pub use event::StoredEvent;
+pub use names::{ClientId, EventType};
+pub use time::Timestamp;
+pub use topic::TopicPattern;

@@ -1,0 +1,89 @@
+//! `Timestamp`: an instant in UTC with microsecond precision.
+//!
+//! Stored as microseconds since the Unix epoch (an `i64`) so both stores compare and index it as a
+//! plain integer; rendered as RFC 3339 in UTC (`Z`), with only as many fractional digits as needed.
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self(Utc::now().timestamp_micros())
+    }
+
+    pub fn from_micros(micros: i64) -> Self {
+        Self(micros)
+    }
+
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    /// Parses an RFC 3339 / ISO 8601 date-time that carries its offset (`Z` or `±hh:mm`).
+    /// A time without an offset is refused: it would mean a different instant on every server.
+    pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| Self(t.with_timezone(&Utc).timestamp_micros()))
+            .map_err(|_| {
+                format!(
+                    "'{}' is not an RFC 3339 date-time with an offset, e.g. 2026-11-21T10:00:00Z",
+                    truncate_for_message(text)
+                )
+            })
+    }
+
+    /// Parses a query bound: an RFC 3339 date-time, or a plain date (`2026-11-21`, midnight UTC).
+    pub fn parse_bound(text: &str) -> Result<Self, String> {
+        if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
+            return Ok(Self(midnight.and_utc().timestamp_micros()));
+        }
+        Self::parse_rfc3339(text)
+    }
+
+    pub fn to_rfc3339(self) -> String {
+        match DateTime::<Utc>::from_timestamp_micros(self.0) {
+            Some(t) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            None => String::from("invalid-time"),
+        }
+    }
+}
+
+/// Shortens user input quoted back in an error message so a huge value can't bloat the response.
+pub fn truncate_for_message(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.chars().count() <= MAX {
+        text.to_string()
+    } else {
+        let mut short: String = text.chars().take(MAX).collect();
+        short.push('…');
+        short
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_with_offsets_and_fractions() {
+        let t = Timestamp::parse_rfc3339("2026-11-21T11:00:00+01:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-21T10:00:00Z");
+        let t = Timestamp::parse_rfc3339("2026-11-21T10:00:00.123456Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-21T10:00:00.123456Z");
+    }
+
+    #[test]
+    fn refuses_times_without_offset_and_garbage() {
+        assert!(Timestamp::parse_rfc3339("2026-11-21T10:00:00").is_err());
+        assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn bounds_accept_plain_dates() {
+        let t = Timestamp::parse_bound("2026-11-21").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-21T00:00:00Z");
+    }
+}

@@ -1,0 +1,131 @@
+//! `WriteQueue`: a queue bounded both in jobs and in bytes between request handlers and a
+//! store's single writer.
+//!
+//! Invariants:
+//! - `try_submit` never waits: a full queue (by count or by bytes) is reported at once so the
+//!   handler can answer `503` + `Retry-After`.
+//! - A job's byte reservation is held until the writer drops the job, so the bytes bound covers
+//!   everything accepted and not yet written.
+//! - Jobs are received in submission order; a writer drains whatever is waiting into one group.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+/// The queue is full, or its writer has stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueueFull {
+    Full,
+    Closed,
+}
+
+/// A job in the queue with its byte reservation.
+pub struct Queued<T> {
+    pub job: T,
+    bytes: OwnedSemaphorePermit,
+}
+
+/// Held while a dequeued job's data is still in memory; dropping it frees the bytes.
+pub struct Reservation(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl<T> Queued<T> {
+    pub fn into_parts(self) -> (T, Reservation) {
+        (self.job, Reservation(self.bytes))
+    }
+}
+
+pub struct WriteQueue<T> {
+    tx: mpsc::Sender<Queued<T>>,
+    bytes: Arc<Semaphore>,
+    byte_capacity: usize,
+}
+
+impl<T> Clone for WriteQueue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            bytes: self.bytes.clone(),
+            byte_capacity: self.byte_capacity,
+        }
+    }
+}
+
+impl<T> WriteQueue<T> {
+    pub fn new(max_jobs: usize, max_bytes: usize) -> (Self, mpsc::Receiver<Queued<T>>) {
+        let byte_capacity = max_bytes.clamp(1, u32::MAX as usize);
+        let (tx, rx) = mpsc::channel(max_jobs.max(1));
+        (
+            Self {
+                tx,
+                bytes: Arc::new(Semaphore::new(byte_capacity)),
+                byte_capacity,
+            },
+            rx,
+        )
+    }
+
+    pub fn try_submit(&self, job: T, bytes: usize) -> Result<(), QueueFull> {
+        // A job larger than the whole budget still goes through when the queue is empty.
+        let want = bytes.clamp(1, self.byte_capacity) as u32;
+        let permit = match self.bytes.clone().try_acquire_many_owned(want) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(QueueFull::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(QueueFull::Full),
+        };
+        self.tx
+            .try_send(Queued { job, bytes: permit })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => QueueFull::Full,
+                mpsc::error::TrySendError::Closed(_) => QueueFull::Closed,
+            })
+    }
+
+    /// Jobs waiting (for metrics and health).
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// Blocks for the next job, then takes whatever else is already waiting, up to `max_jobs`.
+/// Returns `None` once the queue is closed and empty. For a writer running on its own thread.
+pub fn next_group_blocking<T>(
+    rx: &mut mpsc::Receiver<Queued<T>>,
+    max_jobs: usize,
+) -> Option<Vec<Queued<T>>> {
+    let first = rx.blocking_recv()?;
+    let mut group = vec![first];
+    while group.len() < max_jobs {
+        match rx.try_recv() {
+            Ok(job) => group.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_by_count_and_bytes() {
+        let (q, mut rx) = WriteQueue::<u32>::new(2, 100);
+        assert_eq!(q.try_submit(1, 10), Ok(()));
+        assert_eq!(q.try_submit(2, 10), Ok(()));
+        assert_eq!(q.try_submit(3, 10), Err(QueueFull::Full));
+        let group = next_group_blocking(&mut rx, 10).unwrap();
+        assert_eq!(group.iter().map(|j| j.job).collect::<Vec<_>>(), [1, 2]);
+        drop(group);
+        assert_eq!(q.try_submit(4, 90), Ok(()));
+        assert_eq!(q.try_submit(5, 20), Err(QueueFull::Full), "bytes bound");
+        drop(rx);
+        assert_eq!(q.try_submit(6, 1), Err(QueueFull::Closed));
+    }
+
+    #[test]
+    fn oversized_job_passes_when_budget_is_free() {
+        let (q, _rx) = WriteQueue::<u32>::new(4, 100);
+        assert_eq!(q.try_submit(1, 1000), Ok(()));
+        assert_eq!(q.try_submit(2, 1), Err(QueueFull::Full));
+    }
+}

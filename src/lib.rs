@@ -1,0 +1,13 @@
+//! Annals: records events for auditability, answers questions about them, and delivers them to
+//! subscribers. See ARCHITECTURE.md for the map of this crate.
+
+pub mod api;
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod ingest;
+pub mod server;
+pub mod store;

@@ -1,0 +1,136 @@
+//! Running the service: open the store, make sure a key exists, serve HTTP until SIGTERM or
+//! SIGINT, then stop taking requests and drain the write queue before exiting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{AppState, router};
+use crate::auth::{Authenticator, IssuedKey, KeyService};
+use crate::config::{DatabaseLocation, ServeArgs, StoreArgs};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// Opens the configured store (creating and migrating it as needed).
+pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
+    match args.location() {
+        DatabaseLocation::Sqlite(path) => {
+            let options = args.sqlite_options(path);
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(options))
+                .await
+                .context("opening the store")??;
+            Ok(Arc::new(store))
+        }
+        DatabaseLocation::Postgres(_) => anyhow::bail!(
+            "PostgreSQL is not supported by this version of annals yet; unset ANNALS_DATABASE_URL to use the embedded SQLite store"
+        ),
+    }
+}
+
+/// A server running in the background.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    /// The admin key created on first start of an empty store, if any (shown once).
+    pub bootstrap_key: Option<IssuedKey>,
+    pub store: Arc<dyn Store>,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections, finishes in-flight requests, then drains the store's queue.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.task.await.context("server task")??;
+        self.store.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Starts the service on `args.listen` and returns once it accepts connections.
+pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
+    let limits = args.limits()?;
+    let default_client = args.default_client()?;
+    let store = open_store(&args.store).await?;
+    let auth = Arc::new(Authenticator::new(
+        store.clone(),
+        args.api_key.as_deref(),
+        default_client.clone(),
+        args.rate_limit_per_minute,
+    ));
+    let keys = KeyService::new(store.clone(), Some(auth.clone()));
+    let bootstrap_key = if args.api_key.is_none() {
+        keys.bootstrap_admin(&default_client)
+            .await
+            .context("creating the first admin key")?
+    } else {
+        None
+    };
+    let app = router(AppState {
+        store: store.clone(),
+        auth,
+        keys,
+        limits,
+    });
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(RunningServer {
+        addr,
+        bootstrap_key,
+        store,
+        shutdown,
+        task,
+    })
+}
+
+/// `annals serve`: runs until SIGTERM or SIGINT.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let server = start(args).await?;
+    if let Some(issued) = &server.bootstrap_key {
+        println!(
+            "Created the first admin key (client '{}'). It is shown only this once; store it now:\n\n    {}\n",
+            issued.record.client_id, issued.key
+        );
+    }
+    tracing::info!(addr = %server.addr, store = server.store.backend(), "annals is listening");
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests and draining the write queue");
+    server.stop().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

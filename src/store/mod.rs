@@ -1,0 +1,128 @@
+//! The storage interface every backend implements, and the value types that cross it.
+//!
+//! Invariants every backend keeps:
+//! - `append` answers only after the events are durably committed; a batch is all-or-nothing.
+//! - Each stored event gets a `seq` one greater than the previous committed event: gapless and
+//!   in commit order. Ids are server-made UUIDv7s.
+//! - Idempotency is decided inside the write transaction on `(client_id, source, event_id)`,
+//!   so concurrent duplicates are caught as well as sequential ones.
+//! - Every read takes an explicit client scope (`None` only for admin callers).
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::domain::access::{KeyRecord, KeySelector};
+use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp, TopicPattern};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write queue is full; the caller should retry after the given seconds.
+    #[error("the write queue is full")]
+    Overloaded { retry_after_secs: u64 },
+    /// The store can't be reached or is shutting down.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A query ran past its time budget.
+    #[error("query too broad")]
+    QueryTooBroad,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// What happened to one event of an accepted append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendedItem {
+    pub id: Uuid,
+    /// True when an identical event with the same idempotency key was already stored (or appeared
+    /// earlier in the same batch); `id` is then the original's.
+    pub duplicate: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Stored(Vec<AppendedItem>),
+    /// Indexes of events whose idempotency key is taken by different content. Nothing stored.
+    Conflict(Vec<usize>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Order {
+    #[default]
+    Desc,
+    Asc,
+}
+
+/// A filter on a field inside `data`: `path` is the key path (`["a","b"]` for `data.a.b`), and a
+/// row matches when the value there is the string `value`, or a number/boolean whose JSON text
+/// is `value`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataFilter {
+    pub path: Vec<String>,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    /// `None` = every client (admin only).
+    pub client_id: Option<ClientId>,
+    pub user_id: Option<String>,
+    pub event_type: Option<TopicPattern>,
+    pub source: Option<String>,
+    pub subject: Option<String>,
+    pub correlation_id: Option<String>,
+    pub status: Option<String>,
+    /// Inclusive lower bound on `occurred_at`.
+    pub from: Option<Timestamp>,
+    /// Exclusive upper bound on `occurred_at`.
+    pub to: Option<Timestamp>,
+    pub data: Vec<DataFilter>,
+    pub order: Order,
+    pub limit: usize,
+    /// Continue after this `seq` (exclusive), in the query's order.
+    pub after_seq: Option<i64>,
+}
+
+/// A page of events. `next_after` is set when there may be more rows.
+#[derive(Clone, Debug, Default)]
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    pub next_after: Option<i64>,
+}
+
+/// Largest page a store builds in memory; a page stops early once its rows pass this size and
+/// the caller follows the cursor for the rest.
+pub const PAGE_BYTE_BUDGET: usize = 8 * 1024 * 1024;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short name for health output and logs (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Stores a batch atomically (a single event is a batch of one).
+    async fn append(&self, events: Vec<NewEvent>) -> Result<AppendOutcome, StoreError>;
+
+    async fn query_events(&self, query: EventQuery) -> Result<EventPage, StoreError>;
+
+    async fn get_event(
+        &self,
+        client: Option<ClientId>,
+        id: Uuid,
+    ) -> Result<Option<StoredEvent>, StoreError>;
+
+    async fn insert_key(&self, key: KeyRecord) -> Result<(), StoreError>;
+    async fn find_key(&self, key_id: String) -> Result<Option<KeyRecord>, StoreError>;
+    async fn list_keys(&self, client: Option<ClientId>) -> Result<Vec<KeyRecord>, StoreError>;
+    async fn count_keys(&self) -> Result<u64, StoreError>;
+    /// Deletes the selected keys; returns the ids deleted.
+    async fn delete_keys(&self, selector: KeySelector) -> Result<Vec<String>, StoreError>;
+    /// Flips `is_active` of each selected key; returns the updated records.
+    async fn toggle_keys(&self, selector: KeySelector) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Checks the store answers reads and that its writer is running.
+    async fn health(&self) -> Result<(), StoreError>;
+
+    /// Stops taking writes, commits everything already queued, and waits for the writer.
+    async fn shutdown(&self);
+}

@@ -1,0 +1,420 @@
+//! The embedded SQLite store: a WAL database file, one group-commit writer thread
+//! (`writer.rs`) and a small pool of read-only connections used from `spawn_blocking`.
+//!
+//! Invariants:
+//! - No SQLite call runs on an async worker thread: writes go through the writer's queue,
+//!   reads through `read`, which hops to the blocking pool.
+//! - Read connections are `query_only`; only the writer thread writes.
+//! - `synchronous=FULL` (the default) makes each group commit durable before replies are sent.
+
+mod query;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use self::query::{EVENT_COLUMNS, TOPIC_MATCH_FN, page_sql};
+use self::writer::WriterCommand;
+use super::{AppendOutcome, EventPage, EventQuery, PAGE_BYTE_BUDGET, Store, StoreError};
+use crate::domain::access::{KeyRecord, KeySelector, Scopes};
+use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp, TopicPattern};
+use crate::ingest::{QueueFull, WriteQueue};
+
+mod embedded {
+    refinery::embed_migrations!("src/store/sqlite/migrations");
+}
+
+/// How hard SQLite syncs a commit to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Synchronous {
+    /// fsync on every commit: an acknowledged event survives power loss.
+    Full,
+    /// WAL `NORMAL`: survives a process crash; the last commits may be lost on power loss.
+    Normal,
+}
+
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    pub queue_jobs: usize,
+    pub queue_bytes: usize,
+    pub readers: u32,
+    pub query_timeout: Duration,
+}
+
+impl SqliteOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            queue_jobs: 8192,
+            queue_bytes: 64 * 1024 * 1024,
+            readers: 4,
+            query_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct SqliteStore {
+    queue: WriteQueue<WriterCommand>,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    query_timeout: Duration,
+}
+
+/// Opens (creating if needed) the database file and applies pending migrations.
+pub fn open_and_migrate(path: &Path, synchronous: Synchronous) -> anyhow::Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut conn = Connection::open(path)
+        .with_context(|| format!("opening SQLite database {}", path.display()))?;
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;"
+    ))
+    .context("configuring SQLite")?;
+    embedded::migrations::runner()
+        .run(&mut conn)
+        .context("running SQLite migrations")?;
+    Ok(conn)
+}
+
+fn configure_reader(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = 1;")?;
+    conn.create_scalar_function(
+        TOPIC_MATCH_FN,
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            // The pattern is the same for every row of a query; parse it once per statement.
+            let pattern = ctx.get_or_create_aux(0, |v| {
+                TopicPattern::parse(v.as_str()?)
+                    .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))
+            })?;
+            let event_type: String = ctx.get(1)?;
+            Ok(pattern.matches(&event_type))
+        },
+    )
+}
+
+impl SqliteStore {
+    pub fn open(options: SqliteOptions) -> anyhow::Result<Self> {
+        let conn = open_and_migrate(&options.path, options.synchronous)?;
+        let manager = SqliteConnectionManager::file(&options.path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_init(configure_reader);
+        let readers = r2d2::Pool::builder()
+            .max_size(options.readers.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager)
+            .context("opening SQLite read connections")?;
+        let (queue, rx) = WriteQueue::new(options.queue_jobs, options.queue_bytes);
+        let handle = std::thread::Builder::new()
+            .name(String::from("annals-sqlite-writer"))
+            .spawn(move || writer::run(conn, rx))
+            .context("starting the SQLite writer thread")?;
+        Ok(Self {
+            queue,
+            readers,
+            writer: Mutex::new(Some(handle)),
+            query_timeout: options.query_timeout,
+        })
+    }
+
+    fn submit(&self, command: WriterCommand, bytes: usize) -> Result<(), StoreError> {
+        self.queue.try_submit(command, bytes).map_err(|e| match e {
+            QueueFull::Full => StoreError::Overloaded {
+                retry_after_secs: 1,
+            },
+            QueueFull::Closed => {
+                StoreError::Unavailable(String::from("the store is shutting down"))
+            }
+        })
+    }
+
+    /// Runs `job` on the writer thread in its own transaction and returns its result.
+    async fn write<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let command = WriterCommand::Exec(Box::new(move |conn: &mut Connection| {
+            let result = (|| {
+                let txn =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let value = job(&txn)?;
+                txn.commit()?;
+                Ok(value)
+            })();
+            let _ = tx.send(result.map_err(StoreError::Internal));
+        }));
+        self.submit(command, 1024)?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable(String::from("the writer stopped")))?
+    }
+
+    /// Runs `job` on a read connection in the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .get()
+                .map_err(|e| StoreError::Unavailable(format!("no read connection: {e}")))?;
+            job(&conn).map_err(StoreError::Internal)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))?
+    }
+}
+
+fn row_to_event(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let id: Vec<u8> = row.get(1)?;
+    Ok(StoredEvent {
+        seq: row.get(0)?,
+        id: Uuid::from_slice(&id).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, Box::new(e))
+        })?,
+        client_id: row.get(2)?,
+        event_type: row.get(3)?,
+        user_id: row.get(4)?,
+        data: row.get(5)?,
+        event_id: row.get(6)?,
+        source: row.get(7)?,
+        subject: row.get(8)?,
+        occurred_at: Timestamp::from_micros(row.get(9)?),
+        received_at: Timestamp::from_micros(row.get(10)?),
+        correlation_id: row.get(11)?,
+        status: row.get(12)?,
+        ip_address: row.get(13)?,
+        headers: row.get(14)?,
+        partition_key: row.get(15)?,
+    })
+}
+
+const KEY_COLUMNS: &str =
+    "key_id, client_id, name, scopes, rate_limit, is_active, created_at, expires_at, secret_hash";
+
+fn row_to_key(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let bad = |i: usize, e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    };
+    let client: String = row.get(1)?;
+    let scopes: String = row.get(3)?;
+    let hash: Vec<u8> = row.get(8)?;
+    Ok(KeyRecord {
+        key_id: row.get(0)?,
+        client_id: ClientId::parse(&client).map_err(|e| bad(1, e))?,
+        name: row.get(2)?,
+        scopes: Scopes::parse_list(&scopes).map_err(|e| bad(3, e))?,
+        rate_limit: row.get(4)?,
+        is_active: row.get(5)?,
+        created_at: Timestamp::from_micros(row.get(6)?),
+        expires_at: row.get::<_, Option<i64>>(7)?.map(Timestamp::from_micros),
+        secret_hash: hash
+            .try_into()
+            .map_err(|_| bad(8, String::from("secret hash is not 32 bytes")))?,
+    })
+}
+
+fn selector_sql(selector: &KeySelector) -> (&'static str, String) {
+    match selector {
+        KeySelector::KeyId(id) => ("key_id = ?1", id.clone()),
+        KeySelector::Client(client) => ("client_id = ?1", client.as_str().to_string()),
+    }
+}
+
+fn is_interrupt(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<rusqlite::Error>(),
+        Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::OperationInterrupted
+    )
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn append(&self, events: Vec<NewEvent>) -> Result<AppendOutcome, StoreError> {
+        let bytes = events.iter().map(NewEvent::approx_bytes).sum();
+        let (reply, rx) = oneshot::channel();
+        self.submit(WriterCommand::Append { events, reply }, bytes)?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable(String::from("the writer stopped")))?
+    }
+
+    async fn query_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        let deadline = Instant::now() + self.query_timeout;
+        let result = self
+            .read(move |conn| {
+                conn.progress_handler(10_000, Some(move || Instant::now() > deadline))?;
+                let result = (|| -> anyhow::Result<EventPage> {
+                    let (sql, args) = page_sql(&query);
+                    let mut stmt = conn.prepare_cached(&sql)?;
+                    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+                    let mut page = EventPage::default();
+                    let mut bytes = 0usize;
+                    while let Some(row) = rows.next()? {
+                        if page.events.len() == query.limit || bytes >= PAGE_BYTE_BUDGET {
+                            page.next_after = page.events.last().map(|e| e.seq);
+                            break;
+                        }
+                        let event = row_to_event(row)?;
+                        bytes += event.approx_bytes();
+                        page.events.push(event);
+                    }
+                    Ok(page)
+                })();
+                conn.progress_handler(0, None::<fn() -> bool>)?;
+                result
+            })
+            .await;
+        match result {
+            Err(StoreError::Internal(e)) if is_interrupt(&e) => Err(StoreError::QueryTooBroad),
+            other => other,
+        }
+    }
+
+    async fn get_event(
+        &self,
+        client: Option<ClientId>,
+        id: Uuid,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let event = stmt
+                .query_row([id.as_bytes().as_slice()], row_to_event)
+                .optional()?;
+            // Tenant check outside SQL keeps one cached statement; a foreign event is "not found".
+            Ok(event.filter(|e| client.as_ref().is_none_or(|c| c.as_str() == e.client_id)))
+        })
+        .await
+    }
+
+    async fn insert_key(&self, key: KeyRecord) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            tx.execute(
+                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    key.key_id,
+                    key.client_id.as_str(),
+                    key.name,
+                    key.scopes.to_list(),
+                    key.rate_limit,
+                    key.is_active,
+                    key.created_at.as_micros(),
+                    key.expires_at.map(Timestamp::as_micros),
+                    key.secret_hash.as_slice(),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_key(&self, key_id: String) -> Result<Option<KeyRecord>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?1");
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row([key_id], row_to_key)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_keys(&self, client: Option<ClientId>) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE ?1 IS NULL OR client_id = ?1 ORDER BY created_at, key_id"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([client.as_ref().map(ClientId::as_str)], row_to_key)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn count_keys(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let n: i64 = conn.query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get(0))?;
+            Ok(n.unsigned_abs())
+        })
+        .await
+    }
+
+    async fn delete_keys(&self, selector: KeySelector) -> Result<Vec<String>, StoreError> {
+        self.write(move |tx| {
+            let (cond, arg) = selector_sql(&selector);
+            let mut stmt = tx.prepare(&format!(
+                "DELETE FROM api_keys WHERE {cond} RETURNING key_id"
+            ))?;
+            let ids = stmt.query_map([arg], |r| r.get(0))?;
+            Ok(ids.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+
+    async fn toggle_keys(&self, selector: KeySelector) -> Result<Vec<KeyRecord>, StoreError> {
+        self.write(move |tx| {
+            let (cond, arg) = selector_sql(&selector);
+            let mut stmt = tx.prepare(&format!(
+                "UPDATE api_keys SET is_active = NOT is_active WHERE {cond} RETURNING {KEY_COLUMNS}"
+            ))?;
+            let keys = stmt.query_map([arg], row_to_key)?;
+            Ok(keys.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        if self
+            .writer
+            .lock()
+            .map(|w| w.as_ref().is_none_or(|h| h.is_finished()))
+            .unwrap_or(true)
+        {
+            return Err(StoreError::Unavailable(String::from(
+                "the writer is not running",
+            )));
+        }
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .map(|_| ())
+    }
+
+    async fn shutdown(&self) {
+        // Shutdown is queued behind every job already accepted, so they are committed first.
+        loop {
+            match self.queue.try_submit(WriterCommand::Shutdown, 1) {
+                Ok(()) | Err(QueueFull::Closed) => break,
+                Err(QueueFull::Full) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

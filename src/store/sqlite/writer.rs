@@ -1,0 +1,273 @@
+//! The group-commit writer: one OS thread that owns the only write connection of a SQLite store.
+//!
+//! Invariants:
+//! - This thread is the only code in the process that writes to the database.
+//! - It drains every job waiting in the queue into one transaction and commits once, so one
+//!   fsync covers many requests; each request's reply is sent only after that commit.
+//! - Each append runs in its own savepoint: its idempotency checks happen before any insert, and a
+//!   failing request is rolled back alone without touching the others in the group.
+//! - `seq` is assigned here from `event_sequence`, which is updated in the same transaction, so
+//!   committed seqs are gapless and in commit order.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::domain::{NewEvent, Timestamp};
+use crate::ingest::Queued;
+use crate::ingest::queue::next_group_blocking;
+use crate::store::{AppendOutcome, AppendedItem, StoreError};
+
+/// Most jobs committed in one transaction.
+const MAX_GROUP_JOBS: usize = 512;
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(super) enum WriterCommand {
+    Append {
+        events: Vec<NewEvent>,
+        reply: Reply<AppendOutcome>,
+    },
+    /// A rare write (key management) run in its own transaction, in queue order.
+    Exec(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// Commit what is queued, refuse new jobs, and stop.
+    Shutdown,
+}
+
+struct PendingAppend {
+    events: Vec<NewEvent>,
+    reply: Reply<AppendOutcome>,
+}
+
+pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Queued<WriterCommand>>) {
+    let mut last_seq = match load_last_seq(&conn) {
+        Ok(seq) => seq,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "writer could not read the event sequence; stopping");
+            return;
+        }
+    };
+    while let Some(group) = next_group_blocking(&mut rx, MAX_GROUP_JOBS) {
+        let mut appends = Vec::with_capacity(group.len());
+        let mut reservations = Vec::with_capacity(group.len());
+        for queued in group {
+            let (job, reservation) = queued.into_parts();
+            reservations.push(reservation);
+            match job {
+                WriterCommand::Append { events, reply } => {
+                    appends.push(PendingAppend { events, reply })
+                }
+                WriterCommand::Exec(job) => {
+                    commit_group(&mut conn, std::mem::take(&mut appends), &mut last_seq);
+                    job(&mut conn);
+                }
+                WriterCommand::Shutdown => rx.close(),
+            }
+        }
+        commit_group(&mut conn, appends, &mut last_seq);
+        drop(reservations);
+    }
+    tracing::info!("sqlite writer stopped");
+}
+
+fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
+    conn.query_row(
+        "SELECT last_seq FROM event_sequence WHERE id = 1",
+        [],
+        |r| r.get(0),
+    )
+    .context("reading event_sequence")
+}
+
+/// Writes every pending append in one transaction and answers each after the commit.
+fn commit_group(conn: &mut Connection, appends: Vec<PendingAppend>, last_seq: &mut i64) {
+    if appends.is_empty() {
+        return;
+    }
+    let received_at = Timestamp::now();
+    let mut seq = *last_seq;
+    let result = (|| -> anyhow::Result<Vec<Result<AppendOutcome, StoreError>>> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(appends.len());
+        for append in &appends {
+            outcomes.push(apply_in_savepoint(
+                &mut tx,
+                &append.events,
+                &mut seq,
+                received_at,
+            ));
+        }
+        tx.execute(
+            "UPDATE event_sequence SET last_seq = ?1 WHERE id = 1",
+            [seq],
+        )?;
+        tx.commit()?;
+        Ok(outcomes)
+    })();
+    match result {
+        Ok(outcomes) => {
+            *last_seq = seq;
+            for (append, outcome) in appends.into_iter().zip(outcomes) {
+                let _ = append.reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), jobs = appends.len(), "group commit failed");
+            for append in appends {
+                let _ = append.reply.send(Err(StoreError::Unavailable(String::from(
+                    "the write could not be committed",
+                ))));
+            }
+        }
+    }
+}
+
+fn apply_in_savepoint(
+    tx: &mut Transaction<'_>,
+    events: &[NewEvent],
+    seq: &mut i64,
+    received_at: Timestamp,
+) -> Result<AppendOutcome, StoreError> {
+    let start_seq = *seq;
+    let result = (|| -> anyhow::Result<AppendOutcome> {
+        let sp = tx.savepoint()?;
+        let outcome = apply_append(&sp, events, seq, received_at)?;
+        if matches!(outcome, AppendOutcome::Stored(_)) {
+            sp.commit()?;
+        }
+        Ok(outcome)
+    })();
+    result.map_err(|e| {
+        *seq = start_seq;
+        tracing::error!(error = %format!("{e:#}"), "append failed and was rolled back");
+        StoreError::Internal(e)
+    })
+}
+
+/// What the idempotency check decided for one event of a batch.
+enum Plan {
+    Insert,
+    Existing(Uuid),
+    SameAsIndex(usize),
+}
+
+fn apply_append(
+    tx: &rusqlite::Savepoint<'_>,
+    events: &[NewEvent],
+    seq: &mut i64,
+    received_at: Timestamp,
+) -> anyhow::Result<AppendOutcome> {
+    let mut plans = Vec::with_capacity(events.len());
+    let mut conflicts = Vec::new();
+    let mut in_batch: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    {
+        let mut lookup = tx.prepare_cached(
+            "SELECT event_uuid, content_hash FROM idempotency_keys \
+             WHERE client_id = ?1 AND source = ?2 AND event_id = ?3",
+        )?;
+        for (index, event) in events.iter().enumerate() {
+            let Some(event_id) = event.event_id.as_deref() else {
+                plans.push(Plan::Insert);
+                continue;
+            };
+            let key = (
+                event.client_id.as_str(),
+                event.source.as_deref().unwrap_or(""),
+                event_id,
+            );
+            if let Some(&first) = in_batch.get(&key) {
+                if events[first].content_hash == event.content_hash {
+                    plans.push(Plan::SameAsIndex(first));
+                } else {
+                    conflicts.push(index);
+                    plans.push(Plan::Insert);
+                }
+                continue;
+            }
+            let stored: Option<(Vec<u8>, Vec<u8>)> = lookup
+                .query_row(params![key.0, key.1, key.2], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match stored {
+                Some((uuid, hash)) if hash == event.content_hash => {
+                    plans.push(Plan::Existing(Uuid::from_slice(&uuid)?))
+                }
+                Some(_) => {
+                    conflicts.push(index);
+                    plans.push(Plan::Insert);
+                }
+                None => {
+                    in_batch.insert(key, index);
+                    plans.push(Plan::Insert);
+                }
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        return Ok(AppendOutcome::Conflict(conflicts));
+    }
+
+    let mut insert_event = tx.prepare_cached(
+        "INSERT INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
+         correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?;
+    let mut insert_key = tx.prepare_cached(
+        "INSERT INTO idempotency_keys (client_id, source, event_id, event_uuid, event_seq, content_hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut items: Vec<AppendedItem> = Vec::with_capacity(events.len());
+    for (event, plan) in events.iter().zip(plans) {
+        let item = match plan {
+            Plan::Existing(id) => AppendedItem {
+                id,
+                duplicate: true,
+            },
+            Plan::SameAsIndex(first) => AppendedItem {
+                id: items[first].id,
+                duplicate: true,
+            },
+            Plan::Insert => {
+                *seq += 1;
+                let id = Uuid::now_v7();
+                let occurred_at = event.occurred_at.unwrap_or(received_at);
+                insert_event.execute(params![
+                    *seq,
+                    id.as_bytes().as_slice(),
+                    event.client_id.as_str(),
+                    event.event_type.as_str(),
+                    event.user_id,
+                    event.event_id,
+                    event.source,
+                    event.subject,
+                    event.correlation_id,
+                    event.status,
+                    event.ip_address.map(|ip| ip.to_string()),
+                    event.partition_key,
+                    occurred_at.as_micros(),
+                    received_at.as_micros(),
+                    event.data,
+                    event.headers,
+                ])?;
+                if let Some(event_id) = &event.event_id {
+                    insert_key.execute(params![
+                        event.client_id.as_str(),
+                        event.source.as_deref().unwrap_or(""),
+                        event_id,
+                        id.as_bytes().as_slice(),
+                        *seq,
+                        event.content_hash.as_slice(),
+                    ])?;
+                }
+                AppendedItem {
+                    id,
+                    duplicate: false,
+                }
+            }
+        };
+        items.push(item);
+    }
+    Ok(AppendOutcome::Stored(items))
+}
