@@ -111,8 +111,14 @@ pub fn init_tracing() {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("ANNALS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    // Colour only on a terminal: log files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
+        // A closed stderr must not take the service down (the default reports via eprintln!,
+        // which panics on a broken pipe).
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()

@@ -12,8 +12,12 @@ use crate::domain::FieldError;
 use crate::domain::envelope::Rejected;
 use crate::store::StoreError;
 
+/// An error response. Boxed so `Result<T, ApiError>` stays small on the happy path.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<ApiErrorData>);
+
+#[derive(Debug)]
+pub struct ApiErrorData {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
@@ -34,9 +38,22 @@ struct Body<'a> {
     errors: &'a [FieldError],
 }
 
+impl std::ops::Deref for ApiError {
+    type Target = ApiErrorData;
+    fn deref(&self) -> &ApiErrorData {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ApiErrorData {
+        &mut self.0
+    }
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ApiErrorData {
             status,
             code,
             message: message.into(),
@@ -44,7 +61,7 @@ impl ApiError {
             errors: Vec::new(),
             retry_after_secs: None,
             extra: None,
-        }
+        }))
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -88,15 +105,14 @@ impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         let field = field.into();
         let message = message.into();
-        Self {
-            errors: vec![FieldError::new(field.clone(), message.clone())],
-            ..Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                format!("{field}: {message}"),
-            )
-            .with_field(field)
-        }
+        let mut error = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("{field}: {message}"),
+        )
+        .with_field(field.clone());
+        error.errors = vec![FieldError::new(field, message)];
+        error
     }
 
     /// Several invalid fields (`422`); `field` is the first, `message` summarizes.
@@ -112,15 +128,14 @@ impl ApiError {
             ),
             (None, _) => String::from("the request is not valid"),
         };
-        Self {
-            field: first.map(|e| display_path(&e)),
-            errors,
-            ..Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                message,
-            )
-        }
+        let mut error = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            message,
+        );
+        error.field = first.map(|e| display_path(&e));
+        error.errors = errors;
+        error
     }
 
     pub fn from_rejected(rejected: Rejected) -> Self {
@@ -189,20 +204,22 @@ fn display_path(e: &FieldError) -> String {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let ApiError(this) = self;
+        let this = *this;
         let body = Body {
-            error: self.code,
-            message: &self.message,
-            field: self.field.as_deref(),
-            errors: &self.errors,
+            error: this.code,
+            message: &this.message,
+            field: this.field.as_deref(),
+            errors: &this.errors,
         };
         let mut value = serde_json::to_value(&body).expect("error body serializes");
         if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
-            (self.extra, value.as_object_mut())
+            (this.extra, value.as_object_mut())
         {
             obj.extend(extra);
         }
-        let mut response = (self.status, axum::Json(value)).into_response();
-        if let Some(secs) = self.retry_after_secs {
+        let mut response = (this.status, axum::Json(value)).into_response();
+        if let Some(secs) = this.retry_after_secs {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -37,6 +37,8 @@ pub struct RunningServer {
     /// The admin key created on first start of an empty store, if any (shown once).
     pub bootstrap_key: Option<IssuedKey>,
     pub store: Arc<dyn Store>,
+    /// Key management wired to this server's authenticator (changes apply at once).
+    pub keys: KeyService,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -73,7 +75,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
     let app = router(AppState {
         store: store.clone(),
         auth,
-        keys,
+        keys: keys.clone(),
         limits,
     });
     let listener = TcpListener::bind(args.listen)
@@ -92,6 +94,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         addr,
         bootstrap_key,
         store,
+        keys,
         shutdown,
         task,
     })
@@ -99,6 +102,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
 
 /// `annals serve`: runs until SIGTERM or SIGINT.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while starting must still mean a clean stop.
+    let stop = shutdown_signal()?;
     let server = start(args).await?;
     if let Some(issued) = &server.bootstrap_key {
         println!(
@@ -107,30 +112,33 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     tracing::info!(addr = %server.addr, store = server.store.backend(), "annals is listening");
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down: finishing requests and draining the write queue");
     server.stop().await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {},
+                _ = interrupt.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

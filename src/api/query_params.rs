@@ -52,24 +52,38 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiEr
         }
         let text = || Some(value.clone());
         let result: Result<(), String> = match name.as_str() {
-            "user_id" => Ok(q.user_id = text()),
-            "source" => Ok(q.source = text()),
-            "subject" => Ok(q.subject = text()),
-            "correlation_id" => Ok(q.correlation_id = text()),
-            "status" => Ok(q.status = text()),
+            "user_id" => {
+                q.user_id = text();
+                Ok(())
+            }
+            "source" => {
+                q.source = text();
+                Ok(())
+            }
+            "subject" => {
+                q.subject = text();
+                Ok(())
+            }
+            "correlation_id" => {
+                q.correlation_id = text();
+                Ok(())
+            }
+            "status" => {
+                q.status = text();
+                Ok(())
+            }
             "event_type" => TopicPattern::parse(value).map(|p| q.event_type = Some(p)),
             "from" => Timestamp::parse_bound(value).map(|t| q.from = Some(t)),
             "to" => Timestamp::parse_bound(value).map(|t| q.to = Some(t)),
             "client_id" => ClientId::parse(value).map(|c| requested_client = Some(c)),
             "limit" => match value.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(q.limit = n),
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => {
+                    q.limit = n;
+                    Ok(())
+                }
                 _ => Err(format!("must be a whole number from 1 to {MAX_LIMIT}")),
             },
-            "order" => match value.as_str() {
-                "asc" => Ok(q.order = Order::Asc),
-                "desc" => Ok(q.order = Order::Desc),
-                _ => Err(String::from("must be asc or desc")),
-            },
+            "order" => parse_order(value).map(|o| q.order = o),
             "cursor" => decode_cursor(value).map(|s| q.after_seq = Some(s)),
             other => data_path(other).map(|path| {
                 q.data.push(DataFilter {
@@ -100,6 +114,14 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiEr
         })
     } else {
         Err(ApiError::invalid_fields(errors))
+    }
+}
+
+fn parse_order(text: &str) -> Result<Order, String> {
+    match text {
+        "asc" => Ok(Order::Asc),
+        "desc" => Ok(Order::Desc),
+        _ => Err(String::from("must be asc or desc")),
     }
 }
 

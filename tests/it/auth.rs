@@ -1,0 +1,211 @@
+//! Keys, scopes and tenant isolation on every read path.
+
+use annals::domain::access::KeySelector;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, assert_error, status_json};
+
+#[tokio::test]
+async fn missing_malformed_unknown_and_wrong_secret_keys_are_401() {
+    let app = TestApp::spawn().await;
+    let real = app.key("acme", "events:write,events:read").await;
+    let wrong_secret = format!("{}x", &real[..real.len() - 1]);
+    let body = json!({"event_type": "a"});
+    let r = app
+        .http
+        .post(app.url("/v1/events"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, json) = status_json(r).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error(&json, "unauthorized");
+    for bad in [
+        "",
+        "garbage",
+        "ank_0123456789abcdef_nope",
+        wrong_secret.as_str(),
+    ] {
+        let (status, json) = status_json(app.post("/v1/events", bad, &body).await).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad}");
+        assert_error(&json, "unauthorized");
+    }
+    // Bearer works as well as X-API-Key
+    let r = app
+        .http
+        .post(app.url("/v1/events"))
+        .bearer_auth(&real)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn disabled_deleted_and_expired_keys_stop_working_at_once() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme", "events:read").await;
+    assert_eq!(app.get("/v1/events", &key).await.status(), StatusCode::OK);
+    let key_id = key[4..20].to_string();
+
+    let toggled = app
+        .keys
+        .toggle(KeySelector::KeyId(key_id.clone()))
+        .await
+        .unwrap();
+    assert!(!toggled[0].is_active);
+    let (status, body) = status_json(app.get("/v1/events", &key).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["message"].as_str().unwrap().contains("disabled"));
+
+    app.keys
+        .toggle(KeySelector::KeyId(key_id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(app.get("/v1/events", &key).await.status(), StatusCode::OK);
+
+    app.keys.delete(KeySelector::KeyId(key_id)).await.unwrap();
+    assert_eq!(
+        app.get("/v1/events", &key).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    let expired = app
+        .keys
+        .create(annals::auth::NewKeyRequest {
+            client_id: annals::domain::ClientId::parse("acme").unwrap(),
+            name: "old".into(),
+            scopes: annals::domain::access::Scopes::parse_list("events:read").unwrap(),
+            rate_limit: None,
+            expires_at: Some(annals::domain::Timestamp::from_micros(1)),
+        })
+        .await
+        .unwrap();
+    let (status, body) = status_json(app.get("/v1/events", &expired.key).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["message"].as_str().unwrap().contains("expired"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn scopes_are_enforced_with_403() {
+    let app = TestApp::spawn().await;
+    let writer = app.key("acme", "events:write").await;
+    let reader = app.key("acme", "events:read").await;
+    let (status, body) = status_json(app.get("/v1/events", &writer).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_error(&body, "forbidden");
+    let (status, _) = status_json(
+        app.post("/v1/events", &reader, &json!({"event_type": "a"}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = status_json(
+        app.post(
+            "/v1/events/batch",
+            &reader,
+            &json!({"events": [{"event_type": "a"}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(app.list("/v1/events", &app.admin_key).await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn clients_never_see_each_other() {
+    let app = TestApp::spawn().await;
+    let a = app.key("client-a", "events:write,events:read").await;
+    let b = app.key("client-b", "events:write,events:read").await;
+    let a_id = app.record(&a, json!({"event_type": "x.y.made", "user_id": "shared-user", "event_id": "same", "data": {"k": 1}})).await;
+    let b_id = app.record(&b, json!({"event_type": "x.y.made", "user_id": "shared-user", "event_id": "same", "data": {"k": 2}})).await;
+    assert_ne!(a_id, b_id, "idempotency keys are per client");
+
+    for path in [
+        "/v1/events",
+        "/events",
+        "/api/v1/events",
+        "/v1/events?user_id=shared-user",
+        "/v1/events?k=2",
+        "/v1/events?event_type=x.%23",
+    ] {
+        let seen = app.list(path, &a).await;
+        assert!(seen.iter().all(|e| e["client_id"] == "client-a"), "{path}");
+        assert_eq!(
+            seen.len(),
+            if path.contains("k=2") { 0 } else { 1 },
+            "{path}"
+        );
+    }
+    // by id: the other client's event does not exist for you
+    let (status, _) = status_json(app.get(&format!("/v1/events/{b_id}"), &a).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = status_json(app.get(&format!("/v1/events/{a_id}"), &a).await).await;
+    assert_eq!(status, StatusCode::OK);
+    // naming another client is refused, naming your own is fine
+    let (status, body) = status_json(app.get("/v1/events?client_id=client-b", &a).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["field"], "client_id");
+    assert_eq!(app.list("/v1/events?client_id=client-a", &a).await.len(), 1);
+    // writing as another client is refused, single and batch
+    let (status, _) = status_json(
+        app.post(
+            "/v1/events",
+            &a,
+            &json!({"event_type": "x", "client_id": "client-b"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = status_json(
+        app.post(
+            "/v1/events/batch",
+            &a,
+            &json!({"events": [{"event_type": "x", "client_id": "client-b"}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.list("/v1/events?client_id=client-b", &app.admin_key)
+            .await
+            .len(),
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn admin_sees_all_and_may_write_for_a_client() {
+    let app = TestApp::spawn().await;
+    let a = app.key("client-a", "events:write,events:read").await;
+    app.record(&a, json!({"event_type": "x"})).await;
+    app.record(
+        &app.admin_key,
+        json!({"event_type": "x", "client_id": "client-a", "event_id": "import-1"}),
+    )
+    .await;
+    app.record(&app.admin_key, json!({"event_type": "x"})).await;
+    assert_eq!(app.list("/v1/events", &app.admin_key).await.len(), 3);
+    assert_eq!(
+        app.list("/v1/events?client_id=client-a", &app.admin_key)
+            .await
+            .len(),
+        2
+    );
+    assert_eq!(
+        app.list("/v1/events", &a).await.len(),
+        2,
+        "the import belongs to client-a"
+    );
+    app.stop().await;
+}

@@ -1,0 +1,166 @@
+//! The `annals` binary's management commands, run as a user would run them.
+
+use std::process::{Command, Output};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn annals(db: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(args)
+        .env("ANNALS_DATABASE_URL", db)
+        .env_remove("ANNALS_API_KEY")
+        .output()
+        .expect("annals runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn keys_create_list_toggle_delete_and_the_key_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cli.db").display().to_string();
+
+    let out = annals(&db, &["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = annals(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--client-id",
+            "my-app",
+            "--name",
+            "My App",
+            "--rate-limit",
+            "100",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    let key = text
+        .split_whitespace()
+        .find(|w| w.starts_with("ank_"))
+        .expect("key printed")
+        .to_string();
+    let key_id = key[4..20].to_string();
+
+    let out = annals(&db, &["keys", "list", "--json"]);
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(list[0]["key_id"], key_id);
+    assert_eq!(list[0]["client_id"], "my-app");
+    assert_eq!(list[0]["rate_limit"], 100);
+    assert_eq!(list[0]["scopes"], "events:write,events:read");
+    assert!(
+        !stdout(&out).contains(&key[21..]),
+        "the secret is never listed"
+    );
+
+    // the key works against a server on the same database
+    let mut args = annals::config::ServeArgs::with_database(db.clone());
+    args.api_key = Some("unused-static".into());
+    let server = annals::server::start(args).await.unwrap();
+    let http = reqwest::Client::new();
+    let post = |k: String| {
+        let http = http.clone();
+        let url = format!("http://{}/events", server.addr);
+        async move {
+            http.post(url)
+                .header("x-api-key", k)
+                .json(&json!({"event_type": "cli.key.used"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(post(key.clone()).await, StatusCode::CREATED);
+
+    let out = annals(&db, &["keys", "toggle", "--client-id", "my-app"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("no"), "{}", stdout(&out));
+    // another process changed the key: this server sees it within its cache lifetime
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(post(key.clone()).await, StatusCode::UNAUTHORIZED);
+
+    let out = annals(&db, &["keys", "delete", "--key-id", &key_id]);
+    assert!(out.status.success());
+    let out = annals(&db, &["keys", "delete", "--key-id", &key_id]);
+    assert!(!out.status.success(), "deleting a missing key fails");
+    server.stop().await.unwrap();
+}
+
+#[test]
+fn bad_cli_input_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cli.db").display().to_string();
+    for args in [
+        vec!["keys", "create", "--client-id", "bad id", "--name", "x"],
+        vec![
+            "keys",
+            "create",
+            "--client-id",
+            "ok",
+            "--name",
+            "x",
+            "--scopes",
+            "root",
+        ],
+        vec!["keys", "delete"],
+        vec!["keys", "toggle", "--client-id", "a", "--key-id", "b"],
+    ] {
+        let out = annals(&db, &args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn first_start_prints_an_admin_key_once() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("first.db").display().to_string();
+    let start = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("ANNALS_DATABASE_URL", &db)
+            .env_remove("ANNALS_API_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // wait until it is listening, then stop it
+        let stderr = child.stderr.take().unwrap();
+        for line in BufReader::new(stderr).lines() {
+            if line.unwrap().contains("listening") {
+                break;
+            }
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(start().contains("ank_"), "first start prints a key");
+    assert!(!start().contains("ank_"), "second start does not");
+}

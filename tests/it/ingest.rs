@@ -1,0 +1,441 @@
+//! Ingest: the envelope, batches, idempotency, and every kind of bad input.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error, status_json};
+
+#[tokio::test]
+async fn auditor_post_and_query_with_the_static_key() {
+    let app = TestApp::spawn_with(|a| a.api_key = Some("s3cret-static-key".into())).await;
+    assert!(
+        app.admin_key.is_empty(),
+        "no bootstrap key when ANNALS_API_KEY is set"
+    );
+    let r = app
+        .post(
+            "/events",
+            "s3cret-static-key",
+            &json!({"user_id": "user-1", "event_type": "login", "data": {"device": "phone", "attempts": 3}}),
+        )
+        .await;
+    let (status, body) = status_json(r).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["message"], "Event recorded");
+    let id = body["id"].as_str().unwrap();
+
+    let events = app
+        .list(
+            "/events?user_id=user-1&event_type=login&device=phone",
+            "s3cret-static-key",
+        )
+        .await;
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e["id"], id);
+    assert_eq!(e["user_id"], "user-1");
+    assert_eq!(e["event_type"], "login");
+    assert_eq!(e["data"], json!({"device": "phone", "attempts": 3}));
+    assert_eq!(e["client_id"], "default");
+    assert!(e["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        app.list("/events?user_id=user-1&device=tablet", "s3cret-static-key")
+            .await
+            .is_empty()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn envelope_fields_round_trip_with_server_headers() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .record(
+            &app.admin_key,
+            json!({
+                "event_type": "billing.invoice.paid", "user_id": "user-123",
+                "payload": {"invoice": "in_42", "amount": 1200}, "event_id": "evt-1",
+                "source": "billing-service", "subject": "invoice/in_42",
+                "occurred_at": "2026-11-21T11:00:00+01:00", "correlation_id": "corr-1",
+                "headers": {"actor": "alice", "auth_level": "mfa"}, "status": "SUCCESS",
+                "ip_address": "203.0.113.7", "partition_key": "tenant-9"
+            }),
+        )
+        .await;
+    let (status, e) = status_json(app.get(&format!("/v1/events/{id}"), &app.admin_key).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(e["data"], json!({"invoice": "in_42", "amount": 1200}));
+    assert_eq!(e["occurred_at"], "2026-11-21T10:00:00Z");
+    assert_eq!(e["seq"], 1);
+    let h = &e["headers"];
+    assert_eq!(h["actor"], "alice");
+    assert_eq!(h["event_type"], "billing.invoice.paid");
+    assert_eq!(h["event_id"], "evt-1");
+    assert_eq!(h["source"], "billing-service");
+    assert_eq!(h["partition_key"], "tenant-9");
+    assert_eq!(h["occurred_at"], "2026-11-21T10:00:00Z");
+    assert_eq!(h["created_at"], e["received_at"]);
+    for f in ["subject", "correlation_id", "status", "ip_address"] {
+        assert!(e[f].is_string(), "{f}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_same_content_is_a_duplicate_different_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    let event = json!({"event_type": "order.placed", "event_id": "evt-7", "data": {"n": 1}});
+    let first = app.record(&app.admin_key, event.clone()).await;
+    let (status, body) = status_json(app.post("/v1/events", &app.admin_key, &event).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["id"], first);
+    assert_eq!(body["duplicate"], true);
+
+    // payload alias of the same content is the same request
+    let alias = json!({"event_type": "order.placed", "event_id": "evt-7", "payload": {"n": 1}});
+    let (status, _) = status_json(app.post("/v1/events", &app.admin_key, &alias).await).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let changed = json!({"event_type": "order.placed", "event_id": "evt-7", "data": {"n": 2}});
+    let (status, body) = status_json(app.post("/v1/events", &app.admin_key, &changed).await).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_error(&body, "conflict");
+    assert_eq!(body["field"], "event_id");
+
+    // the same event_id from another source is a different key
+    let other_source =
+        json!({"event_type": "order.placed", "event_id": "evt-7", "source": "b", "data": {"n": 2}});
+    app.record(&app.admin_key, other_source).await;
+    assert_eq!(app.list("/v1/events", &app.admin_key).await.len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_are_stored_once() {
+    let app = TestApp::spawn().await;
+    let event = json!({"event_type": "order.placed", "event_id": "race-1", "data": {"k": "v"}});
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (http, url, key, event) = (
+            app.http.clone(),
+            app.url("/v1/events"),
+            app.admin_key.clone(),
+            event.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .header("x-api-key", key)
+                .json(&event)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert!(
+            status == StatusCode::CREATED || status == StatusCode::OK,
+            "{status} {body}"
+        );
+        created += usize::from(status == StatusCode::CREATED);
+        ids.insert(body["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    assert_eq!(app.list("/v1/events", &app.admin_key).await.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn batch_is_atomic_and_reports_every_bad_item() {
+    let app = TestApp::spawn().await;
+    let batch = json!({"events": [
+        {"event_type": "a.b.created"},
+        {"user_id": "no type"},
+        {"event_type": "a.b.created", "data": "not an object"},
+        {"event_type": "a.b.created", "occurred_at": "yesterday"}
+    ]});
+    let (status, body) =
+        status_json(app.post("/v1/events/batch", &app.admin_key, &batch).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&body, "validation_failed");
+    let errors: Vec<(u64, String)> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["field"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (1, "event_type".into()),
+            (2, "data".into()),
+            (3, "occurred_at".into())
+        ]
+    );
+    assert_eq!(body["field"], "events[1].event_type");
+    assert!(
+        app.list("/v1/events", &app.admin_key).await.is_empty(),
+        "nothing stored"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn batch_ids_in_order_duplicates_and_conflicts() {
+    let app = TestApp::spawn().await;
+    app.record(
+        &app.admin_key,
+        json!({"event_type": "t.x.done", "event_id": "old", "data": {"v": 1}}),
+    )
+    .await;
+    let batch = json!({"events": [
+        {"event_type": "t.x.done", "event_id": "new-1"},
+        {"event_type": "t.x.done", "event_id": "old", "data": {"v": 1}},
+        {"event_type": "t.x.done", "event_id": "new-1"},
+        {"event_type": "t.x.done"}
+    ]});
+    let (status, body) =
+        status_json(app.post("/v1/events/batch", &app.admin_key, &batch).await).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let ids = body["ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 4);
+    assert_eq!(ids[0], ids[2], "a repeated identical item is stored once");
+    assert_eq!(body["duplicates"], json!([1, 2]));
+    assert_eq!(app.list("/v1/events", &app.admin_key).await.len(), 3);
+
+    // a conflict anywhere stores nothing
+    let conflicting = json!({"events": [
+        {"event_type": "t.x.done", "event_id": "fresh"},
+        {"event_type": "t.x.done", "event_id": "old", "data": {"v": 2}},
+        {"event_type": "t.x.done", "event_id": "twin", "data": {"a": 1}},
+        {"event_type": "t.x.done", "event_id": "twin", "data": {"a": 2}}
+    ]});
+    let (status, body) = status_json(
+        app.post("/api/v1/events/batch", &app.admin_key, &conflicting)
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["indexes"], json!([1, 3]));
+    assert_eq!(app.list("/v1/events", &app.admin_key).await.len(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn batch_limits_and_shape() {
+    let app = TestApp::spawn_with(|a| a.max_batch = 3).await;
+    let four = json!({"events": [{"event_type": "a"}, {"event_type": "a"}, {"event_type": "a"}, {"event_type": "a"}]});
+    let (status, body) =
+        status_json(app.post("/v1/events/batch", &app.admin_key, &four).await).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["field"], "events");
+    for (bad, field) in [
+        (json!({"events": []}), "events"),
+        (json!({"events": {}}), "events"),
+        (json!({}), "events"),
+        (json!([{"event_type": "a"}]), ""),
+        (
+            json!({"events": [{"event_type": "a"}], "extra": 1}),
+            "extra",
+        ),
+    ] {
+        let (status, body) =
+            status_json(app.post("/v1/events/batch", &app.admin_key, &bad).await).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(body["field"], field, "{bad}");
+    }
+    assert!(app.list("/v1/events", &app.admin_key).await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_inputs_get_clear_json_errors_and_store_nothing() {
+    let app = TestApp::spawn_with(|a| {
+        a.max_event_bytes = 2048;
+        a.max_body_bytes = 8192;
+    })
+    .await;
+    let key = app.admin_key.clone();
+    // (content type, body, status, error code, field)
+    type Case<'a> = (
+        Option<&'a str>,
+        String,
+        StatusCode,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            Some("application/json"),
+            "{\"event_type\":".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            None,
+        ),
+        (
+            Some("application/json"),
+            "".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            None,
+        ),
+        (
+            Some("text/plain"),
+            "{\"event_type\":\"a\"}".into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            None,
+        ),
+        (
+            None,
+            "[1,2]".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some(""),
+        ),
+        (
+            None,
+            "{}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("event_type"),
+        ),
+        (
+            None,
+            "{\"event_type\": 5}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("event_type"),
+        ),
+        (
+            None,
+            "{\"event_type\": \"a\", \"evnt\": 1}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("evnt"),
+        ),
+        (
+            None,
+            "{\"event_type\": \"a\", \"id\": \"mine\"}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("id"),
+        ),
+        (
+            None,
+            format!("{{\"event_type\": \"{}\"}}", "x".repeat(300)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("event_type"),
+        ),
+        (
+            None,
+            "{\"event_type\": \"a\", \"ip_address\": \"999.1.1.1\"}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("ip_address"),
+        ),
+        (
+            None,
+            "{\"event_type\": \"a\", \"occurred_at\": \"2026-11-21T10:00:00\"}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("occurred_at"),
+        ),
+        (
+            None,
+            "{\"event_type\": \"a\", \"headers\": {\"event_type\": \"b\"}}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("headers.event_type"),
+        ),
+        (
+            None,
+            format!(
+                "{{\"event_type\": \"a\", \"data\": {}1{}}}",
+                "{\"a\":".repeat(70),
+                "}".repeat(70)
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some(""),
+        ),
+        (
+            None,
+            format!(
+                "{{\"event_type\": \"a\", \"data\": {{\"x\": \"{}\"}}}}",
+                "y".repeat(3000)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            Some("data"),
+        ),
+        (
+            None,
+            format!(
+                "{{\"event_type\": \"a\", \"pad\": \"{}\"}}",
+                "y".repeat(9000)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            None,
+        ),
+    ];
+    for (content_type, body, want_status, want_code, want_field) in cases {
+        let r = app
+            .post_raw("/v1/events", &key, content_type, body.clone())
+            .await;
+        let (status, json) = status_json(r).await;
+        let short: String = body.chars().take(60).collect();
+        assert_eq!(status, want_status, "{short}: {json}");
+        assert_error(&json, want_code);
+        if let Some(field) = want_field {
+            assert_eq!(json["field"], field, "{short}: {json}");
+        }
+    }
+    // chunked body over the limit (no Content-Length) is refused the same way
+    let chunks = futures_util_stream(vec![vec![b' '; 5000], vec![b' '; 5000]]);
+    let r = app
+        .post_raw(
+            "/v1/events",
+            &key,
+            Some("application/json"),
+            reqwest::Body::wrap_stream(chunks),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        app.list("/v1/events", &key).await.is_empty(),
+        "nothing was stored"
+    );
+    app.stop().await;
+}
+
+fn futures_util_stream(
+    chunks: Vec<Vec<u8>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::iter(chunks.into_iter().map(Ok))
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_json() {
+    let app = TestApp::spawn().await;
+    let (status, body) = status_json(app.get("/v2/nothing", &app.admin_key).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, "not_found");
+    let r = app.http.delete(app.url("/v1/events")).send().await.unwrap();
+    let (status, body) = status_json(r).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_error(&body, "method_not_allowed");
+    app.stop().await;
+}

@@ -1,0 +1,10 @@
+//! Integration tests: each test starts the real server on a random port against a fresh store
+//! in its own temp dir and talks HTTP to it.
+
+mod auth;
+mod cli;
+mod crash;
+mod helpers;
+mod ingest;
+mod ops;
+mod query;

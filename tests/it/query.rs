@@ -1,0 +1,234 @@
+//! Queries: every filter, data-field matching, ordering and cursor paging.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error, status_json};
+
+fn types(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn seeded() -> TestApp {
+    let app = TestApp::spawn().await;
+    let events = json!({"events": [
+        {"event_type": "billing.invoice.paid", "user_id": "u1", "source": "billing", "subject": "inv/1",
+         "correlation_id": "c1", "status": "SUCCESS", "occurred_at": "2026-01-01T00:00:00Z",
+         "data": {"amount": 1200, "currency": "EUR", "paid": true, "status": "settled", "customer": {"tier": "gold"}}},
+        {"event_type": "billing.invoice.drafted", "user_id": "u1", "source": "billing",
+         "occurred_at": "2026-01-02T00:00:00Z", "data": {"amount": "1200", "currency": "USD", "paid": false}},
+        {"event_type": "billing.refund.sent", "user_id": "u2", "source": "billing",
+         "occurred_at": "2026-01-03T00:00:00Z", "data": {"amount": 1200.5, "customer": {"tier": "silver"}}},
+        {"event_type": "iam.user.created", "user_id": "u2", "source": "iam", "correlation_id": "c1",
+         "status": "FAILURE", "occurred_at": "2026-01-04T00:00:00Z", "data": {"email": "a@b.c"}},
+        {"event_type": "billing", "user_id": "u3", "occurred_at": "2026-01-05T00:00:00Z"}
+    ]});
+    let r = app.post("/v1/events/batch", &app.admin_key, &events).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    app
+}
+
+#[tokio::test]
+async fn filters_on_envelope_fields() {
+    let app = seeded().await;
+    let k = app.admin_key.clone();
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "user_id=u1",
+            vec!["billing.invoice.drafted", "billing.invoice.paid"],
+        ),
+        (
+            "event_type=billing.invoice.paid",
+            vec!["billing.invoice.paid"],
+        ),
+        (
+            "event_type=billing.invoice.*",
+            vec!["billing.invoice.drafted", "billing.invoice.paid"],
+        ),
+        (
+            "event_type=billing.%23",
+            vec![
+                "billing",
+                "billing.refund.sent",
+                "billing.invoice.drafted",
+                "billing.invoice.paid",
+            ],
+        ),
+        ("event_type=*.*.sent", vec!["billing.refund.sent"]),
+        ("event_type=%23.created", vec!["iam.user.created"]),
+        ("source=iam", vec!["iam.user.created"]),
+        ("subject=inv/1", vec!["billing.invoice.paid"]),
+        (
+            "correlation_id=c1",
+            vec!["iam.user.created", "billing.invoice.paid"],
+        ),
+        ("status=FAILURE", vec!["iam.user.created"]),
+        (
+            "from=2026-01-02T00:00:00Z&to=2026-01-04T00:00:00Z",
+            vec!["billing.refund.sent", "billing.invoice.drafted"],
+        ),
+        ("from=2026-01-04", vec!["billing", "iam.user.created"]),
+        ("user_id=u2&event_type=iam.%23", vec!["iam.user.created"]),
+    ];
+    for (query, want) in cases {
+        let got = types(&app.list(&format!("/v1/events?{query}"), &k).await);
+        assert_eq!(got, want, "{query}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn filters_on_data_fields() {
+    let app = seeded().await;
+    let k = app.admin_key.clone();
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        // a number or a string whose text is 1200; not 1200.5
+        (
+            "amount=1200",
+            vec!["billing.invoice.drafted", "billing.invoice.paid"],
+        ),
+        ("amount=1200.5", vec!["billing.refund.sent"]),
+        ("currency=EUR", vec!["billing.invoice.paid"]),
+        ("paid=true", vec!["billing.invoice.paid"]),
+        ("paid=false", vec!["billing.invoice.drafted"]),
+        ("data.customer.tier=gold", vec!["billing.invoice.paid"]),
+        ("data.status=settled", vec!["billing.invoice.paid"]),
+        ("email=a@b.c&user_id=u2", vec!["iam.user.created"]),
+        ("currency=GBP", vec![]),
+        ("nothing=here", vec![]),
+    ];
+    for (query, want) in cases {
+        let got = types(&app.list(&format!("/events?{query}"), &k).await);
+        assert_eq!(got, want, "{query}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn order_limit_and_cursor_paging_visit_every_event_once() {
+    let app = TestApp::spawn().await;
+    let events: Vec<Value> = (0..25)
+        .map(|i| json!({"event_type": "page.item.made", "data": {"i": i}}))
+        .collect();
+    let r = app
+        .post(
+            "/v1/events/batch",
+            &app.admin_key,
+            &json!({"events": events}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    for (order, expected_first) in [("desc", 24), ("asc", 0)] {
+        let mut seen = Vec::new();
+        let mut next = Some(format!(
+            "/v1/events?event_type=page.item.made&limit=10&order={order}"
+        ));
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            let r = app.get(&path, &app.admin_key).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            next = r.headers().get("link").map(|l| {
+                let l = l.to_str().unwrap();
+                assert!(l.ends_with("; rel=\"next\""), "{l}");
+                l[1..l.find('>').unwrap()].to_string()
+            });
+            let page: Vec<Value> = r.json().await.unwrap();
+            seen.extend(page.iter().map(|e| e["data"]["i"].as_i64().unwrap()));
+            pages += 1;
+            assert!(pages <= 4, "paging must end");
+        }
+        assert_eq!(seen.len(), 25, "{order}");
+        assert_eq!(seen[0], expected_first, "{order}");
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 25, "no event twice");
+    }
+    let page = app.list("/v1/events?limit=5", &app.admin_key).await;
+    assert_eq!(page.len(), 5);
+    let seqs: Vec<i64> = page.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, [25, 24, 23, 22, 21], "newest first, gapless seq");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn get_by_id_and_not_found() {
+    let app = seeded().await;
+    let first = &app.list("/v1/events?limit=1", &app.admin_key).await[0];
+    let id = first["id"].as_str().unwrap();
+    let (status, body) =
+        status_json(app.get(&format!("/v1/events/{id}"), &app.admin_key).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body, first);
+    let (status, body) = status_json(
+        app.get(&format!("/api/v1/events/{id}"), &app.admin_key)
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["id"], id);
+    for missing in ["01a200bf-bc77-7522-a4a9-c5ec20956460", "not-a-uuid"] {
+        let (status, body) = status_json(
+            app.get(&format!("/v1/events/{missing}"), &app.admin_key)
+                .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_error(&body, "not_found");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_query_parameters_are_422_naming_each() {
+    let app = TestApp::spawn().await;
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("order=sideways", "order"),
+        ("from=last-week", "from"),
+        ("from=2026-01-02&to=2026-01-01", "to"),
+        ("cursor=forged", "cursor"),
+        ("event_type=bad%20type", "event_type"),
+        ("user_id=a&user_id=b", "user_id"),
+        ("data..x=1", "data..x"),
+    ] {
+        let (status, body) = status_json(
+            app.get(&format!("/v1/events?{query}"), &app.admin_key)
+                .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert_error(&body, "validation_failed");
+        assert_eq!(body["field"], field, "{query}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_query_past_its_time_budget_is_refused_as_too_broad() {
+    let app = TestApp::spawn_with(|a| a.store.query_timeout_ms = 1).await;
+    let events: Vec<Value> = (0..1000)
+        .map(|i| json!({"event_type": "load.row.made", "data": {"i": i, "blob": "x".repeat(200)}}))
+        .collect();
+    for _ in 0..20 {
+        let r = app
+            .post(
+                "/v1/events/batch",
+                &app.admin_key,
+                &json!({"events": events}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    // a data filter that matches nothing must scan all 20 000 rows: far past 1 ms
+    let (status, body) = status_json(app.get("/v1/events?blob=nope", &app.admin_key).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_error(&body, "query_too_broad");
+    app.stop().await;
+}
