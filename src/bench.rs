@@ -149,7 +149,8 @@ async fn load_batches(url: String, key: String, args: &BenchArgs) -> anyhow::Res
     Ok(stored as f64 / started.elapsed().as_secs_f64())
 }
 
-/// The no-op ceiling: same runtime, same axum stack, the same body read and parsed, no work.
+/// The no-op ceiling: same runtime, same axum router and middleware layers, the same body read
+/// and parsed as JSON, no work.
 async fn noop_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     async fn handler(body: Bytes) -> (StatusCode, axum::Json<Value>) {
         match serde_json::from_slice::<Value>(&body) {
@@ -160,7 +161,7 @@ async fn noop_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> 
             Err(_) => (StatusCode::BAD_REQUEST, axum::Json(json!({}))),
         }
     }
-    let app = Router::new().route("/v1/events", post(handler));
+    let app = crate::api::with_layers(Router::new().route("/v1/events", post(handler)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -177,9 +178,17 @@ fn raw_sqlite_inserts(
     sync: Synchronous,
 ) -> anyhow::Result<f64> {
     let mut conn = open_and_migrate(path, sync)?;
+    // Rows are built before the clock starts: the ceiling is SQLite's insert cost alone.
+    let rows: Vec<(String, String, String)> = (0..total as u64)
+        .map(|n| {
+            let body = event_body(n);
+            let user = body["user_id"].as_str().unwrap_or_default().to_string();
+            (user, body["data"].to_string(), body["headers"].to_string())
+        })
+        .collect();
     let started = Instant::now();
     let mut seq = 0i64;
-    for chunk in 0..total.div_ceil(batch) {
+    for chunk in rows.chunks(batch) {
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
@@ -188,16 +197,14 @@ fn raw_sqlite_inserts(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
             let now = Timestamp::now().as_micros();
-            for i in 0..batch {
+            for (user, data, headers) in chunk {
                 seq += 1;
-                let n = (chunk * batch + i) as u64;
-                let body = event_body(n);
                 stmt.execute(params![
                     seq,
                     uuid::Uuid::now_v7().as_bytes().as_slice(),
                     "default",
                     "billing.invoice.paid",
-                    body["user_id"].as_str(),
+                    user,
                     None::<String>,
                     "bench",
                     None::<String>,
@@ -207,8 +214,8 @@ fn raw_sqlite_inserts(
                     None::<String>,
                     now,
                     now,
-                    body["data"].to_string(),
-                    body["headers"].to_string(),
+                    data,
+                    headers,
                 ])?;
             }
         }
@@ -219,6 +226,21 @@ fn raw_sqlite_inserts(
         tx.commit()?;
     }
     Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn start_server(
+    path: &std::path::Path,
+    sync: Synchronous,
+) -> anyhow::Result<(server::RunningServer, String)> {
+    let mut serve = ServeArgs::with_database(path.display().to_string());
+    serve.store.sqlite_synchronous = sync;
+    let server = server::start(serve).await?;
+    let key = server
+        .bootstrap_key
+        .as_ref()
+        .map(|k| k.key.clone())
+        .context("the benchmark server did not issue a key")?;
+    Ok((server, key))
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -237,23 +259,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let noop = load_single(noop_url, None, args.concurrency, args.seconds).await?;
     noop_task.abort();
 
-    let mut serve = ServeArgs::with_database(dir.path().join("bench.db").display().to_string());
-    serve.store.sqlite_synchronous = args.sqlite_synchronous;
-    let server = server::start(serve).await?;
-    let key = server
-        .bootstrap_key
-        .as_ref()
-        .map(|k| k.key.clone())
-        .context("the benchmark server did not issue a key")?;
+    // Each phase gets a fresh database, so batch ingest and the raw-insert ceiling insert the
+    // same rows into tables of the same size.
+    let (server, key) =
+        start_server(&dir.path().join("single.db"), args.sqlite_synchronous).await?;
     let base = format!("http://{}", server.addr);
     let single = load_single(
         format!("{base}/v1/events"),
-        Some(key.clone()),
+        Some(key),
         args.concurrency,
         args.seconds,
     )
     .await?;
-    let batch = load_batches(format!("{base}/v1/events/batch"), key, &args).await?;
+    server.stop().await?;
+
+    let (server, key) = start_server(&dir.path().join("batch.db"), args.sqlite_synchronous).await?;
+    let batch = load_batches(
+        format!("http://{}/v1/events/batch", server.addr),
+        key,
+        &args,
+    )
+    .await?;
     server.stop().await?;
 
     let raw_path = dir.path().join("raw.db");

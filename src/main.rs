@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+// glibc malloc serialises on arena locks under many small request allocations; mimalloc's
+// per-thread heaps removed that contention in `annals bench`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = annals::cli::Cli::parse();
     annals::cli::init_tracing();

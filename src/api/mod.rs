@@ -36,13 +36,21 @@ pub struct AppState {
 const REQUEST_ID: &str = "x-request-id";
 
 pub fn router(state: AppState) -> Router {
+    with_layers(
+        Router::new()
+            .merge(events::router())
+            .merge(health::router())
+            .with_state(state),
+    )
+}
+
+/// The stack every request passes through: JSON 404/405, request ids, tracing, panic catching.
+/// Public so the benchmark's no-op ceiling runs on exactly the same stack.
+pub fn with_layers(routes: Router) -> Router {
     let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
-    Router::new()
-        .merge(events::router())
-        .merge(health::router())
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))

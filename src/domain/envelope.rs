@@ -255,6 +255,24 @@ pub fn parse_event(
     }
 }
 
+/// SHA-256 of the canonical serialization (keys sorted: `serde_json::Map` is a B-tree), streamed
+/// into the hasher without building the text.
+fn hash_json(map: &Map<String, Value>) -> [u8; 32] {
+    struct HashWriter(Sha256);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut writer = HashWriter(Sha256::new());
+    serde_json::to_writer(&mut writer, map).expect("a JSON map always serializes");
+    writer.0.finalize().into()
+}
+
 /// Refuses server-set header names and lifts `headers.partition_key` into the envelope field.
 fn check_headers(
     headers: &mut Map<String, Value>,

@@ -50,7 +50,10 @@ pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Queued<WriterComm
             return;
         }
     };
+    let (mut groups, mut jobs) = (0u64, 0u64);
     while let Some(group) = next_group_blocking(&mut rx, MAX_GROUP_JOBS) {
+        groups += 1;
+        jobs += group.len() as u64;
         let mut appends = Vec::with_capacity(group.len());
         let mut reservations = Vec::with_capacity(group.len());
         for queued in group {
@@ -70,7 +73,7 @@ pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Queued<WriterComm
         commit_group(&mut conn, appends, &mut last_seq);
         drop(reservations);
     }
-    tracing::info!("sqlite writer stopped");
+    tracing::info!(groups, jobs, last_seq, "sqlite writer stopped");
 }
 
 fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
