@@ -126,8 +126,7 @@ pub fn parse_event(
             map.insert(String::from("data"), payload);
         }
     }
-    let content_hash: [u8; 32] =
-        Sha256::digest(serde_json::to_vec(&map).expect("a JSON map always serializes")).into();
+    let content_hash = hash_json(&map);
 
     let mut event_type = None;
     let mut user_id = None;
