@@ -7,6 +7,7 @@
 //! - Read connections are `query_only`; only the writer thread writes.
 //! - `synchronous=FULL` (the default) makes each group commit durable before replies are sent.
 
+mod checkpoint;
 mod query;
 mod writer;
 
@@ -70,6 +71,7 @@ pub struct SqliteStore {
     queue: WriteQueue<WriterCommand>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     query_timeout: Duration,
 }
 
@@ -84,8 +86,10 @@ pub fn open_and_migrate(path: &Path, synchronous: Synchronous) -> anyhow::Result
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
+    // Checkpoints are the checkpoint thread's job, so commits never pay for one.
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;"
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; \
+         PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;"
     ))
     .context("configuring SQLite")?;
     embedded::migrations::runner()
@@ -124,6 +128,7 @@ impl SqliteStore {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .context("opening SQLite read connections")?;
+        let checkpointer = checkpoint::Checkpointer::start(&options.path)?;
         let (queue, rx) = WriteQueue::new(options.queue_jobs, options.queue_bytes);
         let handle = std::thread::Builder::new()
             .name(String::from("annals-sqlite-writer"))
@@ -133,6 +138,7 @@ impl SqliteStore {
             queue,
             readers,
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             query_timeout: options.query_timeout,
         })
     }
@@ -413,8 +419,15 @@ impl Store for SqliteStore {
             }
         }
         let handle = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut c| c.take());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(handle) = handle {
+                let _ = handle.join();
+            }
+            if let Some(checkpointer) = checkpointer {
+                checkpointer.stop();
+            }
+        })
+        .await;
     }
 }

@@ -4,8 +4,10 @@
 //! - This thread is the only code in the process that writes to the database.
 //! - It drains every job waiting in the queue into one transaction and commits once, so one
 //!   fsync covers many requests; each request's reply is sent only after that commit.
-//! - Each append runs in its own savepoint: its idempotency checks happen before any insert, and a
-//!   failing request is rolled back alone without touching the others in the group.
+//! - Each append checks idempotency before inserting anything, so a conflict never leaves rows
+//!   behind; a storage error rolls the group back and its appends are retried one per
+//!   transaction, so a failure stays with the request that caused it.
+//! - WAL checkpoints run on a separate thread (`checkpoint.rs`), never inside a commit.
 //! - `seq` is assigned here from `event_sequence`, which is updated in the same transaction, so
 //!   committed seqs are gapless and in commit order.
 
@@ -86,22 +88,22 @@ fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
 }
 
 /// Writes every pending append in one transaction and answers each after the commit.
+///
+/// Fast path: one transaction, no savepoints (a savepoint makes SQLite journal every page it
+/// touches). Appends check idempotency before inserting anything, so only a storage error can
+/// fail one midway; then the group is rolled back and retried one append per transaction, so
+/// the failure stays with the request that caused it.
 fn commit_group(conn: &mut Connection, appends: Vec<PendingAppend>, last_seq: &mut i64) {
     if appends.is_empty() {
         return;
     }
     let received_at = Timestamp::now();
     let mut seq = *last_seq;
-    let result = (|| -> anyhow::Result<Vec<Result<AppendOutcome, StoreError>>> {
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let grouped = (|| -> anyhow::Result<Vec<AppendOutcome>> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(appends.len());
         for append in &appends {
-            outcomes.push(apply_in_savepoint(
-                &mut tx,
-                &append.events,
-                &mut seq,
-                received_at,
-            ));
+            outcomes.push(apply_append(&tx, &append.events, &mut seq, received_at)?);
         }
         tx.execute(
             "UPDATE event_sequence SET last_seq = ?1 WHERE id = 1",
@@ -110,44 +112,41 @@ fn commit_group(conn: &mut Connection, appends: Vec<PendingAppend>, last_seq: &m
         tx.commit()?;
         Ok(outcomes)
     })();
-    match result {
+    match grouped {
         Ok(outcomes) => {
             *last_seq = seq;
             for (append, outcome) in appends.into_iter().zip(outcomes) {
-                let _ = append.reply.send(outcome);
+                let _ = append.reply.send(Ok(outcome));
+            }
+        }
+        Err(e) if appends.len() > 1 => {
+            tracing::warn!(error = %format!("{e:#}"), jobs = appends.len(), "group commit failed; retrying its appends one by one");
+            for append in appends {
+                commit_group(conn, vec![append], last_seq);
             }
         }
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), jobs = appends.len(), "group commit failed");
-            for append in appends {
-                let _ = append.reply.send(Err(StoreError::Unavailable(String::from(
-                    "the write could not be committed",
-                ))));
+            tracing::error!(error = %format!("{e:#}"), "append failed and was rolled back");
+            let error = if is_storage_failure(&e) {
+                StoreError::Unavailable(String::from("the write could not be committed"))
+            } else {
+                StoreError::Internal(e)
+            };
+            if let Some(append) = appends.into_iter().next() {
+                let _ = append.reply.send(Err(error));
             }
         }
     }
 }
 
-fn apply_in_savepoint(
-    tx: &mut Transaction<'_>,
-    events: &[NewEvent],
-    seq: &mut i64,
-    received_at: Timestamp,
-) -> Result<AppendOutcome, StoreError> {
-    let start_seq = *seq;
-    let result = (|| -> anyhow::Result<AppendOutcome> {
-        let sp = tx.savepoint()?;
-        let outcome = apply_append(&sp, events, seq, received_at)?;
-        if matches!(outcome, AppendOutcome::Stored(_)) {
-            sp.commit()?;
-        }
-        Ok(outcome)
-    })();
-    result.map_err(|e| {
-        *seq = start_seq;
-        tracing::error!(error = %format!("{e:#}"), "append failed and was rolled back");
-        StoreError::Internal(e)
-    })
+/// Disk full, I/O error, locked database: the store can't take writes right now.
+fn is_storage_failure(e: &anyhow::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.downcast_ref::<rusqlite::Error>(),
+        Some(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(f.code, DiskFull | SystemIoFailure | DatabaseBusy | DatabaseLocked | CannotOpen | ReadOnly)
+    )
 }
 
 /// What the idempotency check decided for one event of a batch.
@@ -158,7 +157,7 @@ enum Plan {
 }
 
 fn apply_append(
-    tx: &rusqlite::Savepoint<'_>,
+    tx: &Transaction<'_>,
     events: &[NewEvent],
     seq: &mut i64,
     received_at: Timestamp,

@@ -1,0 +1,54 @@
+//! The WAL checkpointer: a thread with its own connection that copies committed WAL frames into
+//! the database file every `INTERVAL`, so the group-commit writer never stalls on a checkpoint.
+//!
+//! A `PASSIVE` checkpoint never blocks the writer or readers; it copies what it can. When the
+//! whole WAL has been copied and no reader still uses it, SQLite starts the WAL over from the
+//! beginning, so the file stays bounded. On stop, a final `TRUNCATE` checkpoint empties it.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use rusqlite::Connection;
+
+const INTERVAL: Duration = Duration::from_millis(250);
+
+pub(super) struct Checkpointer {
+    stop: mpsc::Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    pub(super) fn start(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening {} for checkpoints", path.display()))?;
+        conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name(String::from("annals-sqlite-checkpoint"))
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
+                    if let Err(e) = checkpoint(&conn, "PASSIVE") {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                    }
+                }
+                if let Err(e) = checkpoint(&conn, "TRUNCATE") {
+                    tracing::warn!(error = %e, "final WAL checkpoint failed");
+                }
+            })
+            .context("starting the checkpoint thread")?;
+        Ok(Self { stop, handle })
+    }
+
+    /// Runs a last checkpoint and waits for the thread. Call after the writer has stopped.
+    pub(super) fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.handle.join();
+    }
+}
+
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<()> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+}
