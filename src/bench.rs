@@ -41,6 +41,9 @@ pub struct BenchArgs {
     /// Concurrent connections for batch ingest.
     #[arg(long, default_value_t = 4)]
     pub batch_concurrency: usize,
+    /// Also load this many events into a fresh server and time typical queries (0 = skip).
+    #[arg(long, default_value_t = 0)]
+    pub query_rows: usize,
     /// SQLite durability for both the server and the raw-insert ceiling.
     #[arg(long, value_enum, default_value = "full")]
     pub sqlite_synchronous: Synchronous,
@@ -243,6 +246,107 @@ async fn start_server(
     Ok((server, key))
 }
 
+/// Loads `rows` varied events through the batch API, then times the queries users run most,
+/// as an admin (no client filter) and as a client key. Prints the median of 20 runs each.
+async fn query_phase(dir: &std::path::Path, rows: usize, sync: Synchronous) -> anyhow::Result<()> {
+    let path = dir.join("query.db");
+    let (server, key) = start_server(&path, sync).await?;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/events/batch", server.addr);
+    let started = Instant::now();
+    for chunk in 0..rows.div_ceil(1000) {
+        let events: Vec<Value> = (0..1000u64)
+            .map(|i| {
+                let n = chunk as u64 * 1000 + i;
+                json!({
+                    "event_type": format!("svc{}.resource.{}", n % 20, if n % 3 == 0 { "created" } else { "updated" }),
+                    "user_id": format!("user-{}", n % 10_000),
+                    "source": format!("service-{}", n % 5),
+                    "correlation_id": format!("corr-{}", n / 4),
+                    "occurred_at": Timestamp::from_micros(1_700_000_000_000_000 + n as i64 * 1_000_000).to_rfc3339(),
+                    "data": {"order_id": n, "amount": n % 500, "status": "ok"},
+                })
+            })
+            .collect();
+        let r = client
+            .post(&url)
+            .header("x-api-key", &key)
+            .json(&json!({"events": events}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status() == StatusCode::CREATED,
+            "load failed: {}",
+            r.status()
+        );
+    }
+    println!(
+        "query phase: loaded {rows} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    server.stop().await?;
+    // Restart: as a long-running server would after its periodic statistics refresh.
+    let admin = key;
+    let mut serve = ServeArgs::with_database(path.display().to_string());
+    serve.store.sqlite_synchronous = sync;
+    let server = server::start(serve).await?;
+    let reader = server
+        .keys
+        .create(crate::auth::NewKeyRequest {
+            client_id: crate::domain::ClientId::parse("default").expect("valid"),
+            name: String::from("bench reader"),
+            scopes: crate::domain::access::Scopes::parse_list("events:read").expect("valid"),
+            rate_limit: None,
+            expires_at: None,
+        })
+        .await?
+        .key;
+    let mid = Timestamp::from_micros(1_700_000_000_000_000 + (rows as i64 / 2) * 1_000_000);
+    let queries = [
+        String::from("limit=100"),
+        String::from("user_id=user-42"),
+        String::from("event_type=svc7.resource.created"),
+        String::from("event_type=svc7.%23"),
+        String::from("user_id=user-42&event_type=svc2.resource.updated"),
+        format!("correlation_id=corr-{}", rows / 8),
+        format!(
+            "from={}&to={}",
+            mid.to_rfc3339(),
+            Timestamp::from_micros(mid.as_micros() + 3_600_000_000).to_rfc3339()
+        ),
+        String::from("user_id=user-42&amount=42"),
+        String::from("source=service-3&limit=1000"),
+    ];
+    println!(
+        "{:<70} {:>10} {:>10}",
+        "query (GET /v1/events?…)", "admin ms", "client ms"
+    );
+    let base = format!("http://{}/v1/events", server.addr);
+    for q in &queries {
+        let mut medians = Vec::new();
+        for k in [&admin, &reader] {
+            let mut times = Vec::new();
+            for _ in 0..20 {
+                let t = Instant::now();
+                let r = client
+                    .get(format!("{base}?{q}"))
+                    .header("x-api-key", k.as_str())
+                    .send()
+                    .await?;
+                let status = r.status();
+                let _ = r.bytes().await?;
+                anyhow::ensure!(status == StatusCode::OK, "{q}: {status}");
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            times.sort_by(f64::total_cmp);
+            medians.push(times[times.len() / 2]);
+        }
+        println!("{:<70} {:>10.2} {:>10.2}", q, medians[0], medians[1]);
+    }
+    server.stop().await?;
+    Ok(())
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     println!(
@@ -315,5 +419,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     println!();
     println!("targets: single >= 0.60 x no-op; batch >= 0.80 x raw inserts");
+    if args.query_rows > 0 {
+        println!();
+        query_phase(dir.path(), args.query_rows, args.sqlite_synchronous).await?;
+    }
     Ok(())
 }

@@ -25,6 +25,16 @@ use crate::store::{AppendOutcome, AppendedItem, StoreError};
 
 /// Most jobs committed in one transaction.
 const MAX_GROUP_JOBS: usize = 512;
+/// How often planner statistics are refreshed (`PRAGMA optimize`). Without them SQLite can't
+/// skip-scan the `(client_id, …, seq)` indexes for admin queries that name no client.
+const OPTIMIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Refreshes planner statistics where they are stale; `analysis_limit` keeps it to milliseconds.
+fn optimize(conn: &Connection) {
+    if let Err(e) = conn.execute_batch("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002;") {
+        tracing::warn!(error = %e, "PRAGMA optimize failed");
+    }
+}
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -52,6 +62,9 @@ pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Queued<WriterComm
             return;
         }
     };
+    optimize(&conn);
+    let mut optimized_at = std::time::Instant::now();
+    let mut optimized_seq = last_seq;
     let (mut groups, mut jobs) = (0u64, 0u64);
     while let Some(group) = next_group_blocking(&mut rx, MAX_GROUP_JOBS) {
         groups += 1;
@@ -74,6 +87,14 @@ pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Queued<WriterComm
         }
         commit_group(&mut conn, appends, &mut last_seq);
         drop(reservations);
+        // Also whenever the table has grown tenfold, so a young store gets statistics early.
+        if optimized_at.elapsed() > OPTIMIZE_EVERY
+            || last_seq >= optimized_seq.saturating_mul(10).max(1000)
+        {
+            optimize(&conn);
+            optimized_at = std::time::Instant::now();
+            optimized_seq = last_seq;
+        }
     }
     tracing::info!(groups, jobs, last_seq, "sqlite writer stopped");
 }
