@@ -259,7 +259,7 @@ async fn query_phase(dir: &std::path::Path, rows: usize, sync: Synchronous) -> a
             .map(|i| {
                 let n = chunk as u64 * 1000 + i;
                 json!({
-                    "event_type": format!("svc{}.resource.{}", n % 20, if n % 3 == 0 { "created" } else { "updated" }),
+                    "event_type": format!("svc{}.resource.{}", n % 20, if n.is_multiple_of(3) { "created" } else { "updated" }),
                     "user_id": format!("user-{}", n % 10_000),
                     "source": format!("service-{}", n % 5),
                     "correlation_id": format!("corr-{}", n / 4),
