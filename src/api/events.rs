@@ -15,7 +15,7 @@ use super::extract::{Auth, read_json};
 use super::query_params::{next_link, parse_list_params, parse_pairs};
 use crate::auth::Principal;
 use crate::domain::access::Scope;
-use crate::domain::envelope::{EnvelopeLimits, Rejected};
+use crate::domain::envelope::EnvelopeLimits;
 use crate::domain::{FieldError, NewEvent, parse_event};
 use crate::error::ApiError;
 use crate::store::AppendOutcome;
@@ -38,16 +38,6 @@ fn envelope_limits(state: &AppState) -> EnvelopeLimits {
     }
 }
 
-/// Parses one envelope for `principal`, refusing a `client_id` the key may not write for.
-fn parse_for(
-    principal: &Principal,
-    value: Value,
-    limits: &EnvelopeLimits,
-) -> Result<NewEvent, Rejected> {
-    let parsed = parse_event(value, &principal.client_id, limits)?;
-    Ok(parsed.event)
-}
-
 fn check_client(principal: &Principal, event: &NewEvent) -> Result<(), ApiError> {
     if principal.may_write_for(&event.client_id) {
         Ok(())
@@ -67,8 +57,8 @@ async fn create_event(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsWrite)?;
     let value = read_json(&headers, body, state.limits.max_body_bytes).await?;
-    let event =
-        parse_for(&principal, value, &envelope_limits(&state)).map_err(ApiError::from_rejected)?;
+    let event = parse_event(value, &principal.client_id, &envelope_limits(&state))
+        .map_err(ApiError::from_rejected)?;
     check_client(&principal, &event)?;
     match state.store.append(vec![event]).await? {
         AppendOutcome::Stored(items) => {
@@ -144,7 +134,7 @@ async fn create_batch(
     let mut errors: Vec<FieldError> = Vec::new();
     let mut too_large = false;
     for (index, item) in items.into_iter().enumerate() {
-        match parse_for(&principal, item, &limits) {
+        match parse_event(item, &principal.client_id, &limits) {
             Ok(event) if !principal.may_write_for(&event.client_id) => errors.push(FieldError {
                 index: Some(index),
                 ..FieldError::new(

@@ -93,21 +93,13 @@ impl NewEvent {
     }
 }
 
-/// A parsed event and whether the request named its `client_id` explicitly (so the caller can
-/// check the key may write for that client).
-#[derive(Debug)]
-pub struct ParsedEvent {
-    pub event: NewEvent,
-    pub explicit_client: bool,
-}
-
 /// Parses one envelope. `default_client` is the calling key's client, used when the request
-/// does not name one.
+/// does not name one; the caller checks the key may write for the client the event names.
 pub fn parse_event(
     value: Value,
     default_client: &ClientId,
     limits: &EnvelopeLimits,
-) -> Result<ParsedEvent, Rejected> {
+) -> Result<NewEvent, Rejected> {
     let Value::Object(mut map) = value else {
         return Err(Rejected {
             errors: vec![FieldError::new("", "an event must be a JSON object")],
@@ -225,24 +217,21 @@ pub fn parse_event(
     }
 
     match (event_type, errors.is_empty()) {
-        (Some(event_type), true) => Ok(ParsedEvent {
-            explicit_client: client_id.is_some(),
-            event: NewEvent {
-                client_id: client_id.unwrap_or_else(|| default_client.clone()),
-                event_type,
-                user_id,
-                data: data_text,
-                event_id,
-                source,
-                subject,
-                occurred_at,
-                correlation_id,
-                status,
-                ip_address,
-                headers: headers_text,
-                partition_key,
-                content_hash,
-            },
+        (Some(event_type), true) => Ok(NewEvent {
+            client_id: client_id.unwrap_or_else(|| default_client.clone()),
+            event_type,
+            user_id,
+            data: data_text,
+            event_id,
+            source,
+            subject,
+            occurred_at,
+            correlation_id,
+            status,
+            ip_address,
+            headers: headers_text,
+            partition_key,
+            content_hash,
         }),
         _ => {
             errors.sort_by(|a, b| a.field.cmp(&b.field));
@@ -329,7 +318,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse(v: Value) -> Result<ParsedEvent, Rejected> {
+    fn parse(v: Value) -> Result<NewEvent, Rejected> {
         parse_event(
             v,
             &ClientId::parse("acme").unwrap(),
@@ -346,20 +335,19 @@ mod tests {
     #[test]
     fn minimal_event_gets_defaults() {
         let p = parse(json!({"event_type": "user.login"})).unwrap();
-        assert_eq!(p.event.client_id.as_str(), "acme");
-        assert_eq!(p.event.data, "{}");
-        assert_eq!(p.event.headers, "{}");
-        assert!(!p.explicit_client);
+        assert_eq!(p.client_id.as_str(), "acme");
+        assert_eq!(p.data, "{}");
+        assert_eq!(p.headers, "{}");
     }
 
     #[test]
     fn payload_is_an_alias_of_data_and_hashes_the_same() {
         let a = parse(json!({"event_type": "t", "payload": {"x": 1}})).unwrap();
         let b = parse(json!({"event_type": "t", "data": {"x": 1}})).unwrap();
-        assert_eq!(a.event.data, r#"{"x":1}"#);
-        assert_eq!(a.event.content_hash, b.event.content_hash);
+        assert_eq!(a.data, r#"{"x":1}"#);
+        assert_eq!(a.content_hash, b.content_hash);
         let c = parse(json!({"event_type": "t", "data": {"x": 2}})).unwrap();
-        assert_ne!(a.event.content_hash, c.event.content_hash);
+        assert_ne!(a.content_hash, c.content_hash);
     }
 
     #[test]
@@ -402,14 +390,13 @@ mod tests {
         let p =
             parse(json!({"event_type": "t", "headers": {"partition_key": "p1", "actor": "al"}}))
                 .unwrap();
-        assert_eq!(p.event.partition_key.as_deref(), Some("p1"));
-        assert_eq!(p.event.headers, r#"{"actor":"al"}"#);
+        assert_eq!(p.partition_key.as_deref(), Some("p1"));
+        assert_eq!(p.headers, r#"{"actor":"al"}"#);
     }
 
     #[test]
-    fn explicit_client_is_reported() {
+    fn a_named_client_replaces_the_default() {
         let p = parse(json!({"event_type": "t", "client_id": "other"})).unwrap();
-        assert!(p.explicit_client);
-        assert_eq!(p.event.client_id.as_str(), "other");
+        assert_eq!(p.client_id.as_str(), "other");
     }
 }

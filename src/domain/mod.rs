@@ -11,7 +11,7 @@ pub mod names;
 pub mod time;
 pub mod topic;
 
-pub use envelope::{EnvelopeLimits, FieldError, NewEvent, ParsedEvent, parse_event};
+pub use envelope::{EnvelopeLimits, FieldError, NewEvent, parse_event};
 pub use event::StoredEvent;
 pub use names::{ClientId, EventType};
 pub use time::Timestamp;
