@@ -1,9 +1,12 @@
 //! The WAL checkpointer: a thread with its own connection that copies committed WAL frames into
 //! the database file every `INTERVAL`, so the group-commit writer never stalls on a checkpoint.
 //!
-//! A `PASSIVE` checkpoint never blocks the writer or readers; it copies what it can. When the
-//! whole WAL has been copied and no reader still uses it, SQLite starts the WAL over from the
-//! beginning, so the file stays bounded. On stop, a final `TRUNCATE` checkpoint empties it.
+//! A `PASSIVE` checkpoint never blocks the writer or readers; it copies what it can. Under steady
+//! ingest it never quite catches up (the writer adds frames while it copies), and the WAL would
+//! only grow; so when the WAL is past `RESTART_FRAMES`, a `RESTART` checkpoint follows. It holds
+//! the write lock only while copying the few frames written since the passive pass, and makes
+//! the writer start the WAL over from the beginning: the file stays bounded and is overwritten in
+//! place rather than extended. On stop, a final `TRUNCATE` checkpoint empties it.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -14,6 +17,8 @@ use anyhow::Context;
 use rusqlite::Connection;
 
 const INTERVAL: Duration = Duration::from_millis(250);
+/// WAL size (in 4 KiB frames) past which the passive pass is followed by a `RESTART`.
+const RESTART_FRAMES: i64 = 4096;
 
 pub(super) struct Checkpointer {
     stop: mpsc::Sender<()>,
@@ -30,7 +35,13 @@ impl Checkpointer {
             .name(String::from("annals-sqlite-checkpoint"))
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
-                    if let Err(e) = checkpoint(&conn, "PASSIVE") {
+                    let result = checkpoint(&conn, "PASSIVE").and_then(|frames| {
+                        if frames >= RESTART_FRAMES {
+                            checkpoint(&conn, "RESTART")?;
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = result {
                         tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
                     }
                 }
@@ -49,6 +60,7 @@ impl Checkpointer {
     }
 }
 
-fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<()> {
-    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+/// Runs one checkpoint; returns the number of frames in the WAL before it.
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1))
 }
