@@ -1,6 +1,8 @@
 //! Ingest plumbing shared by the stores' writers: the bounded write queue that sits in front
-//! of a group-commit writer and turns overload into an immediate `503`, never a hang.
+//! of a group-commit writer and turns overload into an immediate `503`, never a hang, and the
+//! idempotency planning every writer applies inside its transaction.
 
+pub mod idempotency;
 pub mod queue;
 
 pub use queue::{QueueFull, Queued, WriteQueue};

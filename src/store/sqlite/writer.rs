@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
+use crate::ingest::idempotency::{self, Plan, StoredKey};
 use crate::ingest::queue::next_group_blocking;
 use crate::store::{AppendOutcome, AppendedItem, StoreError};
 
@@ -170,67 +171,40 @@ fn is_storage_failure(e: &anyhow::Error) -> bool {
     )
 }
 
-/// What the idempotency check decided for one event of a batch.
-enum Plan {
-    Insert,
-    Existing(Uuid),
-    SameAsIndex(usize),
-}
-
 fn apply_append(
     tx: &Transaction<'_>,
     events: &[NewEvent],
     seq: &mut i64,
     received_at: Timestamp,
 ) -> anyhow::Result<AppendOutcome> {
-    let mut plans = Vec::with_capacity(events.len());
-    let mut conflicts = Vec::new();
-    let mut in_batch: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut stored = HashMap::new();
     {
         let mut lookup = tx.prepare_cached(
             "SELECT event_uuid, content_hash FROM idempotency_keys \
              WHERE client_id = ?1 AND source = ?2 AND event_id = ?3",
         )?;
-        for (index, event) in events.iter().enumerate() {
-            let Some(event_id) = event.event_id.as_deref() else {
-                plans.push(Plan::Insert);
-                continue;
-            };
-            let key = (
-                event.client_id.as_str(),
-                event.source.as_deref().unwrap_or(""),
-                event_id,
-            );
-            if let Some(&first) = in_batch.get(&key) {
-                if events[first].content_hash == event.content_hash {
-                    plans.push(Plan::SameAsIndex(first));
-                } else {
-                    conflicts.push(index);
-                    plans.push(Plan::Insert);
-                }
-                continue;
-            }
-            let stored: Option<(Vec<u8>, Vec<u8>)> = lookup
+        for key in events.iter().filter_map(idempotency::key_of) {
+            let found: Option<(Vec<u8>, Vec<u8>)> = lookup
                 .query_row(params![key.0, key.1, key.2], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            match stored {
-                Some((uuid, hash)) if hash == event.content_hash => {
-                    plans.push(Plan::Existing(Uuid::from_slice(&uuid)?))
-                }
-                Some(_) => {
-                    conflicts.push(index);
-                    plans.push(Plan::Insert);
-                }
-                None => {
-                    in_batch.insert(key, index);
-                    plans.push(Plan::Insert);
-                }
+            if let Some((uuid, hash)) = found {
+                let content_hash = hash
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("stored content hash is not 32 bytes"))?;
+                stored.insert(
+                    key,
+                    StoredKey {
+                        event_id: Uuid::from_slice(&uuid)?,
+                        content_hash,
+                    },
+                );
             }
         }
     }
-    if !conflicts.is_empty() {
-        return Ok(AppendOutcome::Conflict(conflicts));
-    }
+    let plans = match idempotency::plan(events, &stored) {
+        Ok(plans) => plans,
+        Err(conflicts) => return Ok(AppendOutcome::Conflict(conflicts)),
+    };
 
     let mut insert_event = tx.prepare_cached(
         "INSERT INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
