@@ -9,6 +9,7 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::domain::ClientId;
+use crate::store::postgres::PostgresOptions;
 use crate::store::sqlite::{SqliteOptions, Synchronous};
 
 const MIB: usize = 1024 * 1024;
@@ -69,6 +70,16 @@ pub struct StoreArgs {
 impl StoreArgs {
     pub fn location(&self) -> DatabaseLocation {
         DatabaseLocation::parse(&self.database_url)
+    }
+
+    pub fn postgres_options(&self, url: String) -> PostgresOptions {
+        PostgresOptions {
+            url,
+            queue_jobs: self.write_queue_jobs,
+            queue_bytes: self.write_queue_bytes,
+            pool_size: 16,
+            query_timeout: Duration::from_millis(self.query_timeout_ms),
+        }
     }
 
     pub fn sqlite_options(&self, path: PathBuf) -> SqliteOptions {

@@ -13,6 +13,7 @@ use crate::api::{AppState, router};
 use crate::auth::{Authenticator, IssuedKey, KeyService};
 use crate::config::{DatabaseLocation, ServeArgs, StoreArgs};
 use crate::store::Store;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 
 /// Opens the configured store (creating and migrating it as needed).
@@ -25,9 +26,10 @@ pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
                 .context("opening the store")??;
             Ok(Arc::new(store))
         }
-        DatabaseLocation::Postgres(_) => anyhow::bail!(
-            "PostgreSQL is not supported by this version of annals yet; unset ANNALS_DATABASE_URL to use the embedded SQLite store"
-        ),
+        DatabaseLocation::Postgres(url) => {
+            let store = PostgresStore::open(args.postgres_options(url)).await?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

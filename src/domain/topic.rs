@@ -73,6 +73,25 @@ impl TopicPattern {
         literals.join(".")
     }
 
+    /// A POSIX regular expression equivalent to `matches`, applied to `'.' || event_type` (the
+    /// leading dot makes every segment dot-prefixed). For stores that filter in SQL.
+    pub fn to_dotted_regex(&self) -> String {
+        let mut re = String::from("^");
+        for segment in &self.segments {
+            match segment {
+                // Literals hold only [A-Za-z0-9_:/-], none special in a regex outside brackets.
+                Segment::Literal(l) => {
+                    re.push_str("\\.");
+                    re.push_str(l);
+                }
+                Segment::One => re.push_str("\\.[^.]+"),
+                Segment::Any => re.push_str("(\\.[^.]+)*"),
+            }
+        }
+        re.push('$');
+        re
+    }
+
     pub fn matches(&self, event_type: &str) -> bool {
         let parts: Vec<&str> = event_type.split('.').collect();
         matches_from(&self.segments, &parts)
@@ -140,6 +159,20 @@ mod tests {
             "billing.invoice"
         );
         assert_eq!(TopicPattern::parse("#.paid").unwrap().literal_prefix(), "");
+    }
+
+    #[test]
+    fn dotted_regex_shape() {
+        assert_eq!(
+            TopicPattern::parse("billing.#").unwrap().to_dotted_regex(),
+            r"^\.billing(\.[^.]+)*$"
+        );
+        assert_eq!(
+            TopicPattern::parse("*.user.created")
+                .unwrap()
+                .to_dotted_regex(),
+            r"^\.[^.]+\.user\.created$"
+        );
     }
 
     #[test]

@@ -1,0 +1,423 @@
+//! The PostgreSQL store (`ANNALS_DATABASE_URL=postgres://…`): any number of `annals serve`
+//! processes share one database. A writer task per node (`writer.rs`) group-commits through the
+//! pool; reads use the pool directly.
+//!
+//! Invariants:
+//! - Migrations and partition creation run under an advisory lock, so nodes starting together
+//!   don't race.
+//! - `events` is partitioned by month of `received_at`; partitions for this month and the next
+//!   two exist before any write (made at start and re-checked every hour).
+//! - A lost connection is `StoreError::Unavailable` (→ 503); the pool reconnects by itself.
+
+mod query;
+mod writer;
+
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{Datelike, TimeZone, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+use self::query::{EVENT_COLUMNS, page_sql, to_datetime};
+use self::writer::WriterCommand;
+use super::{AppendOutcome, EventPage, EventQuery, PAGE_BYTE_BUDGET, Store, StoreError};
+use crate::domain::access::{KeyRecord, KeySelector, Scopes};
+use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp};
+use crate::ingest::{QueueFull, WriteQueue};
+
+mod embedded {
+    refinery::embed_migrations!("src/store/postgres/migrations");
+}
+
+/// Advisory lock key for schema changes (migrations, partitions): "annals" in ASCII.
+const SCHEMA_LOCK: i64 = 0x616e_6e61_6c73;
+
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    pub url: String,
+    pub queue_jobs: usize,
+    pub queue_bytes: usize,
+    pub pool_size: usize,
+    pub query_timeout: Duration,
+}
+
+pub struct PostgresStore {
+    pool: Pool,
+    queue: WriteQueue<WriterCommand>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    partitions: JoinHandle<()>,
+    query_timeout: Duration,
+}
+
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("PostgreSQL: {e}"))
+}
+
+/// Runs pending migrations under the schema lock.
+async fn migrate(config: &tokio_postgres::Config) -> anyhow::Result<()> {
+    let (mut client, connection) = config
+        .connect(NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let conn_task = tokio::spawn(connection);
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    let result = embedded::migrations::runner().run_async(&mut client).await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    result.context("running PostgreSQL migrations")?;
+    ensure_partitions(&client).await?;
+    drop(client);
+    let _ = conn_task.await;
+    Ok(())
+}
+
+/// Creates the monthly partitions for this month and the next two, if missing.
+async fn ensure_partitions(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    let now = Utc::now();
+    let mut result = Ok(());
+    for ahead in 0..3 {
+        let month0 = now.month0() + ahead;
+        let (year, month) = (now.year() + (month0 / 12) as i32, month0 % 12 + 1);
+        let (next_year, next_month) = if month == 12 {
+            (year + 1, 1)
+        } else {
+            (year, month + 1)
+        };
+        let from = Utc
+            .with_ymd_and_hms(year, month, 1, 0, 0, 0)
+            .single()
+            .context("month start")?;
+        let to = Utc
+            .with_ymd_and_hms(next_year, next_month, 1, 0, 0, 0)
+            .single()
+            .context("month end")?;
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS events_{year:04}_{month:02} PARTITION OF events \
+             FOR VALUES FROM ('{}') TO ('{}')",
+            from.to_rfc3339(),
+            to.to_rfc3339()
+        );
+        if let Err(e) = client.batch_execute(&sql).await {
+            result = Err(anyhow::Error::new(e).context("creating an events partition"));
+            break;
+        }
+    }
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    result
+}
+
+impl PostgresStore {
+    pub async fn open(options: PostgresOptions) -> anyhow::Result<Self> {
+        let config = tokio_postgres::Config::from_str(&options.url)
+            .context("parsing ANNALS_DATABASE_URL")?;
+        migrate(&config).await?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .context("building the PostgreSQL pool")?;
+        let (queue, rx) = WriteQueue::new(options.queue_jobs, options.queue_bytes);
+        let writer = tokio::spawn(writer::run(pool.clone(), rx));
+        let partitions = tokio::spawn(keep_partitions(pool.clone()));
+        Ok(Self {
+            pool,
+            queue,
+            writer: Mutex::new(Some(writer)),
+            partitions,
+            query_timeout: options.query_timeout,
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+}
+
+/// Re-checks partitions every hour so a long-running node always has next month's.
+async fn keep_partitions(pool: Pool) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match pool.get().await {
+            Ok(client) => {
+                if let Err(e) = ensure_partitions(&client).await {
+                    tracing::warn!(error = %format!("{e:#}"), "could not create event partitions");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not create event partitions"),
+        }
+    }
+}
+
+fn row_to_event(row: &Row) -> StoredEvent {
+    let occurred: chrono::DateTime<Utc> = row.get(9);
+    let received: chrono::DateTime<Utc> = row.get(10);
+    StoredEvent {
+        seq: row.get(0),
+        id: row.get(1),
+        client_id: row.get(2),
+        event_type: row.get(3),
+        user_id: row.get(4),
+        data: row.get(5),
+        event_id: row.get(6),
+        source: row.get(7),
+        subject: row.get(8),
+        occurred_at: Timestamp::from_micros(occurred.timestamp_micros()),
+        received_at: Timestamp::from_micros(received.timestamp_micros()),
+        correlation_id: row.get(11),
+        status: row.get(12),
+        ip_address: row.get(13),
+        headers: row.get(14),
+        partition_key: row.get(15),
+    }
+}
+
+const KEY_COLUMNS: &str =
+    "key_id, client_id, name, scopes, rate_limit, is_active, created_at, expires_at, secret_hash";
+
+fn row_to_key(row: &Row) -> Result<KeyRecord, StoreError> {
+    let bad = |what: &str| StoreError::Internal(anyhow::anyhow!("stored key has a bad {what}"));
+    let client: String = row.get(1);
+    let scopes: String = row.get(3);
+    let rate_limit: Option<i32> = row.get(4);
+    let created: chrono::DateTime<Utc> = row.get(6);
+    let expires: Option<chrono::DateTime<Utc>> = row.get(7);
+    let hash: Vec<u8> = row.get(8);
+    Ok(KeyRecord {
+        key_id: row.get(0),
+        client_id: ClientId::parse(&client).map_err(|_| bad("client id"))?,
+        name: row.get(2),
+        scopes: Scopes::parse_list(&scopes).map_err(|_| bad("scope list"))?,
+        rate_limit: rate_limit.map(|r| r.max(0) as u32),
+        is_active: row.get(5),
+        created_at: Timestamp::from_micros(created.timestamp_micros()),
+        expires_at: expires.map(|t| Timestamp::from_micros(t.timestamp_micros())),
+        secret_hash: hash.try_into().map_err(|_| bad("secret hash"))?,
+    })
+}
+
+fn selector_sql(selector: &KeySelector) -> (&'static str, String) {
+    match selector {
+        KeySelector::KeyId(id) => ("key_id = $1", id.clone()),
+        KeySelector::Client(client) => ("client_id = $1", client.as_str().to_string()),
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn append(&self, events: Vec<NewEvent>) -> Result<AppendOutcome, StoreError> {
+        let bytes = events.iter().map(NewEvent::approx_bytes).sum();
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .try_submit(WriterCommand::Append { events, reply }, bytes)
+            .map_err(|e| match e {
+                QueueFull::Full => StoreError::Overloaded {
+                    retry_after_secs: 1,
+                },
+                QueueFull::Closed => {
+                    StoreError::Unavailable(String::from("the store is shutting down"))
+                }
+            })?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable(String::from("the writer stopped")))?
+    }
+
+    async fn query_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(unavailable)?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            self.query_timeout.as_millis()
+        ))
+        .await
+        .map_err(unavailable)?;
+        let (sql, args) = page_sql(&query);
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = tx.query(&sql, &params).await.map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+                StoreError::QueryTooBroad
+            } else if e.as_db_error().is_some() {
+                StoreError::Internal(anyhow::Error::new(e))
+            } else {
+                unavailable(e)
+            }
+        })?;
+        let _ = tx.commit().await;
+        let mut page = EventPage::default();
+        let mut bytes = 0usize;
+        for row in &rows {
+            if page.events.len() == query.limit || bytes >= PAGE_BYTE_BUDGET {
+                page.next_after = page.events.last().map(|e| e.seq);
+                break;
+            }
+            let event = row_to_event(row);
+            bytes += event.approx_bytes();
+            page.events.push(event);
+        }
+        Ok(page)
+    }
+
+    async fn get_event(
+        &self,
+        client: Option<ClientId>,
+        id: Uuid,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        let db = self.client().await?;
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
+        let row = db.query_opt(&sql, &[&id]).await.map_err(unavailable)?;
+        Ok(row
+            .map(|r| row_to_event(&r))
+            .filter(|e| client.as_ref().is_none_or(|c| c.as_str() == e.client_id)))
+    }
+
+    async fn insert_key(&self, key: KeyRecord) -> Result<(), StoreError> {
+        let db = self.client().await?;
+        db.execute(
+            &format!(
+                "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ),
+            &[
+                &key.key_id,
+                &key.client_id.as_str(),
+                &key.name,
+                &key.scopes.to_list(),
+                &key.rate_limit.map(|r| r.min(i32::MAX as u32) as i32),
+                &key.is_active,
+                &to_datetime(key.created_at.as_micros()),
+                &key.expires_at.map(|t| to_datetime(t.as_micros())),
+                &key.secret_hash.as_slice(),
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn find_key(&self, key_id: String) -> Result<Option<KeyRecord>, StoreError> {
+        let db = self.client().await?;
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1");
+        db.query_opt(&sql, &[&key_id])
+            .await
+            .map_err(unavailable)?
+            .map(|r| row_to_key(&r))
+            .transpose()
+    }
+
+    async fn list_keys(&self, client: Option<ClientId>) -> Result<Vec<KeyRecord>, StoreError> {
+        let db = self.client().await?;
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE $1::text IS NULL OR client_id = $1 ORDER BY created_at, key_id"
+        );
+        let client = client.as_ref().map(ClientId::as_str);
+        db.query(&sql, &[&client])
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(row_to_key)
+            .collect()
+    }
+
+    async fn count_keys(&self) -> Result<u64, StoreError> {
+        let db = self.client().await?;
+        let row = db
+            .query_one("SELECT COUNT(*) FROM api_keys", &[])
+            .await
+            .map_err(unavailable)?;
+        Ok(row.get::<_, i64>(0).unsigned_abs())
+    }
+
+    async fn delete_keys(&self, selector: KeySelector) -> Result<Vec<String>, StoreError> {
+        let db = self.client().await?;
+        let (cond, arg) = selector_sql(&selector);
+        let rows = db
+            .query(
+                &format!("DELETE FROM api_keys WHERE {cond} RETURNING key_id"),
+                &[&arg],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn toggle_keys(&self, selector: KeySelector) -> Result<Vec<KeyRecord>, StoreError> {
+        let db = self.client().await?;
+        let (cond, arg) = selector_sql(&selector);
+        let rows = db
+            .query(
+                &format!("UPDATE api_keys SET is_active = NOT is_active WHERE {cond} RETURNING {KEY_COLUMNS}"),
+                &[&arg],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(row_to_key).collect()
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        if self
+            .writer
+            .lock()
+            .map(|w| w.as_ref().is_none_or(|h| h.is_finished()))
+            .unwrap_or(true)
+        {
+            return Err(StoreError::Unavailable(String::from(
+                "the writer is not running",
+            )));
+        }
+        let db = self.client().await?;
+        db.query_one("SELECT 1", &[]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        loop {
+            match self.queue.try_submit(WriterCommand::Shutdown, 1) {
+                Ok(()) | Err(QueueFull::Closed) => break,
+                Err(QueueFull::Full) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+        self.partitions.abort();
+        self.pool.close();
+    }
+}

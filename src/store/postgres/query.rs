@@ -1,0 +1,153 @@
+//! Event queries as SQL for PostgreSQL: the same filters as the SQLite store, with `data`
+//! filters as JSONB containment (served by the GIN index) and topic patterns as a regex.
+
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+
+use crate::store::{DataFilter, EventQuery, Order};
+
+/// Column list every event read selects, in the order `row_to_event` expects.
+pub(super) const EVENT_COLUMNS: &str = "seq, id, client_id, event_type, user_id, data::text, \
+event_id, source, subject, occurred_at, received_at, correlation_id, status, ip_address, \
+headers::text, partition_key";
+
+pub(super) type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// The containment documents a data filter matches: `{"a":{"b":"v"}}`, plus the number or
+/// boolean form when `v` is one (`amount=1200` matches `1200` and `"1200"`).
+fn containment_docs(filter: &DataFilter) -> Vec<Value> {
+    let mut leaves = vec![Value::String(filter.value.clone())];
+    if let Ok(v @ (Value::Number(_) | Value::Bool(_))) =
+        serde_json::from_str::<Value>(&filter.value)
+        && v.to_string() == filter.value
+    {
+        leaves.push(v);
+    }
+    leaves
+        .into_iter()
+        .map(|leaf| {
+            filter.path.iter().rev().fold(leaf, |inner, key| {
+                let mut obj = serde_json::Map::new();
+                obj.insert(key.clone(), inner);
+                Value::Object(obj)
+            })
+        })
+        .collect()
+}
+
+/// Builds the page query: `limit + 1` rows so the caller can tell whether another page exists.
+pub(super) fn page_sql(q: &EventQuery) -> (String, Params) {
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE TRUE");
+    let mut args: Params = Vec::new();
+    let mut push = |sql: &mut String, template: &str, value: Box<dyn ToSql + Sync + Send>| {
+        args.push(value);
+        sql.push_str(&template.replace("$?", &format!("${}", args.len())));
+    };
+    for (column, value) in [
+        (
+            "client_id",
+            q.client_id.as_ref().map(|c| c.as_str().to_string()),
+        ),
+        ("user_id", q.user_id.clone()),
+        ("source", q.source.clone()),
+        ("subject", q.subject.clone()),
+        ("correlation_id", q.correlation_id.clone()),
+        ("status", q.status.clone()),
+    ] {
+        if let Some(v) = value {
+            push(&mut sql, &format!(" AND {column} = $?"), Box::new(v));
+        }
+    }
+    if let Some(pattern) = &q.event_type {
+        if pattern.is_exact() {
+            push(
+                &mut sql,
+                " AND event_type = $?",
+                Box::new(pattern.as_str().to_string()),
+            );
+        } else {
+            let prefix = pattern.literal_prefix();
+            if !prefix.is_empty() {
+                push(&mut sql, " AND event_type >= $?", Box::new(prefix.clone()));
+                push(
+                    &mut sql,
+                    " AND event_type < $?",
+                    Box::new(format!("{prefix}\u{7f}")),
+                );
+            }
+            push(
+                &mut sql,
+                " AND ('.' || event_type) ~ $?",
+                Box::new(pattern.to_dotted_regex()),
+            );
+        }
+    }
+    if let Some(from) = q.from {
+        push(
+            &mut sql,
+            " AND occurred_at >= $?",
+            Box::new(to_datetime(from.as_micros())),
+        );
+    }
+    if let Some(to) = q.to {
+        push(
+            &mut sql,
+            " AND occurred_at < $?",
+            Box::new(to_datetime(to.as_micros())),
+        );
+    }
+    for filter in &q.data {
+        let docs = containment_docs(filter);
+        let terms: Vec<String> = docs
+            .into_iter()
+            .map(|doc| {
+                args.push(Box::new(doc));
+                format!("data @> ${}", args.len())
+            })
+            .collect();
+        sql.push_str(&format!(" AND ({})", terms.join(" OR ")));
+    }
+    if let Some(after) = q.after_seq {
+        let op = match q.order {
+            Order::Desc => "<",
+            Order::Asc => ">",
+        };
+        args.push(Box::new(after));
+        sql.push_str(&format!(" AND seq {op} ${}", args.len()));
+    }
+    let direction = match q.order {
+        Order::Desc => "DESC",
+        Order::Asc => "ASC",
+    };
+    args.push(Box::new(q.limit as i64 + 1));
+    sql.push_str(&format!(" ORDER BY seq {direction} LIMIT ${}", args.len()));
+    (sql, args)
+}
+
+pub(super) fn to_datetime(micros: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containment_covers_string_and_number_forms() {
+        let f = DataFilter {
+            path: vec!["a".into(), "b".into()],
+            value: "1200".into(),
+        };
+        let docs: Vec<String> = containment_docs(&f).iter().map(Value::to_string).collect();
+        assert_eq!(docs, [r#"{"a":{"b":"1200"}}"#, r#"{"a":{"b":1200}}"#]);
+        let f = DataFilter {
+            path: vec!["x".into()],
+            value: "01".into(),
+        };
+        assert_eq!(
+            containment_docs(&f).len(),
+            1,
+            "01 is not the JSON text of a number"
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! The PostgreSQL group-commit writer: one task per node that drains the write queue and commits
+//! each group in one transaction.
+//!
+//! Invariants:
+//! - Every group takes the `event_sequence` row lock first (`SELECT … FOR UPDATE`). That lock
+//!   serializes writers across all nodes, so seq ranges are handed out in commit order and a
+//!   rolled-back group gives its range back: `seq` is gapless across nodes.
+//! - Idempotency keys are checked under that lock, so the same `event_id` sent to two nodes at
+//!   once is stored once.
+//! - Rows go in with one `INSERT … SELECT FROM UNNEST(…)` per table per group, never row by row.
+//! - `NOTIFY annals_events, '<first>-<last>'` is sent in the same transaction: listeners hear of
+//!   a seq range only once it is committed.
+//! - A failing group is retried one append per transaction, so a failure stays with its request.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::query::to_datetime;
+use super::unavailable;
+use crate::domain::{NewEvent, Timestamp};
+use crate::ingest::Queued;
+use crate::ingest::idempotency::{self, Plan, StoredKey};
+use crate::store::{AppendOutcome, AppendedItem, StoreError};
+
+pub(super) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
+
+pub(super) enum WriterCommand {
+    Append {
+        events: Vec<NewEvent>,
+        reply: Reply<AppendOutcome>,
+    },
+    Shutdown,
+}
+
+struct PendingAppend {
+    events: Vec<NewEvent>,
+    reply: Reply<AppendOutcome>,
+}
+
+const MAX_GROUP_JOBS: usize = 512;
+
+pub(super) async fn run(pool: Pool, mut rx: mpsc::Receiver<Queued<WriterCommand>>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP_JOBS {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut appends = Vec::with_capacity(group.len());
+        let mut reservations = Vec::with_capacity(group.len());
+        for queued in group {
+            let (job, reservation) = queued.into_parts();
+            reservations.push(reservation);
+            match job {
+                WriterCommand::Append { events, reply } => {
+                    appends.push(PendingAppend { events, reply })
+                }
+                WriterCommand::Shutdown => rx.close(),
+            }
+        }
+        commit_group(&pool, appends).await;
+        drop(reservations);
+    }
+    tracing::info!("postgres writer stopped");
+}
+
+async fn commit_group(pool: &Pool, appends: Vec<PendingAppend>) {
+    if appends.is_empty() {
+        return;
+    }
+    match write_group(pool, &appends).await {
+        Ok(outcomes) => {
+            for (append, outcome) in appends.into_iter().zip(outcomes) {
+                let _ = append.reply.send(Ok(outcome));
+            }
+        }
+        Err(e) if appends.len() > 1 && !matches!(e, StoreError::Unavailable(_)) => {
+            tracing::warn!(error = %e, jobs = appends.len(), "group commit failed; retrying its appends one by one");
+            for append in appends {
+                Box::pin(commit_group(pool, vec![append])).await;
+            }
+        }
+        Err(e) => {
+            let is_unavailable = matches!(e, StoreError::Unavailable(_));
+            let message = format!("{e:#}");
+            if !is_unavailable {
+                tracing::error!(error = %message, "append failed and was rolled back");
+            }
+            for append in appends {
+                let error = if is_unavailable {
+                    StoreError::Unavailable(message.clone())
+                } else {
+                    StoreError::Internal(anyhow::anyhow!("{message}"))
+                };
+                let _ = append.reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// Column vectors for one `INSERT … SELECT FROM UNNEST`.
+#[derive(Default)]
+struct EventColumns {
+    seq: Vec<i64>,
+    id: Vec<Uuid>,
+    client_id: Vec<String>,
+    event_type: Vec<String>,
+    user_id: Vec<Option<String>>,
+    event_id: Vec<Option<String>>,
+    source: Vec<Option<String>>,
+    subject: Vec<Option<String>>,
+    correlation_id: Vec<Option<String>>,
+    status: Vec<Option<String>>,
+    ip_address: Vec<Option<String>>,
+    partition_key: Vec<Option<String>>,
+    occurred_at: Vec<DateTime<Utc>>,
+    data: Vec<String>,
+    headers: Vec<String>,
+}
+
+#[derive(Default)]
+struct KeyColumns {
+    client_id: Vec<String>,
+    source: Vec<String>,
+    event_id: Vec<String>,
+    event_uuid: Vec<Uuid>,
+    event_seq: Vec<i64>,
+    content_hash: Vec<Vec<u8>>,
+}
+
+async fn write_group(
+    pool: &Pool,
+    appends: &[PendingAppend],
+) -> Result<Vec<AppendOutcome>, StoreError> {
+    let mut client = pool.get().await.map_err(unavailable)?;
+    let tx = client.transaction().await.map_err(unavailable)?;
+    let row = tx
+        .query_one(
+            "SELECT last_seq FROM event_sequence WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?;
+    let first_seq: i64 = row.get(0);
+    let mut seq = first_seq;
+    let received_at = Timestamp::now();
+    let received = to_datetime(received_at.as_micros());
+    let mut rows = EventColumns::default();
+    let mut keys = KeyColumns::default();
+    let mut outcomes = Vec::with_capacity(appends.len());
+
+    let lookup = tx
+        .prepare(
+            "SELECT k.client_id, k.source, k.event_id, k.event_uuid, k.content_hash \
+             FROM idempotency_keys k \
+             JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS q(client_id, source, event_id) \
+               ON k.client_id = q.client_id AND k.source = q.source AND k.event_id = q.event_id",
+        )
+        .await
+        .map_err(unavailable)?;
+    // Keys written earlier in this group are not in the table yet; remember them here.
+    let mut group_keys: HashMap<(String, String, String), StoredKey> = HashMap::new();
+
+    for append in appends {
+        let events = &append.events;
+        let wanted: Vec<(&str, &str, &str)> =
+            events.iter().filter_map(idempotency::key_of).collect();
+        let mut stored: HashMap<(&str, &str, &str), StoredKey> = HashMap::new();
+        if !wanted.is_empty() {
+            let c: Vec<&str> = wanted.iter().map(|k| k.0).collect();
+            let s: Vec<&str> = wanted.iter().map(|k| k.1).collect();
+            let e: Vec<&str> = wanted.iter().map(|k| k.2).collect();
+            for r in tx
+                .query(&lookup, &[&c, &s, &e])
+                .await
+                .map_err(unavailable)?
+            {
+                let (rc, rs, re): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+                let hash: Vec<u8> = r.get(4);
+                let key = wanted
+                    .iter()
+                    .find(|k| k.0 == rc && k.1 == rs && k.2 == re)
+                    .copied()
+                    .expect("the row answers one of the keys asked for");
+                stored.insert(
+                    key,
+                    StoredKey {
+                        event_id: r.get(3),
+                        content_hash: hash.try_into().map_err(|_| {
+                            StoreError::Internal(anyhow::anyhow!(
+                                "stored content hash is not 32 bytes"
+                            ))
+                        })?,
+                    },
+                );
+            }
+            for key in &wanted {
+                if let Some(k) =
+                    group_keys.get(&(key.0.to_string(), key.1.to_string(), key.2.to_string()))
+                {
+                    stored.insert(*key, *k);
+                }
+            }
+        }
+        let plans = match idempotency::plan(events, &stored) {
+            Ok(plans) => plans,
+            Err(conflicts) => {
+                outcomes.push(AppendOutcome::Conflict(conflicts));
+                continue;
+            }
+        };
+        let mut items: Vec<AppendedItem> = Vec::with_capacity(events.len());
+        for (event, plan) in events.iter().zip(plans) {
+            let item = match plan {
+                Plan::Existing(id) => AppendedItem {
+                    id,
+                    duplicate: true,
+                },
+                Plan::SameAsIndex(first) => AppendedItem {
+                    id: items[first].id,
+                    duplicate: true,
+                },
+                Plan::Insert => {
+                    seq += 1;
+                    let id = Uuid::now_v7();
+                    rows.seq.push(seq);
+                    rows.id.push(id);
+                    rows.client_id.push(event.client_id.as_str().to_string());
+                    rows.event_type.push(event.event_type.as_str().to_string());
+                    rows.user_id.push(event.user_id.clone());
+                    rows.event_id.push(event.event_id.clone());
+                    rows.source.push(event.source.clone());
+                    rows.subject.push(event.subject.clone());
+                    rows.correlation_id.push(event.correlation_id.clone());
+                    rows.status.push(event.status.clone());
+                    rows.ip_address
+                        .push(event.ip_address.map(|ip| ip.to_string()));
+                    rows.partition_key.push(event.partition_key.clone());
+                    rows.occurred_at.push(to_datetime(
+                        event.occurred_at.unwrap_or(received_at).as_micros(),
+                    ));
+                    rows.data.push(event.data.clone());
+                    rows.headers.push(event.headers.clone());
+                    if let Some((c, s, e)) = idempotency::key_of(event) {
+                        keys.client_id.push(c.to_string());
+                        keys.source.push(s.to_string());
+                        keys.event_id.push(e.to_string());
+                        keys.event_uuid.push(id);
+                        keys.event_seq.push(seq);
+                        keys.content_hash.push(event.content_hash.to_vec());
+                        group_keys.insert(
+                            (c.to_string(), s.to_string(), e.to_string()),
+                            StoredKey {
+                                event_id: id,
+                                content_hash: event.content_hash,
+                            },
+                        );
+                    }
+                    AppendedItem {
+                        id,
+                        duplicate: false,
+                    }
+                }
+            };
+            items.push(item);
+        }
+        outcomes.push(AppendOutcome::Stored(items));
+    }
+
+    if !rows.seq.is_empty() {
+        tx.execute(
+            "INSERT INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
+             correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers) \
+             SELECT u.seq, u.id, u.client_id, u.event_type, u.user_id, u.event_id, u.source, u.subject, \
+                    u.correlation_id, u.status, u.ip_address, u.partition_key, u.occurred_at, $14, \
+                    u.data::jsonb, u.headers::jsonb \
+             FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+                         $13::timestamptz[], $15::text[], $16::text[]) \
+               AS u(seq, id, client_id, event_type, user_id, event_id, source, subject, correlation_id, \
+                    status, ip_address, partition_key, occurred_at, data, headers)",
+            &[
+                &rows.seq, &rows.id, &rows.client_id, &rows.event_type, &rows.user_id, &rows.event_id,
+                &rows.source, &rows.subject, &rows.correlation_id, &rows.status, &rows.ip_address,
+                &rows.partition_key, &rows.occurred_at, &received, &rows.data, &rows.headers,
+            ],
+        )
+        .await
+        .map_err(internal_or_unavailable)?;
+    }
+    if !keys.event_seq.is_empty() {
+        tx.execute(
+            "INSERT INTO idempotency_keys (client_id, source, event_id, event_uuid, event_seq, content_hash, received_at) \
+             SELECT u.c, u.s, u.e, u.id, u.seq, u.h, $7 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::bigint[], $6::bytea[]) \
+               AS u(c, s, e, id, seq, h)",
+            &[&keys.client_id, &keys.source, &keys.event_id, &keys.event_uuid, &keys.event_seq, &keys.content_hash, &received],
+        )
+        .await
+        .map_err(internal_or_unavailable)?;
+    }
+    if seq > first_seq {
+        tx.execute(
+            "UPDATE event_sequence SET last_seq = $1 WHERE id = 1",
+            &[&seq],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.execute(
+            "SELECT pg_notify('annals_events', $1)",
+            &[&format!("{}-{}", first_seq + 1, seq)],
+        )
+        .await
+        .map_err(unavailable)?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(outcomes)
+}
+
+/// A database error from a statement (bad data, constraint) is internal; a lost connection is
+/// unavailability.
+fn internal_or_unavailable(e: tokio_postgres::Error) -> StoreError {
+    if e.as_db_error().is_some() {
+        StoreError::Internal(anyhow::Error::new(e))
+    } else {
+        unavailable(e)
+    }
+}
