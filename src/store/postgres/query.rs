@@ -19,9 +19,12 @@ fn containment_docs(filter: &DataFilter) -> Vec<Value> {
     let mut leaves = vec![Value::String(filter.value.clone())];
     if let Ok(v @ (Value::Number(_) | Value::Bool(_))) =
         serde_json::from_str::<Value>(&filter.value)
-        && v.to_string() == filter.value
     {
-        leaves.push(v);
+        // Only when the value is exactly that JSON text (`01` or `1e3` stay strings).
+        let canonical = v.to_string();
+        if canonical == filter.value {
+            leaves.push(v);
+        }
     }
     leaves
         .into_iter()
