@@ -4,11 +4,12 @@ use annals::domain::access::KeySelector;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, assert_error, status_json};
+use crate::helpers::{Backend, TestApp, assert_error, status_json};
 
-#[tokio::test]
-async fn missing_malformed_unknown_and_wrong_secret_keys_are_401() {
-    let app = TestApp::spawn().await;
+async fn missing_malformed_unknown_and_wrong_secret_keys_are_401(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let real = app.key("acme", "events:write,events:read").await;
     let wrong_secret = format!("{}x", &real[..real.len() - 1]);
     let body = json!({"event_type": "a"});
@@ -45,9 +46,10 @@ async fn missing_malformed_unknown_and_wrong_secret_keys_are_401() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn disabled_deleted_and_expired_keys_stop_working_at_once() {
-    let app = TestApp::spawn().await;
+async fn disabled_deleted_and_expired_keys_stop_working_at_once(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let key = app.key("acme", "events:read").await;
     assert_eq!(app.get("/v1/events", &key).await.status(), StatusCode::OK);
     let key_id = key[4..20].to_string();
@@ -91,9 +93,10 @@ async fn disabled_deleted_and_expired_keys_stop_working_at_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn scopes_are_enforced_with_403() {
-    let app = TestApp::spawn().await;
+async fn scopes_are_enforced_with_403(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let writer = app.key("acme", "events:write").await;
     let reader = app.key("acme", "events:read").await;
     let (status, body) = status_json(app.get("/v1/events", &writer).await).await;
@@ -119,9 +122,10 @@ async fn scopes_are_enforced_with_403() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn clients_never_see_each_other() {
-    let app = TestApp::spawn().await;
+async fn clients_never_see_each_other(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let a = app.key("client-a", "events:write,events:read").await;
     let b = app.key("client-b", "events:write,events:read").await;
     let a_id = app.record(&a, json!({"event_type": "x.y.made", "user_id": "shared-user", "event_id": "same", "data": {"k": 1}})).await;
@@ -184,9 +188,10 @@ async fn clients_never_see_each_other() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn admin_sees_all_and_may_write_for_a_client() {
-    let app = TestApp::spawn().await;
+async fn admin_sees_all_and_may_write_for_a_client(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let a = app.key("client-a", "events:write,events:read").await;
     app.record(&a, json!({"event_type": "x"})).await;
     app.record(
@@ -209,3 +214,11 @@ async fn admin_sees_all_and_may_write_for_a_client() {
     );
     app.stop().await;
 }
+
+crate::conformance!(
+    missing_malformed_unknown_and_wrong_secret_keys_are_401,
+    disabled_deleted_and_expired_keys_stop_working_at_once,
+    scopes_are_enforced_with_403,
+    clients_never_see_each_other,
+    admin_sees_all_and_may_write_for_a_client,
+);

@@ -1,5 +1,9 @@
-//! `TestApp`: a real server on 127.0.0.1:0 with its own SQLite file, plus typed request helpers
-//! so tests read like API documentation.
+//! `TestApp`: a real server on 127.0.0.1:0 with its own database — a SQLite file in a temp dir,
+//! or a fresh PostgreSQL database on `ANNALS_TEST_DATABASE_URL`'s server, dropped afterwards —
+//! plus typed request helpers so tests read like API documentation.
+//!
+//! `conformance!` turns each `async fn test(backend: Backend)` into one test per backend: the
+//! same suite runs against both stores.
 
 use annals::auth::{KeyService, NewKeyRequest};
 use annals::config::ServeArgs;
@@ -10,6 +14,122 @@ use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Declares `sqlite::name` and `postgres::name` tests for each `async fn name(Backend)`.
+#[macro_export]
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// One test's database. PostgreSQL databases are dropped when this is dropped, even if the
+/// test panicked.
+pub struct TestDatabase {
+    pub url: String,
+    postgres: Option<(String, String)>,
+    _dir: TempDir,
+}
+
+impl TestDatabase {
+    /// `None` (after saying so) when PostgreSQL is asked for and `ANNALS_TEST_DATABASE_URL` is
+    /// unset. On CI that is a failure, not a skip.
+    pub async fn create(backend: Backend) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => Some(Self {
+                url: dir.path().join("annals.db").display().to_string(),
+                postgres: None,
+                _dir: dir,
+            }),
+            Backend::Postgres => {
+                let Ok(admin_url) = std::env::var("ANNALS_TEST_DATABASE_URL") else {
+                    assert!(
+                        std::env::var("CI").as_deref() != Ok("true"),
+                        "ANNALS_TEST_DATABASE_URL must be set on CI: PostgreSQL tests may not be skipped"
+                    );
+                    eprintln!("SKIPPED (no ANNALS_TEST_DATABASE_URL)");
+                    return None;
+                };
+                let name = format!("annals_test_{}", uuid::Uuid::now_v7().simple());
+                let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect to ANNALS_TEST_DATABASE_URL");
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                let url = with_database(&admin_url, &name);
+                Some(Self {
+                    url,
+                    postgres: Some((admin_url, name)),
+                    _dir: dir,
+                })
+            }
+        }
+    }
+}
+
+/// `postgres://u@h:p/db?x` with its database replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    format!("{host_part}/{name}{query}")
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some((admin_url, name)) = self.postgres.take() {
+            // Drop runs outside async context guarantees: use a thread with its own runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    if let Ok((client, conn)) =
+                        tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
 pub struct TestApp {
     pub base: String,
     /// The admin key issued on first start.
@@ -17,19 +137,27 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub keys: KeyService,
     server: Option<RunningServer>,
-    pub dir: TempDir,
+    pub args: ServeArgs,
+    pub db: TestDatabase,
 }
 
 impl TestApp {
-    pub async fn spawn() -> Self {
-        Self::spawn_with(|_| {}).await
+    pub async fn spawn(backend: Backend) -> Option<Self> {
+        Self::spawn_with(backend, |_| {}).await
     }
 
-    pub async fn spawn_with(configure: impl FnOnce(&mut ServeArgs)) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut args = ServeArgs::with_database(dir.path().join("annals.db").display().to_string());
+    pub async fn spawn_with(
+        backend: Backend,
+        configure: impl FnOnce(&mut ServeArgs),
+    ) -> Option<Self> {
+        let db = TestDatabase::create(backend).await?;
+        let mut args = ServeArgs::with_database(db.url.clone());
         configure(&mut args);
-        let server = server::start(args).await.expect("server starts");
+        Some(Self::start(args, db).await)
+    }
+
+    async fn start(args: ServeArgs, db: TestDatabase) -> Self {
+        let server = server::start(args.clone()).await.expect("server starts");
         let admin_key = server
             .bootstrap_key
             .as_ref()
@@ -41,8 +169,22 @@ impl TestApp {
             http: reqwest::Client::new(),
             keys: server.keys.clone(),
             server: Some(server),
-            dir,
+            args,
+            db,
         }
+    }
+
+    /// Stops the server (draining its queue) and starts a new one on the same database. The
+    /// admin key of the first start stays valid.
+    pub async fn restart(mut self) -> Self {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("clean stop");
+        }
+        let admin_key = std::mem::take(&mut self.admin_key);
+        let TestApp { args, db, .. } = self;
+        let mut app = Self::start(args, db).await;
+        app.admin_key = admin_key;
+        app
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -145,8 +287,8 @@ pub fn assert_error(body: &Value, code: &str) {
 }
 
 impl TestApp {
-    /// Stops the server but keeps the temp dir (and its database) for a restart.
-    pub async fn stop_keep_dir(mut self) -> Self {
+    /// Stops the server but keeps its database, for inspection through the store directly.
+    pub async fn stop_keep_db(mut self) -> Self {
         if let Some(server) = self.server.take() {
             server.stop().await.expect("clean stop");
         }

@@ -3,11 +3,14 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, status_json};
+use crate::helpers::{Backend, TestApp, assert_error, status_json};
 
-#[tokio::test]
-async fn auditor_post_and_query_with_the_static_key() {
-    let app = TestApp::spawn_with(|a| a.api_key = Some("s3cret-static-key".into())).await;
+async fn auditor_post_and_query_with_the_static_key(backend: Backend) {
+    let Some(app) =
+        TestApp::spawn_with(backend, |a| a.api_key = Some("s3cret-static-key".into())).await
+    else {
+        return;
+    };
     assert!(
         app.admin_key.is_empty(),
         "no bootstrap key when ANNALS_API_KEY is set"
@@ -46,9 +49,10 @@ async fn auditor_post_and_query_with_the_static_key() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn envelope_fields_round_trip_with_server_headers() {
-    let app = TestApp::spawn().await;
+async fn envelope_fields_round_trip_with_server_headers(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let id = app
         .record(
             &app.admin_key,
@@ -81,9 +85,10 @@ async fn envelope_fields_round_trip_with_server_headers() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn idempotency_same_content_is_a_duplicate_different_is_a_conflict() {
-    let app = TestApp::spawn().await;
+async fn idempotency_same_content_is_a_duplicate_different_is_a_conflict(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let event = json!({"event_type": "order.placed", "event_id": "evt-7", "data": {"n": 1}});
     let first = app.record(&app.admin_key, event.clone()).await;
     let (status, body) = status_json(app.post("/v1/events", &app.admin_key, &event).await).await;
@@ -110,9 +115,10 @@ async fn idempotency_same_content_is_a_duplicate_different_is_a_conflict() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_duplicates_are_stored_once() {
-    let app = TestApp::spawn().await;
+async fn concurrent_duplicates_are_stored_once(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let event = json!({"event_type": "order.placed", "event_id": "race-1", "data": {"k": "v"}});
     let mut tasks = Vec::new();
     for _ in 0..40 {
@@ -150,9 +156,10 @@ async fn concurrent_duplicates_are_stored_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn batch_is_atomic_and_reports_every_bad_item() {
-    let app = TestApp::spawn().await;
+async fn batch_is_atomic_and_reports_every_bad_item(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let batch = json!({"events": [
         {"event_type": "a.b.created"},
         {"user_id": "no type"},
@@ -190,9 +197,10 @@ async fn batch_is_atomic_and_reports_every_bad_item() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn batch_ids_in_order_duplicates_and_conflicts() {
-    let app = TestApp::spawn().await;
+async fn batch_ids_in_order_duplicates_and_conflicts(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     app.record(
         &app.admin_key,
         json!({"event_type": "t.x.done", "event_id": "old", "data": {"v": 1}}),
@@ -231,9 +239,10 @@ async fn batch_ids_in_order_duplicates_and_conflicts() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn batch_limits_and_shape() {
-    let app = TestApp::spawn_with(|a| a.max_batch = 3).await;
+async fn batch_limits_and_shape(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |a| a.max_batch = 3).await else {
+        return;
+    };
     let four = json!({"events": [{"event_type": "a"}, {"event_type": "a"}, {"event_type": "a"}, {"event_type": "a"}]});
     let (status, body) =
         status_json(app.post("/v1/events/batch", &app.admin_key, &four).await).await;
@@ -258,13 +267,15 @@ async fn batch_limits_and_shape() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn bad_inputs_get_clear_json_errors_and_store_nothing() {
-    let app = TestApp::spawn_with(|a| {
+async fn bad_inputs_get_clear_json_errors_and_store_nothing(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |a| {
         a.max_event_bytes = 2048;
         a.max_body_bytes = 8192;
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let key = app.admin_key.clone();
     // (content type, body, status, error code, field)
     type Case<'a> = (
@@ -427,9 +438,10 @@ fn futures_util_stream(
     futures_util::stream::iter(chunks.into_iter().map(Ok))
 }
 
-#[tokio::test]
-async fn unknown_routes_and_methods_are_json() {
-    let app = TestApp::spawn().await;
+async fn unknown_routes_and_methods_are_json(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let (status, body) = status_json(app.get("/v2/nothing", &app.admin_key).await).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_error(&body, "not_found");
@@ -439,3 +451,15 @@ async fn unknown_routes_and_methods_are_json() {
     assert_error(&body, "method_not_allowed");
     app.stop().await;
 }
+
+crate::conformance!(
+    auditor_post_and_query_with_the_static_key,
+    envelope_fields_round_trip_with_server_headers,
+    idempotency_same_content_is_a_duplicate_different_is_a_conflict,
+    concurrent_duplicates_are_stored_once,
+    batch_is_atomic_and_reports_every_bad_item,
+    batch_ids_in_order_duplicates_and_conflicts,
+    batch_limits_and_shape,
+    bad_inputs_get_clear_json_errors_and_store_nothing,
+    unknown_routes_and_methods_are_json,
+);

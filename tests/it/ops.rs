@@ -1,80 +1,75 @@
-//! Operations: health, restart durability, graceful drain, overload.
+//! Operations: health, restart durability, graceful drain, overload — on both stores.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, status_json};
+use crate::helpers::{Backend, TestApp, status_json};
 
-#[tokio::test]
-async fn health_answers_without_a_key_on_every_path() {
-    let app = TestApp::spawn().await;
+async fn health_answers_without_a_key_on_every_path(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let store = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
     for path in ["/v1/health", "/health", "/api/v1/health"] {
         let (status, body) = status_json(app.http.get(app.url(path)).send().await.unwrap()).await;
         assert_eq!(status, StatusCode::OK, "{path}");
         assert_eq!(body["status"], "ok");
-        assert_eq!(body["store"], "sqlite");
+        assert_eq!(body["store"], store);
     }
     let r = app.http.get(app.url("/health")).send().await.unwrap();
     assert!(r.headers().contains_key("x-request-id"));
     app.stop().await;
 }
 
-#[tokio::test]
-async fn events_survive_a_restart_and_seq_continues() {
-    let app = TestApp::spawn_with(|a| a.api_key = Some("static".into())).await;
-    let db = app.dir.path().join("annals.db").display().to_string();
+async fn events_survive_a_restart_and_seq_continues(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let key = app.admin_key.clone();
     let first = app
-        .record("static", json!({"event_type": "a", "event_id": "e1"}))
+        .record(&key, json!({"event_type": "a", "event_id": "e1"}))
         .await;
-    let stopped = app.stop_keep_dir().await;
-    let mut args = annals::config::ServeArgs::with_database(db);
-    args.api_key = Some("static".into());
-    let server = annals::server::start(args).await.unwrap();
-    let http = reqwest::Client::new();
-    let base = format!("http://{}", server.addr);
-    let r = http
-        .post(format!("{base}/v1/events"))
-        .header("x-api-key", "static")
-        .json(&json!({"event_type": "a", "event_id": "e1"}))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = status_json(r).await;
+    let app = app.restart().await;
+    let (status, body) = status_json(
+        app.post(
+            "/v1/events",
+            &key,
+            &json!({"event_type": "a", "event_id": "e1"}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "idempotency survives restart");
     assert_eq!(body["id"], first);
-    let r = http
-        .post(format!("{base}/v1/events"))
-        .header("x-api-key", "static")
-        .json(&json!({"event_type": "b"}))
-        .send()
+    app.record(&key, json!({"event_type": "b"})).await;
+    let seqs: Vec<i64> = app
+        .list("/v1/events?order=asc", &key)
         .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let list: Vec<Value> = http
-        .get(format!("{base}/v1/events?order=asc"))
-        .header("x-api-key", "static")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let seqs: Vec<i64> = list.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, [1, 2]);
-    server.stop().await.unwrap();
-    drop(stopped);
+    app.stop().await;
 }
 
-#[tokio::test]
-async fn stop_drains_every_accepted_write() {
-    let app = TestApp::spawn_with(|a| a.api_key = Some("static".into())).await;
+async fn stop_drains_every_accepted_write(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let mut tasks = Vec::new();
     for i in 0..200 {
-        let (http, url) = (app.http.clone(), app.url("/v1/events"));
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url("/v1/events"),
+            app.admin_key.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let r = http
                 .post(url)
-                .header("x-api-key", "static")
+                .header("x-api-key", key)
                 .json(&json!({"event_type": "drain.test.sent", "event_id": format!("d{i}")}))
                 .send()
                 .await
@@ -82,16 +77,11 @@ async fn stop_drains_every_accepted_write() {
             r.status()
         }));
     }
-    let mut created = 0;
     for t in tasks {
-        if t.await.unwrap() == StatusCode::CREATED {
-            created += 1;
-        }
+        assert_eq!(t.await.unwrap(), StatusCode::CREATED);
     }
-    assert_eq!(created, 200);
-    let db = app.dir.path().join("annals.db").display().to_string();
-    let stopped = app.stop_keep_dir().await;
-    let store = annals::server::open_store(&annals::config::ServeArgs::with_database(db).store)
+    let stopped = app.stop_keep_db().await;
+    let store = annals::server::open_store(&stopped.args.store)
         .await
         .unwrap();
     let page = store
@@ -103,25 +93,31 @@ async fn stop_drains_every_accepted_write() {
         .unwrap();
     assert_eq!(page.events.len(), 200);
     store.shutdown().await;
-    drop(stopped);
 }
 
-#[tokio::test]
-async fn a_full_write_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged() {
+async fn a_full_write_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged(
+    backend: Backend,
+) {
     // One job and a few bytes of queue: concurrent requests must overflow it.
-    let app = TestApp::spawn_with(|a| {
-        a.api_key = Some("static".into());
+    let Some(app) = TestApp::spawn_with(backend, |a| {
         a.store.write_queue_jobs = 1;
         a.store.write_queue_bytes = 1;
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let mut tasks = Vec::new();
     for i in 0..300 {
-        let (http, url) = (app.http.clone(), app.url("/v1/events"));
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url("/v1/events"),
+            app.admin_key.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let r = http
                 .post(url)
-                .header("x-api-key", "static")
+                .header("x-api-key", key)
                 .json(&json!({"event_type": "flood", "data": {"i": i, "pad": "p".repeat(2000)}}))
                 .send()
                 .await
@@ -146,7 +142,17 @@ async fn a_full_write_queue_answers_503_with_retry_after_and_loses_nothing_ackno
         }
     }
     assert!(refused > 0, "the queue never filled");
-    let stored = app.list("/v1/events?limit=1000", "static").await.len();
+    let stored = app
+        .list("/v1/events?limit=1000", &app.admin_key)
+        .await
+        .len();
     assert_eq!(stored, created);
     app.stop().await;
 }
+
+crate::conformance!(
+    health_answers_without_a_key_on_every_path,
+    events_survive_a_restart_and_seq_continues,
+    stop_drains_every_accepted_write,
+    a_full_write_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged,
+);
