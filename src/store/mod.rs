@@ -92,6 +92,26 @@ pub struct EventPage {
     pub next_after: Option<i64>,
 }
 
+/// A range of seqs that has just been committed (on PostgreSQL: by any node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommittedRange {
+    pub first: i64,
+    pub last: i64,
+}
+
+impl CommittedRange {
+    /// Parses the `NOTIFY annals_events` payload `first-last`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (first, last) = text.split_once('-')?;
+        let (first, last) = (first.parse().ok()?, last.parse().ok()?);
+        (first <= last).then_some(Self { first, last })
+    }
+}
+
+/// How many committed ranges a slow subscriber may fall behind before it misses some (it then
+/// gets `RecvError::Lagged` and should re-read from its last seq).
+pub const COMMIT_CHANNEL_CAPACITY: usize = 1024;
+
 /// Largest page a store builds in memory; a page stops early once its rows pass this size and
 /// the caller follows the cursor for the rest.
 pub const PAGE_BYTE_BUDGET: usize = 8 * 1024 * 1024;
@@ -120,6 +140,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_keys(&self, selector: KeySelector) -> Result<Vec<String>, StoreError>;
     /// Flips `is_active` of each selected key; returns the updated records.
     async fn toggle_keys(&self, selector: KeySelector) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Committed seq ranges as they happen, for live fan-out (seed 003's notify-on-create).
+    fn commits(&self) -> tokio::sync::broadcast::Receiver<CommittedRange>;
 
     /// Checks the store answers reads and that its writer is running.
     async fn health(&self) -> Result<(), StoreError>;

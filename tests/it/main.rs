@@ -6,5 +6,6 @@ mod cli;
 mod crash;
 mod helpers;
 mod ingest;
+mod nodes;
 mod ops;
 mod query;

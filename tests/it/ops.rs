@@ -150,7 +150,35 @@ async fn a_full_write_queue_answers_503_with_retry_after_and_loses_nothing_ackno
     app.stop().await;
 }
 
+async fn committed_ranges_are_announced_to_subscribers(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let mut commits = app.store.commits();
+    app.record(&app.admin_key, json!({"event_type": "n.one.made"}))
+        .await;
+    let batch = json!({"events": [{"event_type": "n.b.made"}, {"event_type": "n.b.made"}, {"event_type": "n.b.made"}]});
+    assert_eq!(
+        app.post("/v1/events/batch", &app.admin_key, &batch)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let mut next = 1;
+    while next <= 4 {
+        let range = tokio::time::timeout(std::time::Duration::from_secs(5), commits.recv())
+            .await
+            .expect("a commit is announced")
+            .expect("no lag");
+        assert_eq!(range.first, next, "ranges arrive in order without gaps");
+        next = range.last + 1;
+    }
+    assert_eq!(next, 5);
+    app.stop().await;
+}
+
 crate::conformance!(
+    committed_ranges_are_announced_to_subscribers,
     health_answers_without_a_key_on_every_path,
     events_survive_a_restart_and_seq_continues,
     stop_drains_every_accepted_write,

@@ -20,14 +20,17 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{Datelike, TimeZone, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
 use self::query::{EVENT_COLUMNS, page_sql, to_datetime};
 use self::writer::WriterCommand;
-use super::{AppendOutcome, EventPage, EventQuery, PAGE_BYTE_BUDGET, Store, StoreError};
+use super::{
+    AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
+    PAGE_BYTE_BUDGET, Store, StoreError,
+};
 use crate::domain::access::{KeyRecord, KeySelector, Scopes};
 use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp};
 use crate::ingest::{QueueFull, WriteQueue};
@@ -50,6 +53,8 @@ pub struct PostgresOptions {
 
 pub struct PostgresStore {
     pool: Pool,
+    commits: broadcast::Sender<CommittedRange>,
+    listener: JoinHandle<()>,
     queue: WriteQueue<WriterCommand>,
     writer: Mutex<Option<JoinHandle<()>>>,
     partitions: JoinHandle<()>,
@@ -126,6 +131,8 @@ impl PostgresStore {
         let config = tokio_postgres::Config::from_str(&options.url)
             .context("parsing ANNALS_DATABASE_URL")?;
         migrate(&config).await?;
+        let (commits, _) = broadcast::channel(COMMIT_CHANNEL_CAPACITY);
+        let listener = tokio::spawn(listen(config.clone(), commits.clone()));
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -146,6 +153,8 @@ impl PostgresStore {
         let partitions = tokio::spawn(keep_partitions(pool.clone()));
         Ok(Self {
             pool,
+            commits,
+            listener,
             queue,
             writer: Mutex::new(Some(writer)),
             partitions,
@@ -155,6 +164,46 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(unavailable)
+    }
+}
+
+/// Listens on `annals_events` (every node's commits, this one's included) and republishes the
+/// ranges. Reconnects after a second when the connection drops; ranges committed meanwhile are
+/// not heard, so subscribers re-read from their last seq after a gap.
+async fn listen(config: tokio_postgres::Config, commits: broadcast::Sender<CommittedRange>) {
+    use futures_util::StreamExt;
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let forward = commits.clone();
+                let driver = tokio::spawn(async move {
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                if let Some(range) = CommittedRange::parse(n.payload()) {
+                                    let _ = forward.send(range);
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "LISTEN connection lost");
+                                break;
+                            }
+                        }
+                    }
+                });
+                if let Err(e) = client.batch_execute("LISTEN annals_events").await {
+                    tracing::warn!(error = %e, "LISTEN failed");
+                    driver.abort();
+                } else {
+                    let _ = driver.await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "LISTEN connection failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -390,6 +439,10 @@ impl Store for PostgresStore {
         rows.iter().map(row_to_key).collect()
     }
 
+    fn commits(&self) -> broadcast::Receiver<CommittedRange> {
+        self.commits.subscribe()
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         if self
             .writer
@@ -418,6 +471,7 @@ impl Store for PostgresStore {
             let _ = handle.await;
         }
         self.partitions.abort();
+        self.listener.abort();
         self.pool.close();
     }
 }

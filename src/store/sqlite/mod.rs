@@ -21,12 +21,15 @@ use async_trait::async_trait;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
 use self::query::{EVENT_COLUMNS, TOPIC_MATCH_FN, page_sql};
 use self::writer::WriterCommand;
-use super::{AppendOutcome, EventPage, EventQuery, PAGE_BYTE_BUDGET, Store, StoreError};
+use super::{
+    AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
+    PAGE_BYTE_BUDGET, Store, StoreError,
+};
 use crate::domain::access::{KeyRecord, KeySelector, Scopes};
 use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp, TopicPattern};
 use crate::ingest::{QueueFull, WriteQueue};
@@ -72,6 +75,7 @@ pub struct SqliteStore {
     readers: r2d2::Pool<SqliteConnectionManager>,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
+    commits: broadcast::Sender<CommittedRange>,
     query_timeout: Duration,
 }
 
@@ -130,15 +134,18 @@ impl SqliteStore {
             .context("opening SQLite read connections")?;
         let checkpointer = checkpoint::Checkpointer::start(&options.path)?;
         let (queue, rx) = WriteQueue::new(options.queue_jobs, options.queue_bytes);
+        let (commits, _) = broadcast::channel(COMMIT_CHANNEL_CAPACITY);
+        let writer_commits = commits.clone();
         let handle = std::thread::Builder::new()
             .name(String::from("annals-sqlite-writer"))
-            .spawn(move || writer::run(conn, rx))
+            .spawn(move || writer::run(conn, rx, writer_commits))
             .context("starting the SQLite writer thread")?;
         Ok(Self {
             queue,
             readers,
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
+            commits,
             query_timeout: options.query_timeout,
         })
     }
@@ -392,6 +399,10 @@ impl Store for SqliteStore {
             Ok(keys.collect::<Result<Vec<_>, _>>()?)
         })
         .await
+    }
+
+    fn commits(&self) -> broadcast::Receiver<CommittedRange> {
+        self.commits.subscribe()
     }
 
     async fn health(&self) -> Result<(), StoreError> {

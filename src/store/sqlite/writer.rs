@@ -15,14 +15,14 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, Plan, StoredKey};
 use crate::ingest::queue::next_group_blocking;
-use crate::store::{AppendOutcome, AppendedItem, StoreError};
+use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
 
 /// Most jobs committed in one transaction.
 const MAX_GROUP_JOBS: usize = 512;
@@ -55,7 +55,11 @@ struct PendingAppend {
     reply: Reply<AppendOutcome>,
 }
 
-pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Queued<WriterCommand>>) {
+pub(super) fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Queued<WriterCommand>>,
+    commits: broadcast::Sender<CommittedRange>,
+) {
     let mut last_seq = match load_last_seq(&conn) {
         Ok(seq) => seq,
         Err(e) => {
@@ -68,6 +72,7 @@ pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Queued<WriterComm
     let mut optimized_seq = last_seq;
     let (mut groups, mut jobs) = (0u64, 0u64);
     while let Some(group) = next_group_blocking(&mut rx, MAX_GROUP_JOBS) {
+        let before = last_seq;
         groups += 1;
         jobs += group.len() as u64;
         let mut appends = Vec::with_capacity(group.len());
@@ -88,6 +93,13 @@ pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Queued<WriterComm
         }
         commit_group(&mut conn, appends, &mut last_seq);
         drop(reservations);
+        if last_seq > before {
+            // No subscriber is fine: the range is simply not heard.
+            let _ = commits.send(CommittedRange {
+                first: before + 1,
+                last: last_seq,
+            });
+        }
         // Also whenever the table has grown tenfold, so a young store gets statistics early.
         if optimized_at.elapsed() > OPTIMIZE_EVERY
             || last_seq >= optimized_seq.saturating_mul(10).max(1000)

@@ -1,0 +1,130 @@
+//! Several `annals serve` nodes on one PostgreSQL database.
+
+use std::collections::HashSet;
+
+use annals::config::ServeArgs;
+use annals::server;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestDatabase};
+
+const KEY: &str = "two-node-key";
+
+async fn all_events(http: &reqwest::Client, base: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut next = Some(format!("{base}/v1/events?limit=1000&order=asc"));
+    while let Some(url) = next.take() {
+        let r = http
+            .get(&url)
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        next = r.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            format!("{base}{}", &l[1..l.find('>').unwrap()])
+        });
+        out.extend(r.json::<Vec<Value>>().await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_write_concurrently_and_agree() {
+    let Some(db) = TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    let mut args = ServeArgs::with_database(db.url.clone());
+    args.api_key = Some(KEY.into());
+    // Both start at once: migrations and partitions must not race.
+    let (a, b) = tokio::join!(server::start(args.clone()), server::start(args.clone()));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut heard_on_b = b.store.commits();
+    let bases = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
+    let http = reqwest::Client::new();
+
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let (http, base) = (http.clone(), bases[worker % 2].clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let r = http
+                    .post(format!("{base}/v1/events"))
+                    .header("x-api-key", KEY)
+                    .json(&json!({"event_type": "node.write.made", "data": {"w": worker, "i": i}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::CREATED);
+            }
+        }));
+    }
+    // The same event_id raced to both nodes: stored once, both answers name the same id.
+    let mut raced = Vec::new();
+    for n in 0..10 {
+        for base in &bases {
+            let (http, base) = (http.clone(), base.clone());
+            raced.push(tokio::spawn(async move {
+                let r = http
+                    .post(format!("{base}/v1/events"))
+                    .header("x-api-key", KEY)
+                    .json(&json!({"event_type": "node.race.made", "event_id": format!("race-{n}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                let body: Value = r.json().await.unwrap();
+                (n, status, body["id"].as_str().unwrap().to_string())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut ids_by_race = std::collections::HashMap::<i32, HashSet<String>>::new();
+    let mut created = 0;
+    for t in raced {
+        let (n, status, id) = t.await.unwrap();
+        assert!(status == StatusCode::CREATED || status == StatusCode::OK);
+        created += usize::from(status == StatusCode::CREATED);
+        ids_by_race.entry(n).or_default().insert(id);
+    }
+    assert_eq!(created, 10, "each raced event_id was created exactly once");
+    assert!(ids_by_race.values().all(|ids| ids.len() == 1));
+
+    let from_a = all_events(&http, &bases[0]).await;
+    let from_b = all_events(&http, &bases[1]).await;
+    assert_eq!(from_a.len(), 210);
+    let ids = |events: &[Value]| {
+        events
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&from_a),
+        ids(&from_b),
+        "both nodes see the same events in the same order"
+    );
+    let seqs: Vec<i64> = from_a.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=210).collect::<Vec<_>>(),
+        "seq is gapless across nodes"
+    );
+
+    // Node b heard every committed range, including node a's.
+    let mut next = 1;
+    while next <= 210 {
+        let range = tokio::time::timeout(std::time::Duration::from_secs(5), heard_on_b.recv())
+            .await
+            .expect("commit announced")
+            .expect("no lag");
+        assert_eq!(range.first, next);
+        next = range.last + 1;
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
