@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
+
+use crate::helpers::{Backend, TestDatabase};
 use serde_json::{Value, json};
 
 const KEY: &str = "crash-test-key";
@@ -130,19 +132,20 @@ async fn kill_under_load_and_check(db: &str) {
     child.wait().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_no_acknowledged_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db").display().to_string();
-    kill_under_load_and_check(&db).await;
-    // and again on the same file, after recovery
-    kill_under_load_and_check(&db).await;
+async fn sigkill_under_load_loses_no_acknowledged_event(backend: Backend) {
+    let Some(db) = TestDatabase::create(backend).await else {
+        return;
+    };
+    kill_under_load_and_check(&db.url).await;
+    // and again on the same database, after recovery
+    kill_under_load_and_check(&db.url).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("term.db").display().to_string();
+async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
+    let Some(database) = TestDatabase::create(backend).await else {
+        return;
+    };
+    let db = database.url.clone();
     let (child, base) = start(&db);
     let http = reqwest::Client::new();
     for i in 0..50 {
@@ -167,3 +170,5 @@ async fn sigterm_drains_and_exits_cleanly() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+crate::conformance!(sigkill_under_load_loses_no_acknowledged_event, sigterm_drains_and_exits_cleanly);
