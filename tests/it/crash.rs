@@ -171,4 +171,7 @@ async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
     child.wait().unwrap();
 }
 
-crate::conformance!(sigkill_under_load_loses_no_acknowledged_event, sigterm_drains_and_exits_cleanly);
+crate::conformance!(
+    sigkill_under_load_loses_no_acknowledged_event,
+    sigterm_drains_and_exits_cleanly
+);

@@ -8,4 +8,5 @@ mod helpers;
 mod ingest;
 mod nodes;
 mod ops;
+mod outage;
 mod query;
