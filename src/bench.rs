@@ -6,6 +6,7 @@
 //!
 //! It prints events/s and the ratios. It is a program, not a test: timings never gate CI.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -44,6 +45,10 @@ pub struct BenchArgs {
     /// Also load this many events into a fresh server and time typical queries (0 = skip).
     #[arg(long, default_value_t = 0)]
     pub query_rows: usize,
+    /// Run against PostgreSQL: a server URL (e.g. postgres://postgres@127.0.0.1/test) on which
+    /// the benchmark creates and drops its own databases.
+    #[arg(long)]
+    pub postgres_url: Option<String>,
     /// SQLite durability for both the server and the raw-insert ceiling.
     #[arg(long, value_enum, default_value = "full")]
     pub sqlite_synchronous: Synchronous,
@@ -232,10 +237,10 @@ fn raw_sqlite_inserts(
 }
 
 async fn start_server(
-    path: &std::path::Path,
+    database_url: &str,
     sync: Synchronous,
 ) -> anyhow::Result<(server::RunningServer, String)> {
-    let mut serve = ServeArgs::with_database(path.display().to_string());
+    let mut serve = ServeArgs::with_database(database_url);
     serve.store.sqlite_synchronous = sync;
     let server = server::start(serve).await?;
     let key = server
@@ -248,9 +253,8 @@ async fn start_server(
 
 /// Loads `rows` varied events through the batch API, then times the queries users run most,
 /// as an admin (no client filter) and as a client key. Prints the median of 20 runs each.
-async fn query_phase(dir: &std::path::Path, rows: usize, sync: Synchronous) -> anyhow::Result<()> {
-    let path = dir.join("query.db");
-    let (server, key) = start_server(&path, sync).await?;
+async fn query_phase(url: &str, rows: usize, sync: Synchronous) -> anyhow::Result<()> {
+    let (server, key) = start_server(url, sync).await?;
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/events/batch", server.addr);
     let started = Instant::now();
@@ -287,7 +291,7 @@ async fn query_phase(dir: &std::path::Path, rows: usize, sync: Synchronous) -> a
     server.stop().await?;
     // Restart: as a long-running server would after its periodic statistics refresh.
     let admin = key;
-    let mut serve = ServeArgs::with_database(path.display().to_string());
+    let mut serve = ServeArgs::with_database(url);
     serve.store.sqlite_synchronous = sync;
     let server = server::start(serve).await?;
     let reader = server
@@ -347,10 +351,148 @@ async fn query_phase(dir: &std::path::Path, rows: usize, sync: Synchronous) -> a
     Ok(())
 }
 
+/// Fresh databases for the phases: files in a temp dir, or PostgreSQL databases created on the
+/// server of `--postgres-url` and dropped at the end.
+struct BenchDatabases {
+    dir: tempfile::TempDir,
+    postgres: Option<(String, tokio_postgres::Client)>,
+    created: Vec<String>,
+}
+
+impl BenchDatabases {
+    async fn new(postgres_url: Option<&str>) -> anyhow::Result<Self> {
+        let postgres = match postgres_url {
+            Some(url) => {
+                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .context("connecting to --postgres-url")?;
+                tokio::spawn(conn);
+                Some((url.to_string(), client))
+            }
+            None => None,
+        };
+        Ok(Self {
+            dir: tempfile::tempdir().context("creating a temporary directory")?,
+            postgres,
+            created: Vec::new(),
+        })
+    }
+
+    async fn fresh(&mut self, name: &str) -> anyhow::Result<String> {
+        match &self.postgres {
+            None => Ok(self
+                .dir
+                .path()
+                .join(format!("{name}.db"))
+                .display()
+                .to_string()),
+            Some((url, client)) => {
+                let db = format!("annals_bench_{name}_{}", uuid::Uuid::now_v7().simple());
+                client
+                    .batch_execute(&format!("CREATE DATABASE {db}"))
+                    .await?;
+                self.created.push(db.clone());
+                let config = tokio_postgres::Config::from_str(url)?;
+                let host = match config.get_hosts().first() {
+                    Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                    _ => String::from("127.0.0.1"),
+                };
+                let port = config.get_ports().first().copied().unwrap_or(5432);
+                let user = config.get_user().unwrap_or("postgres");
+                Ok(format!("postgres://{user}@{host}:{port}/{db}"))
+            }
+        }
+    }
+
+    async fn drop_all(self) {
+        if let Some((_, client)) = &self.postgres {
+            for db in &self.created {
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                    .await;
+            }
+        }
+    }
+}
+
+/// The PostgreSQL storage ceiling: the same rows written by binary `COPY`, 1000 per statement.
+async fn raw_postgres_copy(url: &str, total: usize, batch: usize) -> anyhow::Result<f64> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::{ToSql, Type};
+    // Create the schema the way the server does, then write around it.
+    let store =
+        crate::store::postgres::PostgresStore::open(crate::store::postgres::PostgresOptions {
+            url: url.to_string(),
+            queue_jobs: 1,
+            queue_bytes: 1,
+            pool_size: 2,
+            query_timeout: Duration::from_secs(5),
+        })
+        .await?;
+    crate::store::Store::shutdown(&store).await;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let rows: Vec<(String, Value, Value)> = (0..total as u64)
+        .map(|n| {
+            let body = event_body(n);
+            let user = body["user_id"].as_str().unwrap_or_default().to_string();
+            (user, body["data"].clone(), body["headers"].clone())
+        })
+        .collect();
+    let started = Instant::now();
+    let mut seq = 0i64;
+    for chunk in rows.chunks(batch) {
+        let sink = client
+            .copy_in(
+                "COPY events (seq, id, client_id, event_type, user_id, source, occurred_at, received_at, data, headers) \
+                 FROM STDIN BINARY",
+            )
+            .await?;
+        let types = [
+            Type::INT8,
+            Type::UUID,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TIMESTAMPTZ,
+            Type::TIMESTAMPTZ,
+            Type::JSONB,
+            Type::JSONB,
+        ];
+        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+        let now = chrono::Utc::now();
+        for (user, data, headers) in chunk {
+            seq += 1;
+            let id = uuid::Uuid::now_v7();
+            let values: [&(dyn ToSql + Sync); 10] = [
+                &seq,
+                &id,
+                &"default",
+                &"billing.invoice.paid",
+                user,
+                &"bench",
+                &now,
+                &now,
+                data,
+                headers,
+            ];
+            writer.as_mut().write(&values).await?;
+        }
+        writer.finish().await?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut dbs = BenchDatabases::new(args.postgres_url.as_deref()).await?;
+    let store = if args.postgres_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
     println!(
-        "annals bench: {} s single-event phases at {} connections; {} batches of {} events at {} connections; synchronous={:?}",
+        "annals bench ({store}): {} s single-event phases at {} connections; {} batches of {} events at {} connections; sqlite synchronous={:?}",
         args.seconds,
         args.concurrency,
         args.batches,
@@ -363,10 +505,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let noop = load_single(noop_url, None, args.concurrency, args.seconds).await?;
     noop_task.abort();
 
-    // Each phase gets a fresh database, so batch ingest and the raw-insert ceiling insert the
+    // Each phase gets a fresh database, so batch ingest and the raw-write ceiling write the
     // same rows into tables of the same size.
-    let (server, key) =
-        start_server(&dir.path().join("single.db"), args.sqlite_synchronous).await?;
+    let (server, key) = start_server(&dbs.fresh("single").await?, args.sqlite_synchronous).await?;
     let base = format!("http://{}", server.addr);
     let single = load_single(
         format!("{base}/v1/events"),
@@ -377,7 +518,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await?;
     server.stop().await?;
 
-    let (server, key) = start_server(&dir.path().join("batch.db"), args.sqlite_synchronous).await?;
+    let (server, key) = start_server(&dbs.fresh("batch").await?, args.sqlite_synchronous).await?;
     let batch = load_batches(
         format!("http://{}/v1/events/batch", server.addr),
         key,
@@ -386,14 +527,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await?;
     server.stop().await?;
 
-    let raw_path = dir.path().join("raw.db");
     let (total, size, sync) = (
         args.batches * args.batch_size,
         args.batch_size,
         args.sqlite_synchronous,
     );
-    let raw = tokio::task::spawn_blocking(move || raw_sqlite_inserts(&raw_path, total, size, sync))
-        .await??;
+    let raw_url = dbs.fresh("raw").await?;
+    let (raw, raw_name) = if args.postgres_url.is_some() {
+        (
+            raw_postgres_copy(&raw_url, total, size).await?,
+            "ceiling: raw binary COPY, 1000 rows each",
+        )
+    } else {
+        let path = std::path::PathBuf::from(raw_url);
+        let raw = tokio::task::spawn_blocking(move || raw_sqlite_inserts(&path, total, size, sync))
+            .await??;
+        (raw, "ceiling: raw batched SQLite inserts")
+    };
 
     println!();
     println!("{:<44} {:>12}  {:>8}", "phase", "events/s", "ratio");
@@ -407,10 +557,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         single,
         single / noop
     );
-    println!(
-        "{:<44} {:>12.0}  {:>8}",
-        "ceiling: raw batched SQLite inserts", raw, "1.00"
-    );
+    println!("{:<44} {:>12.0}  {:>8}", raw_name, raw, "1.00");
     println!(
         "{:<44} {:>12.0}  {:>8.2}",
         "annals: batches (POST /v1/events/batch)",
@@ -418,10 +565,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         batch / raw
     );
     println!();
-    println!("targets: single >= 0.60 x no-op; batch >= 0.80 x raw inserts");
+    println!("targets: single >= 0.60 x no-op; batch >= 0.80 x raw writes");
     if args.query_rows > 0 {
         println!();
-        query_phase(dir.path(), args.query_rows, args.sqlite_synchronous).await?;
+        let url = dbs.fresh("query").await?;
+        query_phase(&url, args.query_rows, args.sqlite_synchronous).await?;
     }
+    dbs.drop_all().await;
     Ok(())
 }

@@ -7,16 +7,20 @@
 //!   rolled-back group gives its range back: `seq` is gapless across nodes.
 //! - Idempotency keys are checked under that lock, so the same `event_id` sent to two nodes at
 //!   once is stored once.
-//! - Rows go in with one `INSERT … SELECT FROM UNNEST(…)` per table per group, never row by row.
+//! - Event rows go in with one binary `COPY` per group, idempotency keys with one
+//!   `INSERT … SELECT FROM UNNEST(…)`: never row by row.
 //! - `NOTIFY annals_events, '<first>-<last>'` is sent in the same transaction: listeners hear of
 //!   a seq range only once it is committed.
 //! - A failing group is retried one append per transaction, so a failure stays with its request.
 
 use std::collections::HashMap;
 
+use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use uuid::Uuid;
 
 use super::query::to_datetime;
@@ -104,24 +108,93 @@ async fn commit_group(pool: &Pool, appends: Vec<PendingAppend>) {
     }
 }
 
-/// Column vectors for one `INSERT … SELECT FROM UNNEST`.
-#[derive(Default)]
-struct EventColumns {
-    seq: Vec<i64>,
-    id: Vec<Uuid>,
-    client_id: Vec<String>,
-    event_type: Vec<String>,
-    user_id: Vec<Option<String>>,
-    event_id: Vec<Option<String>>,
-    source: Vec<Option<String>>,
-    subject: Vec<Option<String>>,
-    correlation_id: Vec<Option<String>>,
-    status: Vec<Option<String>>,
-    ip_address: Vec<Option<String>>,
-    partition_key: Vec<Option<String>>,
-    occurred_at: Vec<DateTime<Utc>>,
-    data: Vec<String>,
-    headers: Vec<String>,
+/// One event row for the binary `COPY`.
+struct EventRow<'a> {
+    seq: i64,
+    id: Uuid,
+    occurred_at: DateTime<Utc>,
+    event: &'a NewEvent,
+}
+
+/// JSON text sent as `jsonb` without parsing it here (binary format: version 1, then the text).
+#[derive(Debug)]
+struct JsonText<'a>(&'a str);
+
+impl ToSql for JsonText<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            out.put_u8(1);
+        }
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+
+    to_sql_checked!();
+}
+
+const COPY_EVENTS: &str = "COPY events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
+correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers) FROM STDIN BINARY";
+
+const COPY_TYPES: [Type; 16] = [
+    Type::INT8,
+    Type::UUID,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::JSONB,
+    Type::JSONB,
+];
+
+/// Writes the group's rows with one binary `COPY` inside the transaction.
+async fn copy_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[EventRow<'_>],
+    received: &DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(COPY_EVENTS).await?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
+    for row in rows {
+        let e = row.event;
+        let ip = e.ip_address.map(|ip| ip.to_string());
+        let values: [&(dyn ToSql + Sync); 16] = [
+            &row.seq,
+            &row.id,
+            &e.client_id.as_str(),
+            &e.event_type.as_str(),
+            &e.user_id,
+            &e.event_id,
+            &e.source,
+            &e.subject,
+            &e.correlation_id,
+            &e.status,
+            &ip,
+            &e.partition_key,
+            &row.occurred_at,
+            received,
+            &JsonText(&e.data),
+            &JsonText(&e.headers),
+        ];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 #[derive(Default)]
@@ -151,12 +224,12 @@ async fn write_group(
     let mut seq = first_seq;
     let received_at = Timestamp::now();
     let received = to_datetime(received_at.as_micros());
-    let mut rows = EventColumns::default();
+    let mut rows: Vec<EventRow<'_>> = Vec::new();
     let mut keys = KeyColumns::default();
     let mut outcomes = Vec::with_capacity(appends.len());
 
     let lookup = tx
-        .prepare(
+        .prepare_cached(
             "SELECT k.client_id, k.source, k.event_id, k.event_uuid, k.content_hash \
              FROM idempotency_keys k \
              JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS q(client_id, source, event_id) \
@@ -229,24 +302,14 @@ async fn write_group(
                 Plan::Insert => {
                     seq += 1;
                     let id = Uuid::now_v7();
-                    rows.seq.push(seq);
-                    rows.id.push(id);
-                    rows.client_id.push(event.client_id.as_str().to_string());
-                    rows.event_type.push(event.event_type.as_str().to_string());
-                    rows.user_id.push(event.user_id.clone());
-                    rows.event_id.push(event.event_id.clone());
-                    rows.source.push(event.source.clone());
-                    rows.subject.push(event.subject.clone());
-                    rows.correlation_id.push(event.correlation_id.clone());
-                    rows.status.push(event.status.clone());
-                    rows.ip_address
-                        .push(event.ip_address.map(|ip| ip.to_string()));
-                    rows.partition_key.push(event.partition_key.clone());
-                    rows.occurred_at.push(to_datetime(
-                        event.occurred_at.unwrap_or(received_at).as_micros(),
-                    ));
-                    rows.data.push(event.data.clone());
-                    rows.headers.push(event.headers.clone());
+                    rows.push(EventRow {
+                        seq,
+                        id,
+                        occurred_at: to_datetime(
+                            event.occurred_at.unwrap_or(received_at).as_micros(),
+                        ),
+                        event,
+                    });
                     if let Some((c, s, e)) = idempotency::key_of(event) {
                         keys.client_id.push(c.to_string());
                         keys.source.push(s.to_string());
@@ -273,26 +336,10 @@ async fn write_group(
         outcomes.push(AppendOutcome::Stored(items));
     }
 
-    if !rows.seq.is_empty() {
-        tx.execute(
-            "INSERT INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
-             correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers) \
-             SELECT u.seq, u.id, u.client_id, u.event_type, u.user_id, u.event_id, u.source, u.subject, \
-                    u.correlation_id, u.status, u.ip_address, u.partition_key, u.occurred_at, $14, \
-                    u.data::jsonb, u.headers::jsonb \
-             FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-                         $13::timestamptz[], $15::text[], $16::text[]) \
-               AS u(seq, id, client_id, event_type, user_id, event_id, source, subject, correlation_id, \
-                    status, ip_address, partition_key, occurred_at, data, headers)",
-            &[
-                &rows.seq, &rows.id, &rows.client_id, &rows.event_type, &rows.user_id, &rows.event_id,
-                &rows.source, &rows.subject, &rows.correlation_id, &rows.status, &rows.ip_address,
-                &rows.partition_key, &rows.occurred_at, &received, &rows.data, &rows.headers,
-            ],
-        )
-        .await
-        .map_err(internal_or_unavailable)?;
+    if !rows.is_empty() {
+        copy_events(&tx, &rows, &received)
+            .await
+            .map_err(internal_or_unavailable)?;
     }
     if !keys.event_seq.is_empty() {
         tx.execute(
@@ -306,18 +353,16 @@ async fn write_group(
         .map_err(internal_or_unavailable)?;
     }
     if seq > first_seq {
-        tx.execute(
-            "UPDATE event_sequence SET last_seq = $1 WHERE id = 1",
-            &[&seq],
-        )
-        .await
-        .map_err(unavailable)?;
-        tx.execute(
-            "SELECT pg_notify('annals_events', $1)",
-            &[&format!("{}-{}", first_seq + 1, seq)],
-        )
-        .await
-        .map_err(unavailable)?;
+        let advance = tx
+            .prepare_cached(
+                "WITH advanced AS (UPDATE event_sequence SET last_seq = $1 WHERE id = 1) \
+                 SELECT pg_notify('annals_events', $2)",
+            )
+            .await
+            .map_err(unavailable)?;
+        tx.query(&advance, &[&seq, &format!("{}-{}", first_seq + 1, seq)])
+            .await
+            .map_err(unavailable)?;
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(outcomes)
