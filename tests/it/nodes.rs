@@ -128,3 +128,79 @@ async fn two_nodes_write_concurrently_and_agree() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_span_monthly_partitions() {
+    let Some(db) = TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    let mut args = ServeArgs::with_database(db.url.clone());
+    args.api_key = Some(KEY.into());
+    let app = server::start(args).await.unwrap();
+    let base = format!("http://{}", app.addr);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/v1/events"))
+        .header("x-api-key", KEY)
+        .json(&json!({"event_type": "new.event.made", "user_id": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // The service made this month's partition and the next two.
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM pg_inherits WHERE inhparent = 'events'::regclass").await,
+        3
+    );
+
+    // An event kept from an older month lives in its own partition (as after an import).
+    client
+        .batch_execute(
+            "CREATE TABLE events_2020_01 PARTITION OF events FOR VALUES FROM ('2020-01-01') TO ('2020-02-01');
+             WITH s AS (UPDATE event_sequence SET last_seq = last_seq + 1 RETURNING last_seq)
+             INSERT INTO events (seq, id, client_id, event_type, user_id, occurred_at, received_at, data, headers)
+             SELECT last_seq, gen_random_uuid(), 'default', 'old.event.made', 'u',
+                    '2020-01-15T00:00:00Z', '2020-01-15T00:00:00Z', '{\"k\": 1}', '{}' FROM s;",
+        )
+        .await
+        .unwrap();
+    let list = |q: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let r = http
+                .get(format!("{base}/v1/events?{q}"))
+                .header("x-api-key", KEY)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let events: Vec<Value> = r.json().await.unwrap();
+            events
+                .iter()
+                .map(|e| e["event_type"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list("user_id=u&order=asc").await,
+        ["new.event.made", "old.event.made"]
+    );
+    assert_eq!(list("event_type=old.%23").await, ["old.event.made"]);
+    assert_eq!(list("to=2021-01-01").await, ["old.event.made"]);
+    assert_eq!(list("k=1").await, ["old.event.made"]);
+    assert_eq!(
+        list("limit=1").await,
+        ["old.event.made"],
+        "newest seq first, whatever its partition"
+    );
+    app.stop().await.unwrap();
+}
