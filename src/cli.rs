@@ -2,12 +2,11 @@
 //! Key commands call the same `KeyService` as the HTTP admin API.
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use serde_json::json;
 
 use crate::auth::{KeyService, NewKeyRequest};
 use crate::bench::BenchArgs;
 use crate::config::{ServeArgs, StoreArgs};
-use crate::domain::access::{KeyRecord, KeySelector, Scopes};
+use crate::domain::access::{KeyRecord, KeySelector, Scopes, parse_key_name, parse_rate_limit};
 use crate::domain::{ClientId, Timestamp};
 use crate::server;
 
@@ -134,19 +133,6 @@ async fn key_service(
     Ok((KeyService::new(store.clone(), None), store))
 }
 
-fn key_json(k: &KeyRecord) -> serde_json::Value {
-    json!({
-        "key_id": k.key_id,
-        "client_id": k.client_id.as_str(),
-        "name": k.name,
-        "scopes": k.scopes.to_list(),
-        "rate_limit": k.rate_limit,
-        "is_active": k.is_active,
-        "created_at": k.created_at.to_rfc3339(),
-        "expires_at": k.expires_at.map(Timestamp::to_rfc3339),
-    })
-}
-
 fn print_keys(keys: &[KeyRecord]) {
     println!(
         "{:<18} {:<20} {:<24} {:<30} {:>10} {:<8}",
@@ -191,12 +177,13 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
                 ClientId::parse(&c.client_id).map_err(|e| anyhow::anyhow!("--client-id {e}"))?;
             let scopes =
                 Scopes::parse_list(&c.scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
-            if c.name.trim().is_empty() || c.name.chars().count() > 200 {
-                anyhow::bail!("--name must be 1 to 200 characters");
-            }
-            if c.rate_limit == Some(0) {
-                anyhow::bail!("--rate-limit must be at least 1 request per minute");
-            }
+            let name = parse_key_name(&c.name).map_err(|e| anyhow::anyhow!("--name {e}"))?;
+            let rate_limit = c
+                .rate_limit
+                .map(|r| {
+                    parse_rate_limit(u64::from(r)).map_err(|e| anyhow::anyhow!("--rate-limit {e}"))
+                })
+                .transpose()?;
             let expires_at = c.expires_in_days.map(|d| {
                 Timestamp::from_micros(Timestamp::now().as_micros() + i64::from(d) * 86_400_000_000)
             });
@@ -204,9 +191,9 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
             let issued = keys
                 .create(NewKeyRequest {
                     client_id,
-                    name: c.name,
+                    name,
                     scopes,
-                    rate_limit: c.rate_limit,
+                    rate_limit,
                     expires_at,
                 })
                 .await?;
@@ -237,7 +224,9 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&list.iter().map(key_json).collect::<Vec<_>>())?
+                    serde_json::to_string_pretty(
+                        &list.iter().map(KeyRecord::public_json).collect::<Vec<_>>()
+                    )?
                 );
             } else {
                 print_keys(&list);

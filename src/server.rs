@@ -66,6 +66,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         default_client.clone(),
         args.rate_limit_per_minute,
     ));
+    auth.watch_key_changes();
     let keys = KeyService::new(store.clone(), Some(auth.clone()));
     let bootstrap_key = if args.api_key.is_none() {
         keys.bootstrap_admin(&default_client)

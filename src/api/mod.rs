@@ -7,6 +7,7 @@
 mod events;
 mod extract;
 mod health;
+mod keys;
 mod query_params;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         Router::new()
             .merge(events::router())
             .merge(health::router())
+            .merge(keys::router())
             .with_state(state),
     )
 }

@@ -15,14 +15,15 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::Principal;
-use crate::domain::access::{KeyRecord, KeySelector, Scope, Scopes};
+use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, Scope, Scopes};
 use crate::domain::{ClientId, Timestamp};
 use crate::error::ApiError;
 use crate::store::{Store, StoreError};
 
 const KEY_PREFIX: &str = "ank_";
 /// How long a looked-up key record is trusted before it is read again. Changes made through
-/// this process invalidate it at once; changes by another process (the CLI) apply within this.
+/// this process, or announced by the store (PostgreSQL: any node), invalidate it at once;
+/// changes by another process on SQLite (the CLI) apply within this.
 const CACHE_TTL: Duration = Duration::from_secs(1);
 const CACHE_MAX_ENTRIES: usize = 10_000;
 
@@ -144,6 +145,24 @@ impl Authenticator {
         Ok(record)
     }
 
+    /// Clears the cache whenever the store reports a key change (on PostgreSQL: made on any
+    /// node), so a disabled, deleted or edited key stops working everywhere at once.
+    pub fn watch_key_changes(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let mut changes = self.store.key_changes();
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // A lagged receiver missed some changes: clearing the cache covers them too.
+            while let Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) =
+                changes.recv().await
+            {
+                match this.upgrade() {
+                    Some(auth) => auth.invalidate(),
+                    None => break,
+                }
+            }
+        })
+    }
+
     /// Forgets cached records so a change made in this process applies to the next request.
     pub fn invalidate(&self) {
         self.cache.write().expect("key cache lock").clear();
@@ -200,6 +219,16 @@ impl KeyService {
         let toggled = self.store.toggle_keys(selector).await?;
         self.invalidate();
         Ok(toggled)
+    }
+
+    pub async fn update(
+        &self,
+        key_id: String,
+        patch: KeyPatch,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let updated = self.store.update_key(key_id, patch).await?;
+        self.invalidate();
+        Ok(updated)
     }
 
     fn invalidate(&self) {

@@ -109,6 +109,53 @@ pub struct KeyRecord {
     pub secret_hash: [u8; 32],
 }
 
+impl KeyRecord {
+    /// The key as the management API and CLI show it: never the secret or its hash.
+    pub fn public_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "key_id": self.key_id,
+            "client_id": self.client_id.as_str(),
+            "name": self.name,
+            "scopes": self.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(),
+            "rate_limit": self.rate_limit,
+            "is_active": self.is_active,
+            "created_at": self.created_at.to_rfc3339(),
+            "expires_at": self.expires_at.map(Timestamp::to_rfc3339),
+        })
+    }
+}
+
+/// Changes to a key; `None` leaves a field as it is. `rate_limit: Some(None)` returns the key to
+/// the server default, `expires_at: Some(None)` makes it never expire.
+#[derive(Clone, Debug, Default)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub scopes: Option<Scopes>,
+    pub rate_limit: Option<Option<u32>>,
+    pub is_active: Option<bool>,
+    pub expires_at: Option<Option<Timestamp>>,
+}
+
+/// A key name: 1 to 200 characters, not blank.
+pub fn parse_key_name(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 200 {
+        return Err(String::from("must be 1 to 200 characters"));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Requests per minute a key may make: 1 to 1 000 000.
+pub fn parse_rate_limit(value: u64) -> Result<u32, String> {
+    if (1..=1_000_000).contains(&value) {
+        Ok(value as u32)
+    } else {
+        Err(String::from(
+            "must be between 1 and 1000000 requests per minute",
+        ))
+    }
+}
+
 /// Which keys a management command acts on (seed 002: `--client-id` acts on all of a client's).
 #[derive(Clone, Debug)]
 pub enum KeySelector {

@@ -14,7 +14,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::domain::access::{KeyRecord, KeySelector};
+use crate::domain::access::{KeyPatch, KeyRecord, KeySelector};
 use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp, TopicPattern};
 
 #[derive(Debug, thiserror::Error)]
@@ -138,11 +138,21 @@ pub trait Store: Send + Sync + 'static {
     async fn count_keys(&self) -> Result<u64, StoreError>;
     /// Deletes the selected keys; returns the ids deleted.
     async fn delete_keys(&self, selector: KeySelector) -> Result<Vec<String>, StoreError>;
+    /// Applies `patch` to one key; `None` when there is no such key.
+    async fn update_key(
+        &self,
+        key_id: String,
+        patch: KeyPatch,
+    ) -> Result<Option<KeyRecord>, StoreError>;
     /// Flips `is_active` of each selected key; returns the updated records.
     async fn toggle_keys(&self, selector: KeySelector) -> Result<Vec<KeyRecord>, StoreError>;
 
     /// Committed seq ranges as they happen, for live fan-out (seed 003's notify-on-create).
     fn commits(&self) -> tokio::sync::broadcast::Receiver<CommittedRange>;
+
+    /// A signal each time any key changes (on PostgreSQL: on any node), so key caches can drop
+    /// what they hold at once.
+    fn key_changes(&self) -> tokio::sync::broadcast::Receiver<()>;
 
     /// Checks the store answers reads and that its writer is running.
     async fn health(&self) -> Result<(), StoreError>;

@@ -61,7 +61,7 @@ async fn keys_create_list_toggle_delete_and_the_key_works() {
     assert_eq!(list[0]["key_id"], key_id);
     assert_eq!(list[0]["client_id"], "my-app");
     assert_eq!(list[0]["rate_limit"], 100);
-    assert_eq!(list[0]["scopes"], "events:write,events:read");
+    assert_eq!(list[0]["scopes"], json!(["events:write", "events:read"]));
     assert!(
         !stdout(&out).contains(&key[21..]),
         "the secret is never listed"

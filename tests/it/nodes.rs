@@ -204,3 +204,62 @@ async fn queries_span_monthly_partitions() {
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_disabled_on_one_node_stops_working_on_the_other_at_once() {
+    let Some(db) = TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    let mut args = ServeArgs::with_database(db.url.clone());
+    args.api_key = Some(KEY.into());
+    let a = server::start(args.clone()).await.unwrap();
+    let b = server::start(args).await.unwrap();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("http://{}/v1/keys", a.addr))
+        .header("x-api-key", KEY)
+        .json(&json!({"client_id": "acme", "name": "moving key"}))
+        .send()
+        .await
+        .unwrap();
+    let created: Value = r.json().await.unwrap();
+    let (key, key_id) = (
+        created["key"].as_str().unwrap().to_string(),
+        created["key_id"].as_str().unwrap().to_string(),
+    );
+    let on_b = |key: String| {
+        let (http, url) = (http.clone(), format!("http://{}/v1/events", b.addr));
+        async move {
+            http.get(url)
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        on_b(key.clone()).await,
+        StatusCode::OK,
+        "node b now has the key cached"
+    );
+
+    let r = http
+        .patch(format!("http://{}/v1/keys/{key_id}", a.addr))
+        .header("x-api-key", KEY)
+        .json(&json!({"is_active": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    while on_b(key.clone()).await != StatusCode::UNAUTHORIZED {
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "node b still accepts the disabled key"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

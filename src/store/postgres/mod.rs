@@ -31,13 +31,16 @@ use super::{
     AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
     PAGE_BYTE_BUDGET, Store, StoreError,
 };
-use crate::domain::access::{KeyRecord, KeySelector, Scopes};
+use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, Scopes};
 use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp};
 use crate::ingest::{QueueFull, WriteQueue};
 
 mod embedded {
     refinery::embed_migrations!("src/store/postgres/migrations");
 }
+
+/// Channel on which key changes are announced to every node.
+const KEYS_CHANNEL: &str = "annals_keys";
 
 /// Advisory lock key for schema changes (migrations, partitions): "annals" in ASCII.
 const SCHEMA_LOCK: i64 = 0x616e_6e61_6c73;
@@ -54,6 +57,7 @@ pub struct PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     commits: broadcast::Sender<CommittedRange>,
+    key_changes: broadcast::Sender<()>,
     listener: JoinHandle<()>,
     queue: WriteQueue<WriterCommand>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -132,7 +136,8 @@ impl PostgresStore {
             .context("parsing ANNALS_DATABASE_URL")?;
         migrate(&config).await?;
         let (commits, _) = broadcast::channel(COMMIT_CHANNEL_CAPACITY);
-        let listener = tokio::spawn(listen(config.clone(), commits.clone()));
+        let (key_changes, _) = broadcast::channel(16);
+        let listener = tokio::spawn(listen(config.clone(), commits.clone(), key_changes.clone()));
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -154,6 +159,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             commits,
+            key_changes,
             listener,
             queue,
             writer: Mutex::new(Some(writer)),
@@ -165,12 +171,24 @@ impl PostgresStore {
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(unavailable)
     }
+
+    /// Tells every node (this one included, through its `LISTEN`) that keys changed.
+    async fn announce_key_change(&self, db: &deadpool_postgres::Object) -> Result<(), StoreError> {
+        db.execute("SELECT pg_notify($1, '')", &[&KEYS_CHANNEL])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
 }
 
 /// Listens on `annals_events` (every node's commits, this one's included) and republishes the
 /// ranges. Reconnects after a second when the connection drops; ranges committed meanwhile are
 /// not heard, so subscribers re-read from their last seq after a gap.
-async fn listen(config: tokio_postgres::Config, commits: broadcast::Sender<CommittedRange>) {
+async fn listen(
+    config: tokio_postgres::Config,
+    commits: broadcast::Sender<CommittedRange>,
+    key_changes: broadcast::Sender<()>,
+) {
     use futures_util::StreamExt;
     loop {
         match config.connect(NoTls).await {
@@ -178,9 +196,15 @@ async fn listen(config: tokio_postgres::Config, commits: broadcast::Sender<Commi
                 let mut messages =
                     futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                 let forward = commits.clone();
+                let keys = key_changes.clone();
                 let driver = tokio::spawn(async move {
                     while let Some(message) = messages.next().await {
                         match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n))
+                                if n.channel() == KEYS_CHANNEL =>
+                            {
+                                let _ = keys.send(());
+                            }
                             Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
                                 if let Some(range) = CommittedRange::parse(n.payload()) {
                                     let _ = forward.send(range);
@@ -194,10 +218,15 @@ async fn listen(config: tokio_postgres::Config, commits: broadcast::Sender<Commi
                         }
                     }
                 });
-                if let Err(e) = client.batch_execute("LISTEN annals_events").await {
+                if let Err(e) = client
+                    .batch_execute("LISTEN annals_events; LISTEN annals_keys")
+                    .await
+                {
                     tracing::warn!(error = %e, "LISTEN failed");
                     driver.abort();
                 } else {
+                    // Changes made while not listening were missed: drop every cached key.
+                    let _ = key_changes.send(());
                     let _ = driver.await;
                 }
             }
@@ -377,6 +406,7 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(unavailable)?;
+        self.announce_key_change(&db).await?;
         Ok(())
     }
 
@@ -423,7 +453,46 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(unavailable)?;
+        self.announce_key_change(&db).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn update_key(
+        &self,
+        key_id: String,
+        patch: KeyPatch,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let db = self.client().await?;
+        let sql = format!(
+            "UPDATE api_keys SET name = COALESCE($2, name), scopes = COALESCE($3, scopes), \
+             rate_limit = CASE WHEN $4 THEN $5 ELSE rate_limit END, is_active = COALESCE($6, is_active), \
+             expires_at = CASE WHEN $7 THEN $8 ELSE expires_at END \
+             WHERE key_id = $1 RETURNING {KEY_COLUMNS}"
+        );
+        let row = db
+            .query_opt(
+                &sql,
+                &[
+                    &key_id,
+                    &patch.name,
+                    &patch.scopes.map(|s| s.to_list()),
+                    &patch.rate_limit.is_some(),
+                    &patch
+                        .rate_limit
+                        .flatten()
+                        .map(|r| r.min(i32::MAX as u32) as i32),
+                    &patch.is_active,
+                    &patch.expires_at.is_some(),
+                    &patch
+                        .expires_at
+                        .flatten()
+                        .map(|t| to_datetime(t.as_micros())),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        self.announce_key_change(&db).await?;
+        row.map(|r| row_to_key(&r)).transpose()
     }
 
     async fn toggle_keys(&self, selector: KeySelector) -> Result<Vec<KeyRecord>, StoreError> {
@@ -436,11 +505,16 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(unavailable)?;
+        self.announce_key_change(&db).await?;
         rows.iter().map(row_to_key).collect()
     }
 
     fn commits(&self) -> broadcast::Receiver<CommittedRange> {
         self.commits.subscribe()
+    }
+
+    fn key_changes(&self) -> broadcast::Receiver<()> {
+        self.key_changes.subscribe()
     }
 
     async fn health(&self) -> Result<(), StoreError> {

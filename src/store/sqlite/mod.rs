@@ -30,7 +30,7 @@ use super::{
     AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
     PAGE_BYTE_BUDGET, Store, StoreError,
 };
-use crate::domain::access::{KeyRecord, KeySelector, Scopes};
+use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, Scopes};
 use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp, TopicPattern};
 use crate::ingest::{QueueFull, WriteQueue};
 
@@ -76,6 +76,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     commits: broadcast::Sender<CommittedRange>,
+    key_changes: broadcast::Sender<()>,
     query_timeout: Duration,
 }
 
@@ -146,6 +147,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
             commits,
+            key_changes: broadcast::channel(16).0,
             query_timeout: options.query_timeout,
         })
     }
@@ -180,6 +182,16 @@ impl SqliteStore {
         self.submit(command, 1024)?;
         rx.await
             .map_err(|_| StoreError::Unavailable(String::from("the writer stopped")))?
+    }
+
+    /// `write` for key changes: announces them once committed.
+    async fn write_keys<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let result = self.write(job).await;
+        let _ = self.key_changes.send(());
+        result
     }
 
     /// Runs `job` on a read connection in the blocking pool.
@@ -326,7 +338,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_key(&self, key: KeyRecord) -> Result<(), StoreError> {
-        self.write(move |tx| {
+        self.write_keys(move |tx| {
             tx.execute(
                 &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
                 params![
@@ -378,7 +390,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_keys(&self, selector: KeySelector) -> Result<Vec<String>, StoreError> {
-        self.write(move |tx| {
+        self.write_keys(move |tx| {
             let (cond, arg) = selector_sql(&selector);
             let mut stmt = tx.prepare(&format!(
                 "DELETE FROM api_keys WHERE {cond} RETURNING key_id"
@@ -389,8 +401,40 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn update_key(
+        &self,
+        key_id: String,
+        patch: KeyPatch,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.write_keys(move |tx| {
+            let sql = format!(
+                "UPDATE api_keys SET name = COALESCE(?2, name), scopes = COALESCE(?3, scopes), \
+                 rate_limit = CASE WHEN ?4 THEN ?5 ELSE rate_limit END, is_active = COALESCE(?6, is_active), \
+                 expires_at = CASE WHEN ?7 THEN ?8 ELSE expires_at END \
+                 WHERE key_id = ?1 RETURNING {KEY_COLUMNS}"
+            );
+            Ok(tx
+                .prepare(&sql)?
+                .query_row(
+                    params![
+                        key_id,
+                        patch.name,
+                        patch.scopes.map(|s| s.to_list()),
+                        patch.rate_limit.is_some(),
+                        patch.rate_limit.flatten(),
+                        patch.is_active,
+                        patch.expires_at.is_some(),
+                        patch.expires_at.flatten().map(Timestamp::as_micros),
+                    ],
+                    row_to_key,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
     async fn toggle_keys(&self, selector: KeySelector) -> Result<Vec<KeyRecord>, StoreError> {
-        self.write(move |tx| {
+        self.write_keys(move |tx| {
             let (cond, arg) = selector_sql(&selector);
             let mut stmt = tx.prepare(&format!(
                 "UPDATE api_keys SET is_active = NOT is_active WHERE {cond} RETURNING {KEY_COLUMNS}"
@@ -403,6 +447,10 @@ impl Store for SqliteStore {
 
     fn commits(&self) -> broadcast::Receiver<CommittedRange> {
         self.commits.subscribe()
+    }
+
+    fn key_changes(&self) -> broadcast::Receiver<()> {
+        self.key_changes.subscribe()
     }
 
     async fn health(&self) -> Result<(), StoreError> {
