@@ -242,6 +242,8 @@ async fn start_server(
 ) -> anyhow::Result<(server::RunningServer, String)> {
     let mut serve = ServeArgs::with_database(database_url);
     serve.store.sqlite_synchronous = sync;
+    // The benchmark measures ingest, not the limiter's refusals.
+    serve.rate_limit_per_minute = Some(u32::MAX);
     let server = server::start(serve).await?;
     let key = server
         .bootstrap_key
@@ -293,6 +295,7 @@ async fn query_phase(url: &str, rows: usize, sync: Synchronous) -> anyhow::Resul
     let admin = key;
     let mut serve = ServeArgs::with_database(url);
     serve.store.sqlite_synchronous = sync;
+    serve.rate_limit_per_minute = Some(u32::MAX);
     let server = server::start(serve).await?;
     let reader = server
         .keys

@@ -14,6 +14,9 @@ use crate::store::sqlite::{SqliteOptions, Synchronous};
 
 const MIB: usize = 1024 * 1024;
 
+/// Requests per minute for a key without its own limit (DESIGN.md; seed 002's 60 is a demo value).
+pub const DEFAULT_RATE_LIMIT: u32 = 6000;
+
 /// Where events live.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DatabaseLocation {
@@ -123,9 +126,18 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
 
-    /// Requests per minute per key unless the key sets its own.
+    /// Requests per minute per key unless the key sets its own (default 6000). Setting it also
+    /// limits the static `ANNALS_API_KEY`.
     #[arg(long, env = "ANNALS_RATE_LIMIT_PER_MINUTE")]
     pub rate_limit_per_minute: Option<u32>,
+
+    /// Share rate limits across nodes through this Redis (`redis://…`); in memory when unset.
+    #[arg(long, env = "ANNALS_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Failed authentications per minute from one address before it gets 429.
+    #[arg(long, env = "ANNALS_FAILED_AUTH_PER_MINUTE", default_value_t = 60)]
+    pub failed_auth_per_minute: u32,
 }
 
 /// Request limits, checked at start-up.
@@ -165,6 +177,8 @@ impl ServeArgs {
             max_body_bytes: 16 * MIB,
             max_batch: 1000,
             rate_limit_per_minute: None,
+            redis_url: None,
+            failed_auth_per_minute: 60,
         }
     }
 
@@ -177,6 +191,11 @@ impl ServeArgs {
         }
         if self.max_body_bytes < 1024 {
             bail!("ANNALS_MAX_BODY_BYTES must be at least 1024");
+        }
+        if self.rate_limit_per_minute == Some(0) || self.failed_auth_per_minute == 0 {
+            bail!(
+                "ANNALS_RATE_LIMIT_PER_MINUTE and ANNALS_FAILED_AUTH_PER_MINUTE must be at least 1"
+            );
         }
         if !(1..=100_000).contains(&self.max_batch) {
             bail!("ANNALS_MAX_BATCH must be between 1 and 100000");

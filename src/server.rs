@@ -9,8 +9,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{AppState, router};
+use crate::api::{AccessLimits, AppState, router};
+use crate::auth::rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::auth::{Authenticator, IssuedKey, KeyService};
+use crate::config::DEFAULT_RATE_LIMIT;
 use crate::config::{DatabaseLocation, ServeArgs, StoreArgs};
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
@@ -75,11 +77,25 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
     } else {
         None
     };
+    let limiter: Arc<dyn RateLimiter> = match &args.redis_url {
+        Some(url) => Arc::new(
+            RedisRateLimiter::connect(url)
+                .await
+                .with_context(|| format!("connecting to Redis at {url}"))?,
+        ),
+        None => Arc::new(MemoryRateLimiter::default()),
+    };
     let app = router(AppState {
         store: store.clone(),
         auth,
         keys: keys.clone(),
         limits,
+        access: AccessLimits {
+            limiter,
+            default_rate_limit: args.rate_limit_per_minute.unwrap_or(DEFAULT_RATE_LIMIT),
+            failure_limiter: Arc::new(MemoryRateLimiter::default()),
+            failed_auth_per_minute: args.failed_auth_per_minute,
+        },
     });
     let listener = TcpListener::bind(args.listen)
         .await
@@ -87,11 +103,14 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let (shutdown, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await
     });
     Ok(RunningServer {
         addr,

@@ -4,6 +4,7 @@
 //! Routes (DESIGN.md): `/v1/*`, the unversioned AUDITOR paths `/events`, `/health`, and the
 //! seed-002 aliases under `/api/v1/*`.
 
+mod access;
 mod events;
 mod extract;
 mod health;
@@ -20,6 +21,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::auth::rate_limit::RateLimiter;
 use crate::auth::{Authenticator, KeyService};
 use crate::config::Limits;
 use crate::error::ApiError;
@@ -32,18 +34,33 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub keys: KeyService,
     pub limits: Limits,
+    pub access: AccessLimits,
+}
+
+/// Rate limits applied by the access middleware.
+#[derive(Clone)]
+pub struct AccessLimits {
+    /// Per-key limits (in memory, or shared through Redis).
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Requests per minute for keys without their own limit.
+    pub default_rate_limit: u32,
+    /// Failed authentications per minute from one address before it is refused; counted per
+    /// node, in memory, so a flood costs no round trip anywhere.
+    pub failure_limiter: Arc<dyn RateLimiter>,
+    pub failed_auth_per_minute: u32,
 }
 
 const REQUEST_ID: &str = "x-request-id";
 
 pub fn router(state: AppState) -> Router {
-    with_layers(
-        Router::new()
-            .merge(events::router())
-            .merge(health::router())
-            .merge(keys::router())
-            .with_state(state),
-    )
+    let authenticated = Router::new()
+        .merge(events::router())
+        .merge(keys::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authenticate,
+        ));
+    with_layers(authenticated.merge(health::router()).with_state(state))
 }
 
 /// The stack every request passes through: JSON 404/405, request ids, tracing, panic catching.

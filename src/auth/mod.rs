@@ -7,6 +7,7 @@
 //!   without `admin` can only ever see its own client's rows.
 
 pub mod keys;
+pub mod rate_limit;
 
 pub use keys::{Authenticator, IssuedKey, KeyService, NewKeyRequest};
 

@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod helpers;
 mod ingest;
+mod limits;
 mod nodes;
 mod ops;
 mod outage;

@@ -1,0 +1,158 @@
+//! Rate limits: per key (in memory and shared through Redis), the server default, and refusal of
+//! addresses that keep failing to authenticate.
+
+use annals::config::ServeArgs;
+use annals::server;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, TestDatabase, assert_error, status_json};
+
+fn header(r: &reqwest::Response, name: &str) -> Option<u64> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn key_with_limit(app: &TestApp, client: &str, limit: u64) -> String {
+    let body = json!({"client_id": client, "name": "limited", "rate_limit": limit});
+    let (status, created) = status_json(app.post("/v1/keys", &app.admin_key, &body).await).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    created["key"].as_str().unwrap().to_string()
+}
+
+async fn a_key_gets_its_limit_then_429_with_headers(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let limited = key_with_limit(&app, "acme", 5).await;
+    let other = key_with_limit(&app, "acme", 5).await;
+    let mut remaining = Vec::new();
+    for _ in 0..5 {
+        let r = app.get("/v1/events", &limited).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(header(&r, "ratelimit-limit"), Some(5));
+        assert!(header(&r, "ratelimit-reset").is_some_and(|s| s <= 60));
+        remaining.push(header(&r, "ratelimit-remaining").unwrap());
+    }
+    assert_eq!(remaining, [4, 3, 2, 1, 0]);
+    let r = app.get("/v1/events", &limited).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(header(&r, "retry-after").is_some_and(|s| (1..=60).contains(&s)));
+    assert_eq!(header(&r, "ratelimit-remaining"), Some(0));
+    let (_, body) = status_json(r).await;
+    assert_error(&body, "rate_limited");
+    // refused writes store nothing; other keys are not affected
+    let r = app
+        .post("/v1/events", &limited, &json!({"event_type": "x"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(app.get("/v1/events", &other).await.status(), StatusCode::OK);
+    assert!(app.list("/v1/events", &app.admin_key).await.is_empty());
+    app.stop().await;
+}
+
+async fn the_server_default_applies_to_keys_without_their_own(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |a| a.rate_limit_per_minute = Some(3)).await
+    else {
+        return;
+    };
+    let plain = app.key("acme", "events:read").await;
+    for _ in 0..3 {
+        assert_eq!(app.get("/v1/events", &plain).await.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        app.get("/v1/events", &plain).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    app.stop().await;
+}
+
+async fn repeated_failed_logins_from_one_address_are_refused(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |a| a.failed_auth_per_minute = 3).await else {
+        return;
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            app.get("/v1/events", "ank_0123456789abcdef_wrong")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let r = app.get("/v1/events", "ank_0123456789abcdef_wrong").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    // the address is refused before any key is looked at, even a good one
+    assert_eq!(
+        app.get("/v1/events", &app.admin_key).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // health needs no key and is never refused
+    assert_eq!(
+        app.http
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    app.stop().await;
+}
+
+crate::conformance!(
+    a_key_gets_its_limit_then_429_with_headers,
+    the_server_default_applies_to_keys_without_their_own,
+    repeated_failed_logins_from_one_address_are_refused,
+);
+
+/// Two nodes on one PostgreSQL database sharing one Redis: the limit holds across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_shared_through_redis_holds_across_nodes() {
+    let Ok(redis_url) = std::env::var("ANNALS_TEST_REDIS_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "ANNALS_TEST_REDIS_URL must be set on CI"
+        );
+        eprintln!("SKIPPED (no ANNALS_TEST_REDIS_URL)");
+        return;
+    };
+    let Some(db) = TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    let mut args = ServeArgs::with_database(db.url.clone());
+    args.api_key = Some("redis-test-admin".into());
+    args.redis_url = Some(redis_url);
+    let a = server::start(args.clone()).await.unwrap();
+    let b = server::start(args).await.unwrap();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("http://{}/v1/keys", a.addr))
+        .header("x-api-key", "redis-test-admin")
+        .json(&json!({"client_id": "acme", "name": "shared", "rate_limit": 10}))
+        .send()
+        .await
+        .unwrap();
+    let created: Value = r.json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    let mut allowed = 0;
+    for i in 0..20 {
+        let node = if i % 2 == 0 { a.addr } else { b.addr };
+        let r = http
+            .get(format!("http://{node}/v1/events"))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+        match r.status() {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(allowed, 10, "ten in total across both nodes, not ten each");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
