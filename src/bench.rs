@@ -169,7 +169,9 @@ async fn noop_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> 
             Err(_) => (StatusCode::BAD_REQUEST, axum::Json(json!({}))),
         }
     }
-    let app = crate::api::with_layers(Router::new().route("/v1/events", post(handler)));
+    let app = crate::api::with_layers(crate::api::json_fallbacks(
+        Router::new().route("/v1/events", post(handler)),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {

@@ -135,6 +135,18 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Record every API call in the audit log.
+    #[arg(long, env = "ANNALS_AUDIT_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub audit_log: bool,
+
+    /// Days audit records are kept (0 = forever).
+    #[arg(long, env = "ANNALS_AUDIT_RETENTION_DAYS", default_value_t = 90)]
+    pub audit_retention_days: u32,
+
+    /// Seconds between runs of the retention job.
+    #[arg(long, env = "ANNALS_RETENTION_INTERVAL_SECS", default_value_t = 3600)]
+    pub retention_interval_secs: u64,
+
     /// Failed authentications per minute from one address before it gets 429.
     #[arg(long, env = "ANNALS_FAILED_AUTH_PER_MINUTE", default_value_t = 60)]
     pub failed_auth_per_minute: u32,
@@ -178,6 +190,9 @@ impl ServeArgs {
             max_batch: 1000,
             rate_limit_per_minute: None,
             redis_url: None,
+            audit_log: true,
+            audit_retention_days: 90,
+            retention_interval_secs: 3600,
             failed_auth_per_minute: 60,
         }
     }

@@ -2,6 +2,7 @@
 //! subscribers. See ARCHITECTURE.md for the map of this crate.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod cli;
@@ -9,5 +10,6 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod ingest;
+pub mod jobs;
 pub mod server;
 pub mod store;

@@ -10,10 +10,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{AccessLimits, AppState, router};
+use crate::audit::AuditLog;
 use crate::auth::rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::auth::{Authenticator, IssuedKey, KeyService};
 use crate::config::DEFAULT_RATE_LIMIT;
 use crate::config::{DatabaseLocation, ServeArgs, StoreArgs};
+use crate::jobs;
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
@@ -45,6 +47,8 @@ pub struct RunningServer {
     pub keys: KeyService,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    audit_writer: Option<JoinHandle<()>>,
+    retention: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -52,6 +56,13 @@ impl RunningServer {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(());
         self.task.await.context("server task")??;
+        if let Some(job) = self.retention {
+            job.abort();
+        }
+        // The router (and so the audit queue's sender) is gone: the writer stores what is left.
+        if let Some(writer) = self.audit_writer {
+            let _ = writer.await;
+        }
         self.store.shutdown().await;
         Ok(())
     }
@@ -85,6 +96,19 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         ),
         None => Arc::new(MemoryRateLimiter::default()),
     };
+    let (audit, audit_writer) = if args.audit_log {
+        let (log, writer) = AuditLog::start(store.clone());
+        (Some(log), Some(writer))
+    } else {
+        (None, None)
+    };
+    let retention = jobs::retention::spawn(
+        store.clone(),
+        jobs::retention::RetentionConfig {
+            audit_days: args.audit_retention_days,
+            interval: std::time::Duration::from_secs(args.retention_interval_secs.max(1)),
+        },
+    );
     let app = router(AppState {
         store: store.clone(),
         auth,
@@ -96,6 +120,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
             failure_limiter: Arc::new(MemoryRateLimiter::default()),
             failed_auth_per_minute: args.failed_auth_per_minute,
         },
+        audit,
     });
     let listener = TcpListener::bind(args.listen)
         .await
@@ -119,6 +144,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         keys,
         shutdown,
         task,
+        audit_writer,
+        retention,
     })
 }
 

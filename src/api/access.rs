@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::audit::AuditIdentity;
 use super::extract::presented_key;
 use crate::auth::Principal;
 use crate::auth::rate_limit::Decision;
@@ -84,6 +85,10 @@ pub async fn authenticate(
             return error.into_response();
         }
     };
+    let identity = AuditIdentity {
+        client_id: principal.client_id.to_string(),
+        key_id: principal.key_id.clone(),
+    };
     let decision = match limit_for(&principal, state.access.default_rate_limit) {
         Some(limit) => {
             let bucket = format!("key:{}", principal.key_id.as_deref().unwrap_or("static"));
@@ -106,5 +111,6 @@ pub async fn authenticate(
     if let Some(d) = decision {
         set_rate_headers(response.headers_mut(), &d);
     }
+    response.extensions_mut().insert(identity);
     response
 }

@@ -5,6 +5,7 @@
 //! seed-002 aliases under `/api/v1/*`.
 
 mod access;
+mod audit;
 mod events;
 mod extract;
 mod health;
@@ -21,6 +22,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::audit::AuditLog;
 use crate::auth::rate_limit::RateLimiter;
 use crate::auth::{Authenticator, KeyService};
 use crate::config::Limits;
@@ -35,6 +37,8 @@ pub struct AppState {
     pub keys: KeyService,
     pub limits: Limits,
     pub access: AccessLimits,
+    /// `None` when `ANNALS_AUDIT_LOG=false`.
+    pub audit: Option<AuditLog>,
 }
 
 /// Rate limits applied by the access middleware.
@@ -56,20 +60,30 @@ pub fn router(state: AppState) -> Router {
     let authenticated = Router::new()
         .merge(events::router())
         .merge(keys::router())
+        .merge(audit::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::authenticate,
         ));
-    with_layers(authenticated.merge(health::router()).with_state(state))
+    // The audit layer wraps the JSON fallbacks too, so unknown paths are recorded.
+    let audited = json_fallbacks(authenticated.merge(health::router())).layer(
+        axum::middleware::from_fn_with_state(state.clone(), audit::record),
+    );
+    with_layers(audited.with_state(state))
 }
 
-/// The stack every request passes through: JSON 404/405, request ids, tracing, panic catching.
-/// Public so the benchmark's no-op ceiling runs on exactly the same stack.
-pub fn with_layers(routes: Router) -> Router {
-    let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
+/// JSON bodies for unknown paths (404) and methods (405).
+pub fn json_fallbacks<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The stack every request passes through: request ids, tracing, panic catching. Public so the
+/// benchmark's no-op ceiling runs on exactly the same stack.
+pub fn with_layers(routes: Router) -> Router {
+    let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
+    routes
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))

@@ -154,7 +154,7 @@ pub fn encode_cursor(seq: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))
 }
 
-fn decode_cursor(text: &str) -> Result<i64, String> {
+pub fn decode_cursor(text: &str) -> Result<i64, String> {
     URL_SAFE_NO_PAD
         .decode(text)
         .ok()

@@ -4,6 +4,7 @@
 //! unchecked string where one of these types is expected; parsing is the only way to build one.
 
 pub mod access;
+pub mod audit;
 pub mod envelope;
 pub mod event;
 pub mod json_depth;

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::domain::access::{KeyPatch, KeyRecord, KeySelector};
+use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
 use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp, TopicPattern};
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +147,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<KeyRecord>, StoreError>;
     /// Flips `is_active` of each selected key; returns the updated records.
     async fn toggle_keys(&self, selector: KeySelector) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Stores a batch of audit records (one transaction).
+    async fn append_audit(&self, records: Vec<AuditRecord>) -> Result<(), StoreError>;
+    /// Audit records, newest first; one more than `limit` tells the caller a next page exists.
+    async fn query_audit(&self, query: AuditQuery) -> Result<Vec<StoredAudit>, StoreError>;
+    /// Deletes at most `limit` audit records older than `before`; returns how many.
+    async fn delete_audit_before(&self, before: Timestamp, limit: usize)
+    -> Result<u64, StoreError>;
 
     /// Committed seq ranges as they happen, for live fan-out (seed 003's notify-on-create).
     fn commits(&self) -> tokio::sync::broadcast::Receiver<CommittedRange>;

@@ -32,6 +32,7 @@ use super::{
     PAGE_BYTE_BUDGET, Store, StoreError,
 };
 use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, Scopes};
+use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
 use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp};
 use crate::ingest::{QueueFull, WriteQueue};
 
@@ -507,6 +508,136 @@ impl Store for PostgresStore {
             .map_err(unavailable)?;
         self.announce_key_change(&db).await?;
         rows.iter().map(row_to_key).collect()
+    }
+
+    async fn append_audit(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let db = self.client().await?;
+        let at: Vec<_> = records
+            .iter()
+            .map(|r| to_datetime(r.at.as_micros()))
+            .collect();
+        let client: Vec<_> = records.iter().map(|r| r.client_id.clone()).collect();
+        let key: Vec<_> = records.iter().map(|r| r.key_id.clone()).collect();
+        let method: Vec<_> = records.iter().map(|r| r.method.clone()).collect();
+        let route: Vec<_> = records.iter().map(|r| r.route.clone()).collect();
+        let path: Vec<_> = records.iter().map(|r| r.path.clone()).collect();
+        let status: Vec<i16> = records.iter().map(|r| r.status as i16).collect();
+        let latency: Vec<i64> = records.iter().map(|r| r.latency_us).collect();
+        let ip: Vec<_> = records.iter().map(|r| r.ip.clone()).collect();
+        let agent: Vec<_> = records.iter().map(|r| r.user_agent.clone()).collect();
+        let request: Vec<_> = records.iter().map(|r| r.request_id.clone()).collect();
+        db.execute(
+            "INSERT INTO audit_logs (at, client_id, key_id, method, route, path, status, latency_us, ip, \
+             user_agent, request_id) SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], \
+             $4::text[], $5::text[], $6::text[], $7::smallint[], $8::bigint[], $9::text[], $10::text[], $11::text[])",
+            &[&at, &client, &key, &method, &route, &path, &status, &latency, &ip, &agent, &request],
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn query_audit(&self, query: AuditQuery) -> Result<Vec<StoredAudit>, StoreError> {
+        let db = self.client().await?;
+        let mut sql = String::from(
+            "SELECT id, at, client_id, key_id, method, route, path, status, latency_us, ip, user_agent, \
+             request_id FROM audit_logs WHERE TRUE",
+        );
+        let mut args: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
+        let mut push =
+            |sql: &mut String,
+             cond: &str,
+             v: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+                args.push(v);
+                sql.push_str(&cond.replace("$#", &format!("${}", args.len())));
+            };
+        if let Some(c) = &query.client_id {
+            push(
+                &mut sql,
+                " AND client_id = $#",
+                Box::new(c.as_str().to_string()),
+            );
+        }
+        if let Some(e) = &query.endpoint {
+            push(
+                &mut sql,
+                " AND (route = $# OR substr(path, 1, length($#)) = $#)",
+                Box::new(e.clone()),
+            );
+        }
+        if let Some(m) = &query.method {
+            push(&mut sql, " AND method = $#", Box::new(m.clone()));
+        }
+        if let Some(st) = query.status {
+            push(&mut sql, " AND status = $#", Box::new(st as i16));
+        }
+        if let Some(f) = query.from {
+            push(
+                &mut sql,
+                " AND at >= $#",
+                Box::new(to_datetime(f.as_micros())),
+            );
+        }
+        if let Some(t) = query.to {
+            push(
+                &mut sql,
+                " AND at < $#",
+                Box::new(to_datetime(t.as_micros())),
+            );
+        }
+        if let Some(b) = query.before_id {
+            push(&mut sql, " AND id < $#", Box::new(b));
+        }
+        push(
+            &mut sql,
+            " ORDER BY id DESC LIMIT $#",
+            Box::new(query.limit as i64 + 1),
+        );
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = db.query(&sql, &params).await.map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let at: chrono::DateTime<Utc> = r.get(1);
+                let status: i16 = r.get(7);
+                StoredAudit {
+                    id: r.get(0),
+                    record: AuditRecord {
+                        at: Timestamp::from_micros(at.timestamp_micros()),
+                        client_id: r.get(2),
+                        key_id: r.get(3),
+                        method: r.get(4),
+                        route: r.get(5),
+                        path: r.get(6),
+                        status: status as u16,
+                        latency_us: r.get(8),
+                        ip: r.get(9),
+                        user_agent: r.get(10),
+                        request_id: r.get(11),
+                    },
+                }
+            })
+            .collect())
+    }
+
+    async fn delete_audit_before(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let db = self.client().await?;
+        db.execute(
+            "DELETE FROM audit_logs WHERE id IN (SELECT id FROM audit_logs WHERE at < $1 ORDER BY at LIMIT $2)",
+            &[&to_datetime(before.as_micros()), &(limit as i64)],
+        )
+        .await
+        .map_err(unavailable)
     }
 
     fn commits(&self) -> broadcast::Receiver<CommittedRange> {

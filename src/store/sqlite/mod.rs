@@ -31,6 +31,7 @@ use super::{
     PAGE_BYTE_BUDGET, Store, StoreError,
 };
 use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, Scopes};
+use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
 use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp, TopicPattern};
 use crate::ingest::{QueueFull, WriteQueue};
 
@@ -441,6 +442,120 @@ impl Store for SqliteStore {
             ))?;
             let keys = stmt.query_map([arg], row_to_key)?;
             Ok(keys.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO audit_logs (at, client_id, key_id, method, route, path, status, latency_us, \
+                 ip, user_agent, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for r in &records {
+                stmt.execute(params![
+                    r.at.as_micros(),
+                    r.client_id,
+                    r.key_id,
+                    r.method,
+                    r.route,
+                    r.path,
+                    r.status,
+                    r.latency_us,
+                    r.ip,
+                    r.user_agent,
+                    r.request_id,
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn query_audit(&self, query: AuditQuery) -> Result<Vec<StoredAudit>, StoreError> {
+        self.read(move |conn| {
+            let mut sql = String::from(
+                "SELECT id, at, client_id, key_id, method, route, path, status, latency_us, ip, \
+                 user_agent, request_id FROM audit_logs WHERE 1 = 1",
+            );
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut push = |sql: &mut String, cond: &str, v: rusqlite::types::Value| {
+                args.push(v);
+                sql.push_str(&cond.replace("?#", &format!("?{}", args.len())));
+            };
+            use rusqlite::types::Value as V;
+            if let Some(c) = &query.client_id {
+                push(
+                    &mut sql,
+                    " AND client_id = ?#",
+                    V::Text(c.as_str().to_string()),
+                );
+            }
+            if let Some(e) = &query.endpoint {
+                push(
+                    &mut sql,
+                    " AND (route = ?# OR substr(path, 1, length(?#)) = ?#)",
+                    V::Text(e.clone()),
+                );
+            }
+            if let Some(m) = &query.method {
+                push(&mut sql, " AND method = ?#", V::Text(m.clone()));
+            }
+            if let Some(st) = query.status {
+                push(&mut sql, " AND status = ?#", V::Integer(i64::from(st)));
+            }
+            if let Some(f) = query.from {
+                push(&mut sql, " AND at >= ?#", V::Integer(f.as_micros()));
+            }
+            if let Some(t) = query.to {
+                push(&mut sql, " AND at < ?#", V::Integer(t.as_micros()));
+            }
+            if let Some(b) = query.before_id {
+                push(&mut sql, " AND id < ?#", V::Integer(b));
+            }
+            push(
+                &mut sql,
+                " ORDER BY id DESC LIMIT ?#",
+                V::Integer(query.limit as i64 + 1),
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(StoredAudit {
+                    id: r.get(0)?,
+                    record: AuditRecord {
+                        at: Timestamp::from_micros(r.get(1)?),
+                        client_id: r.get(2)?,
+                        key_id: r.get(3)?,
+                        method: r.get(4)?,
+                        route: r.get(5)?,
+                        path: r.get(6)?,
+                        status: r.get(7)?,
+                        latency_us: r.get(8)?,
+                        ip: r.get(9)?,
+                        user_agent: r.get(10)?,
+                        request_id: r.get(11)?,
+                    },
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn delete_audit_before(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM audit_logs WHERE id IN (SELECT id FROM audit_logs WHERE at < ?1 ORDER BY at LIMIT ?2)",
+                params![before.as_micros(), limit as i64],
+            )?;
+            Ok(n as u64)
         })
         .await
     }

@@ -1,0 +1,143 @@
+//! The audit middleware (every request becomes an audit record, rejected ones included) and
+//! `GET /v1/audit/logs` (a client sees its own records, admin all; reading is itself audited).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, RawQuery, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+
+use super::AppState;
+use super::extract::Auth;
+use super::query_params::{DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, next_link, parse_pairs};
+use crate::domain::audit::{AuditQuery, AuditRecord, MAX_USER_AGENT};
+use crate::domain::{ClientId, FieldError, Timestamp};
+use crate::error::ApiError;
+
+/// Who a request acted as, left in the response by the access middleware for the audit record.
+#[derive(Clone, Debug)]
+pub struct AuditIdentity {
+    pub client_id: String,
+    pub key_id: Option<String>,
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/audit/logs", get(list_logs))
+        .route("/api/v1/audit/logs", get(list_logs))
+}
+
+pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(audit) = state.audit.clone() else {
+        return next.run(request).await;
+    };
+    let started = Instant::now();
+    let at = Timestamp::now();
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let user_agent = header_text(&request, header::USER_AGENT);
+    let request_id = header_text(&request, header::HeaderName::from_static("x-request-id"));
+    let response = next.run(request).await;
+    let identity = response.extensions().get::<AuditIdentity>().cloned();
+    audit.record(AuditRecord {
+        at,
+        client_id: identity.as_ref().map(|i| i.client_id.clone()),
+        key_id: identity.and_then(|i| i.key_id),
+        method,
+        route,
+        path,
+        status: response.status().as_u16(),
+        latency_us: started.elapsed().as_micros() as i64,
+        ip,
+        user_agent,
+        request_id,
+    });
+    response
+}
+
+fn header_text(request: &Request, name: header::HeaderName) -> Option<String> {
+    request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(MAX_USER_AGENT).collect())
+}
+
+async fn list_logs(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    OriginalUri(uri): OriginalUri,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = parse_pairs(raw.as_deref())?;
+    let mut query = AuditQuery {
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
+    let mut requested = None;
+    let mut errors = Vec::new();
+    for (name, value) in &pairs {
+        let result: Result<(), String> = match name.as_str() {
+            "client_id" => ClientId::parse(value).map(|c| requested = Some(c)),
+            "endpoint" => {
+                query.endpoint = Some(value.clone());
+                Ok(())
+            }
+            "method" => {
+                query.method = Some(value.to_ascii_uppercase());
+                Ok(())
+            }
+            "status" => match value.parse::<u16>() {
+                Ok(s) if (100..=599).contains(&s) => {
+                    query.status = Some(s);
+                    Ok(())
+                }
+                _ => Err(String::from("must be an HTTP status from 100 to 599")),
+            },
+            "from" => Timestamp::parse_bound(value).map(|t| query.from = Some(t)),
+            "to" => Timestamp::parse_bound(value).map(|t| query.to = Some(t)),
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => {
+                    query.limit = n;
+                    Ok(())
+                }
+                _ => Err(format!("must be a whole number from 1 to {MAX_LIMIT}")),
+            },
+            "cursor" => decode_cursor(value).map(|id| query.before_id = Some(id)),
+            _ => Err(String::from(
+                "unknown parameter; filters are client_id, endpoint, method, status, from, to, limit, cursor",
+            )),
+        };
+        if let Err(message) = result {
+            errors.push(FieldError::new(name.clone(), message));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid_fields(errors));
+    }
+    query.client_id = principal.read_scope(requested)?;
+    let limit = query.limit;
+    let mut rows = state.store.query_audit(query).await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let mut response = Json(rows.iter().map(|r| r.to_json()).collect::<Vec<_>>()).into_response();
+    if more
+        && let Some(last) = rows.last()
+        && let Ok(link) = HeaderValue::from_str(&next_link(uri.path(), &pairs, last.id))
+    {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
+}

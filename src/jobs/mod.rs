@@ -1,0 +1,3 @@
+//! Background jobs that run inside `annals serve` on a schedule (no separate worker process).
+
+pub mod retention;
