@@ -242,7 +242,16 @@ async fn start_server(
     database_url: &str,
     sync: Synchronous,
 ) -> anyhow::Result<(server::RunningServer, String)> {
+    start_server_with(database_url, sync, true).await
+}
+
+async fn start_server_with(
+    database_url: &str,
+    sync: Synchronous,
+    audit_log: bool,
+) -> anyhow::Result<(server::RunningServer, String)> {
     let mut serve = ServeArgs::with_database(database_url);
+    serve.audit_log = audit_log;
     serve.store.sqlite_synchronous = sync;
     // The benchmark measures ingest, not the limiter's refusals.
     serve.rate_limit_per_minute = Some(u32::MAX);
@@ -523,6 +532,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await?;
     server.stop().await?;
 
+    // The same with the audit log off: what auditing every call costs.
+    let (server, key) = start_server_with(
+        &dbs.fresh("unaudited").await?,
+        args.sqlite_synchronous,
+        false,
+    )
+    .await?;
+    let base = format!("http://{}", server.addr);
+    let unaudited = load_single(
+        format!("{base}/v1/events"),
+        Some(key),
+        args.concurrency,
+        args.seconds,
+    )
+    .await?;
+    server.stop().await?;
+
     let (server, key) = start_server(&dbs.fresh("batch").await?, args.sqlite_synchronous).await?;
     let batch = load_batches(
         format!("http://{}/v1/events/batch", server.addr),
@@ -562,6 +588,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         single,
         single / noop
     );
+    println!(
+        "{:<44} {:>12.0}  {:>8.2}",
+        "annals: single events, audit log off",
+        unaudited,
+        unaudited / noop
+    );
+    println!(
+        "{:<44} {:>12}  {:>8.2}",
+        "audit log on / off (single events)",
+        "",
+        single / unaudited
+    );
     println!("{:<44} {:>12.0}  {:>8}", raw_name, raw, "1.00");
     println!(
         "{:<44} {:>12.0}  {:>8.2}",
@@ -570,7 +608,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         batch / raw
     );
     println!();
-    println!("targets: single >= 0.60 x no-op; batch >= 0.80 x raw writes");
+    println!("targets: single >= 0.60 x no-op; batch >= 0.80 x raw writes; audit on/off >= 0.90");
     if args.query_rows > 0 {
         println!();
         let url = dbs.fresh("query").await?;

@@ -4,7 +4,8 @@
 //! Invariants:
 //! - `record` never waits and never fails the request: when the queue is full the record is
 //!   dropped and counted (`dropped()`), so auditing can't slow or block event ingest.
-//! - The writer batches up to `MAX_BATCH` records or `LINGER` of time per store write.
+//! - The writer batches what arrives within `LINGER` of the first record (up to `MAX_BATCH`) into
+//!   one store write.
 //! - On shutdown the writer stores everything still queued before it stops.
 
 use std::sync::Arc;
@@ -55,12 +56,13 @@ impl AuditLog {
 
 async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<AuditRecord>) {
     while let Some(first) = rx.recv().await {
+        // Sleep, then drain: waiting on the queue instead would wake this task once per record.
+        tokio::time::sleep(LINGER).await;
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + LINGER;
         while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(record)) => batch.push(record),
-                Ok(None) | Err(_) => break,
+            match rx.try_recv() {
+                Ok(record) => batch.push(record),
+                Err(_) => break,
             }
         }
         let n = batch.len();

@@ -633,7 +633,7 @@ impl Store for PostgresStore {
     ) -> Result<u64, StoreError> {
         let db = self.client().await?;
         db.execute(
-            "DELETE FROM audit_logs WHERE id IN (SELECT id FROM audit_logs WHERE at < $1 ORDER BY at LIMIT $2)",
+            "DELETE FROM audit_logs WHERE id IN (SELECT id FROM audit_logs WHERE at < $1 ORDER BY id LIMIT $2)",
             &[&to_datetime(before.as_micros()), &(limit as i64)],
         )
         .await

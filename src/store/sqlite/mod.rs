@@ -12,7 +12,7 @@ mod query;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,34 @@ use crate::ingest::{QueueFull, WriteQueue};
 
 mod embedded {
     refinery::embed_migrations!("src/store/sqlite/migrations");
+}
+
+mod audit_embedded {
+    refinery::embed_migrations!("src/store/sqlite/audit_migrations");
+}
+
+/// The audit database's path: `annals.db` → `annals.audit.db`.
+pub fn audit_path(events: &Path) -> PathBuf {
+    let stem = events
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    events.with_file_name(format!("{stem}.audit.db"))
+}
+
+/// Opens the audit database: WAL, `synchronous=NORMAL` (audit records are best effort: a full
+/// queue drops them too), migrated.
+fn open_audit(path: &Path) -> anyhow::Result<Connection> {
+    let mut conn = Connection::open(path)
+        .with_context(|| format!("opening the audit database {}", path.display()))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+    )
+    .context("configuring the audit database")?;
+    audit_embedded::migrations::runner()
+        .run(&mut conn)
+        .context("running audit database migrations")?;
+    Ok(conn)
 }
 
 /// How hard SQLite syncs a commit to disk.
@@ -74,6 +102,10 @@ impl SqliteOptions {
 pub struct SqliteStore {
     queue: WriteQueue<WriterCommand>,
     readers: r2d2::Pool<SqliteConnectionManager>,
+    /// The audit database: one writing connection (used by the audit writer task and retention,
+    /// in `spawn_blocking`) and its own readers.
+    audit_writer: Arc<Mutex<Connection>>,
+    audit_readers: r2d2::Pool<SqliteConnectionManager>,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     commits: broadcast::Sender<CommittedRange>,
@@ -135,6 +167,20 @@ impl SqliteStore {
             .build(manager)
             .context("opening SQLite read connections")?;
         let checkpointer = checkpoint::Checkpointer::start(&options.path)?;
+        let audit_file = audit_path(&options.path);
+        let audit_writer = Arc::new(Mutex::new(open_audit(&audit_file)?));
+        let audit_readers = r2d2::Pool::builder()
+            .max_size(2)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(10))
+            .build(
+                SqliteConnectionManager::file(&audit_file)
+                    .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                    .with_init(|c| {
+                        c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = 1;")
+                    }),
+            )
+            .context("opening audit read connections")?;
         let (queue, rx) = WriteQueue::new(options.queue_jobs, options.queue_bytes);
         let (commits, _) = broadcast::channel(COMMIT_CHANNEL_CAPACITY);
         let writer_commits = commits.clone();
@@ -145,6 +191,8 @@ impl SqliteStore {
         Ok(Self {
             queue,
             readers,
+            audit_writer,
+            audit_readers,
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
             commits,
@@ -185,6 +233,27 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable(String::from("the writer stopped")))?
     }
 
+    /// Runs `job` in a transaction on the audit database's writing connection.
+    async fn write_audit<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.audit_writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().map_err(|_| {
+                StoreError::Internal(anyhow::anyhow!("audit connection lock poisoned"))
+            })?;
+            let tx = conn
+                .transaction()
+                .map_err(|e| StoreError::Internal(e.into()))?;
+            let value = job(&tx).map_err(StoreError::Internal)?;
+            tx.commit().map_err(|e| StoreError::Internal(e.into()))?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("audit write task failed: {e}")))?
+    }
+
     /// `write` for key changes: announces them once committed.
     async fn write_keys<T: Send + 'static>(
         &self,
@@ -193,6 +262,22 @@ impl SqliteStore {
         let result = self.write(job).await;
         let _ = self.key_changes.send(());
         result
+    }
+
+    /// Runs `job` on an audit-database read connection in the blocking pool.
+    async fn read_audit<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.audit_readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .get()
+                .map_err(|e| StoreError::Unavailable(format!("no audit read connection: {e}")))?;
+            job(&conn).map_err(StoreError::Internal)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))?
     }
 
     /// Runs `job` on a read connection in the blocking pool.
@@ -450,25 +535,35 @@ impl Store for SqliteStore {
         if records.is_empty() {
             return Ok(());
         }
-        self.write(move |tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO audit_logs (at, client_id, key_id, method, route, path, status, latency_us, \
-                 ip, user_agent, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            for r in &records {
-                stmt.execute(params![
-                    r.at.as_micros(),
-                    r.client_id,
-                    r.key_id,
-                    r.method,
-                    r.route,
-                    r.path,
-                    r.status,
-                    r.latency_us,
-                    r.ip,
-                    r.user_agent,
-                    r.request_id,
-                ])?;
+        self.write_audit(move |tx| {
+            // Multi-row statements: a batch of thousands costs a few dozen statement runs.
+            const ROWS: usize = 64;
+            const COLUMNS: &str = "INSERT INTO audit_logs (at, client_id, key_id, method, route, path, \
+                status, latency_us, ip, user_agent, request_id) VALUES ";
+            let sql_for = |rows: usize| {
+                let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                format!("{COLUMNS}{}", vec![one; rows].join(", "))
+            };
+            for chunk in records.chunks(ROWS) {
+                let mut stmt = tx.prepare_cached(&sql_for(chunk.len()))?;
+                let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 11);
+                let times: Vec<i64> = chunk.iter().map(|r| r.at.as_micros()).collect();
+                for (r, at) in chunk.iter().zip(&times) {
+                    values.extend_from_slice(&[
+                        at as &dyn rusqlite::ToSql,
+                        &r.client_id,
+                        &r.key_id,
+                        &r.method,
+                        &r.route,
+                        &r.path,
+                        &r.status,
+                        &r.latency_us,
+                        &r.ip,
+                        &r.user_agent,
+                        &r.request_id,
+                    ]);
+                }
+                stmt.execute(values.as_slice())?;
             }
             Ok(())
         })
@@ -476,7 +571,7 @@ impl Store for SqliteStore {
     }
 
     async fn query_audit(&self, query: AuditQuery) -> Result<Vec<StoredAudit>, StoreError> {
-        self.read(move |conn| {
+        self.read_audit(move |conn| {
             let mut sql = String::from(
                 "SELECT id, at, client_id, key_id, method, route, path, status, latency_us, ip, \
                  user_agent, request_id FROM audit_logs WHERE 1 = 1",
@@ -550,9 +645,9 @@ impl Store for SqliteStore {
         before: Timestamp,
         limit: usize,
     ) -> Result<u64, StoreError> {
-        self.write(move |tx| {
+        self.write_audit(move |tx| {
             let n = tx.execute(
-                "DELETE FROM audit_logs WHERE id IN (SELECT id FROM audit_logs WHERE at < ?1 ORDER BY at LIMIT ?2)",
+                "DELETE FROM audit_logs WHERE id IN (SELECT id FROM audit_logs WHERE at < ?1 ORDER BY id LIMIT ?2)",
                 params![before.as_micros(), limit as i64],
             )?;
             Ok(n as u64)

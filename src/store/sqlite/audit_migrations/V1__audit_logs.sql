@@ -1,4 +1,5 @@
--- API-call audit log (one row per request). Written in batches by the audit writer.
+-- API-call audit log (one row per request), in its own database file next to the events
+-- (`<name>.audit.db`) so its batches never hold up the events' group-commit writer.
 CREATE TABLE audit_logs (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     at         INTEGER NOT NULL,
@@ -14,4 +15,5 @@ CREATE TABLE audit_logs (
     request_id TEXT
 );
 CREATE INDEX audit_logs_client_id ON audit_logs (client_id, id);
-CREATE INDEX audit_logs_at ON audit_logs (at);
+-- No index on `at`: rows arrive in time order, so retention walks the primary key from the
+-- oldest id and stops at the cutoff; one index fewer keeps auditing cheap.
