@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod helpers;
 mod ingest;
+mod isolation;
 mod limits;
 mod nodes;
 mod ops;
