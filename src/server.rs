@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{AccessLimits, AppState, router};
 use crate::audit::AuditLog;
+use crate::audit::security::SecurityRecorder;
 use crate::auth::rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::auth::{Authenticator, IssuedKey, KeyService};
 use crate::config::DEFAULT_RATE_LIMIT;
@@ -49,6 +50,8 @@ pub struct RunningServer {
     task: JoinHandle<std::io::Result<()>>,
     audit_writer: Option<JoinHandle<()>>,
     retention: Option<JoinHandle<()>>,
+    security: SecurityRecorder,
+    security_flusher: JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -59,6 +62,8 @@ impl RunningServer {
         if let Some(job) = self.retention {
             job.abort();
         }
+        self.security_flusher.abort();
+        self.security.flush(self.store.as_ref()).await;
         // The router (and so the audit queue's sender) is gone: the writer stores what is left.
         if let Some(writer) = self.audit_writer {
             let _ = writer.await;
@@ -109,6 +114,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
             interval: std::time::Duration::from_secs(args.retention_interval_secs.max(1)),
         },
     );
+    let (security, security_flusher) = SecurityRecorder::start(store.clone());
     let app = router(AppState {
         store: store.clone(),
         auth,
@@ -121,6 +127,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
             failed_auth_per_minute: args.failed_auth_per_minute,
         },
         audit,
+        security: security.clone(),
     });
     let listener = TcpListener::bind(args.listen)
         .await
@@ -146,6 +153,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         task,
         audit_writer,
         retention,
+        security,
+        security_flusher,
     })
 }
 

@@ -1,20 +1,25 @@
 //! The access middleware in front of every authenticated route: per-IP refusal after repeated
 //! failed logins, key authentication, and the per-key rate limit with its `RateLimit-*` headers
 //! (on every answer, refused or not). The `Principal` it finds is handed to handlers through the
-//! request extensions (`extract::Auth`).
+//! request extensions (`extract::Auth`). Failures become security events (aggregated, see
+//! `audit::security`): invalid keys, scope denials, floods from one address, keys hammering
+//! their limit.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
 use super::AppState;
 use super::audit::AuditIdentity;
 use super::extract::presented_key;
+use crate::audit::security::Incident;
 use crate::auth::Principal;
 use crate::auth::rate_limit::Decision;
+use crate::domain::security::{SecurityEventType, Severity};
 use crate::error::ApiError;
 
 fn set_rate_headers(headers: &mut HeaderMap, d: &Decision) {
@@ -41,17 +46,61 @@ fn limit_for(principal: &Principal, default: u32) -> Option<u32> {
     }
 }
 
+/// Where a request came from, for security events.
+struct Origin {
+    ip: String,
+    user_agent: Option<String>,
+    method: String,
+    path: String,
+}
+
+impl Origin {
+    fn of(request: &Request) -> Self {
+        Self {
+            ip: request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_default(),
+            user_agent: request
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+            method: request.method().to_string(),
+            path: request.uri().path().to_string(),
+        }
+    }
+
+    fn incident<'a>(
+        &'a self,
+        event_type: SecurityEventType,
+        severity: Severity,
+        subject: &'a str,
+        key_id: Option<&'a str>,
+        requires_review: bool,
+        reason: &str,
+    ) -> Incident<'a> {
+        Incident {
+            event_type,
+            severity,
+            subject,
+            key_id,
+            ip: Some(&self.ip),
+            user_agent: self.user_agent.as_deref(),
+            requires_review,
+            details: json!({"reason": reason, "method": self.method, "path": self.path}),
+        }
+    }
+}
+
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let ip = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default();
-    let failures = format!("auth-failures:{ip}");
+    let origin = Origin::of(&request);
+    let failures = format!("auth-failures:{}", origin.ip);
     let per_ip = state.access.failed_auth_per_minute;
     // Floods of bad keys are refused before any lookup.
     let peek = state
@@ -60,6 +109,14 @@ pub async fn authenticate(
         .check(&failures, per_ip, false)
         .await;
     if !peek.allowed {
+        state.security.record(origin.incident(
+            SecurityEventType::SuspiciousActivity,
+            Severity::High,
+            "repeated-failed-authentication",
+            None,
+            true,
+            "repeated failed authentication from one address",
+        ));
         return too_many(
             format!(
                 "too many failed authentications from this address; retry after {} s",
@@ -81,6 +138,14 @@ pub async fn authenticate(
                     .failure_limiter
                     .check(&failures, per_ip, true)
                     .await;
+                state.security.record(origin.incident(
+                    SecurityEventType::FailedLogin,
+                    Severity::Medium,
+                    "invalid-key",
+                    None,
+                    false,
+                    &error.message,
+                ));
             }
             return error.into_response();
         }
@@ -89,18 +154,35 @@ pub async fn authenticate(
         client_id: principal.client_id.to_string(),
         key_id: principal.key_id.clone(),
     };
+    let key_id = principal
+        .key_id
+        .clone()
+        .unwrap_or_else(|| String::from("static"));
     let decision = match limit_for(&principal, state.access.default_rate_limit) {
         Some(limit) => {
-            let bucket = format!("key:{}", principal.key_id.as_deref().unwrap_or("static"));
-            let d = state.access.limiter.check(&bucket, limit, true).await;
+            let d = state
+                .access
+                .limiter
+                .check(&format!("key:{key_id}"), limit, true)
+                .await;
             if !d.allowed {
-                return too_many(
+                state.security.record(origin.incident(
+                    SecurityEventType::SuspiciousActivity,
+                    Severity::Medium,
+                    &key_id,
+                    Some(&key_id),
+                    false,
+                    "key over its rate limit",
+                ));
+                let mut response = too_many(
                     format!(
                         "rate limit of {limit} requests per minute exceeded; retry after {} s",
                         d.retry_after_secs
                     ),
                     &d,
                 );
+                response.extensions_mut().insert(identity);
+                return response;
             }
             Some(d)
         }
@@ -108,6 +190,16 @@ pub async fn authenticate(
     };
     request.extensions_mut().insert(principal);
     let mut response = next.run(request).await;
+    if response.status() == StatusCode::FORBIDDEN {
+        state.security.record(origin.incident(
+            SecurityEventType::PermissionDenied,
+            Severity::Medium,
+            &key_id,
+            Some(&key_id),
+            false,
+            "the key lacks the scope or tenancy for this request",
+        ));
+    }
     if let Some(d) = decision {
         set_rate_headers(response.headers_mut(), &d);
     }

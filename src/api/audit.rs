@@ -13,7 +13,7 @@ use axum::routing::get;
 
 use super::AppState;
 use super::extract::Auth;
-use super::query_params::{DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, next_link, parse_pairs};
+use super::query_params::{DEFAULT_LIMIT, decode_cursor, next_link, parse_limit, parse_pairs};
 use crate::domain::audit::{AuditQuery, AuditRecord, MAX_USER_AGENT};
 use crate::domain::{ClientId, FieldError, Timestamp};
 use crate::error::ApiError;
@@ -108,13 +108,7 @@ async fn list_logs(
             },
             "from" => Timestamp::parse_bound(value).map(|t| query.from = Some(t)),
             "to" => Timestamp::parse_bound(value).map(|t| query.to = Some(t)),
-            "limit" => match value.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => {
-                    query.limit = n;
-                    Ok(())
-                }
-                _ => Err(format!("must be a whole number from 1 to {MAX_LIMIT}")),
-            },
+            "limit" => parse_limit(value).map(|n| query.limit = n),
             "cursor" => decode_cursor(value).map(|id| query.before_id = Some(id)),
             _ => Err(String::from(
                 "unknown parameter; filters are client_id, endpoint, method, status, from, to, limit, cursor",

@@ -11,6 +11,7 @@ mod extract;
 mod health;
 mod keys;
 mod query_params;
+mod security;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::audit::AuditLog;
+use crate::audit::security::SecurityRecorder;
 use crate::auth::rate_limit::RateLimiter;
 use crate::auth::{Authenticator, KeyService};
 use crate::config::Limits;
@@ -39,6 +41,7 @@ pub struct AppState {
     pub access: AccessLimits,
     /// `None` when `ANNALS_AUDIT_LOG=false`.
     pub audit: Option<AuditLog>,
+    pub security: SecurityRecorder,
 }
 
 /// Rate limits applied by the access middleware.
@@ -61,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::router())
         .merge(keys::router())
         .merge(audit::router())
+        .merge(security::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::authenticate,

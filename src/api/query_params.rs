@@ -76,13 +76,7 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiEr
             "from" => Timestamp::parse_bound(value).map(|t| q.from = Some(t)),
             "to" => Timestamp::parse_bound(value).map(|t| q.to = Some(t)),
             "client_id" => ClientId::parse(value).map(|c| requested_client = Some(c)),
-            "limit" => match value.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => {
-                    q.limit = n;
-                    Ok(())
-                }
-                _ => Err(format!("must be a whole number from 1 to {MAX_LIMIT}")),
-            },
+            "limit" => parse_limit(value).map(|n| q.limit = n),
             "order" => parse_order(value).map(|o| q.order = o),
             "cursor" => decode_cursor(value).map(|s| q.after_seq = Some(s)),
             other => data_path(other).map(|path| {
@@ -114,6 +108,23 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiEr
         })
     } else {
         Err(ApiError::invalid_fields(errors))
+    }
+}
+
+/// A page size: 1 to `MAX_LIMIT`.
+pub fn parse_limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!("must be a whole number from 1 to {MAX_LIMIT}")),
+    }
+}
+
+/// `true` or `false`.
+pub fn parse_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(String::from("must be true or false")),
     }
 }
 

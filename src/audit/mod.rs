@@ -8,6 +8,8 @@
 //!   one store write.
 //! - On shutdown the writer stores everything still queued before it stops.
 
+pub mod security;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod event;
 pub mod json_depth;
 pub mod names;
+pub mod security;
 pub mod time;
 pub mod topic;
 

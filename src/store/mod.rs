@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::domain::access::{KeyPatch, KeyRecord, KeySelector};
 use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
+use crate::domain::security::{NewSecurityEvent, SecurityQuery, StoredSecurityEvent};
 use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp, TopicPattern};
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +156,23 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes at most `limit` audit records older than `before`; returns how many.
     async fn delete_audit_before(&self, before: Timestamp, limit: usize)
     -> Result<u64, StoreError>;
+
+    /// Records security events (one with a `dedup_key` already stored adds its count to that
+    /// row); returns each event's row id.
+    async fn record_security(&self, events: Vec<NewSecurityEvent>) -> Result<Vec<i64>, StoreError>;
+    /// Security events, newest first; one more than `limit` tells the caller a next page exists.
+    async fn query_security(
+        &self,
+        query: SecurityQuery,
+    ) -> Result<Vec<StoredSecurityEvent>, StoreError>;
+    /// Marks one event reviewed by `reviewer`; `None` when there is no such event for `client`
+    /// (`None` client = any).
+    async fn review_security(
+        &self,
+        id: i64,
+        client: Option<String>,
+        reviewer: String,
+    ) -> Result<Option<StoredSecurityEvent>, StoreError>;
 
     /// Committed seq ranges as they happen, for live fan-out (seed 003's notify-on-create).
     fn commits(&self) -> tokio::sync::broadcast::Receiver<CommittedRange>;

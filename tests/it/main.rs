@@ -13,3 +13,4 @@ mod nodes;
 mod ops;
 mod outage;
 mod query;
+mod security;

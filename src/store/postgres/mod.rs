@@ -33,6 +33,9 @@ use super::{
 };
 use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, Scopes};
 use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
+use crate::domain::security::{
+    NewSecurityEvent, SecurityEventType, SecurityQuery, Severity, StoredSecurityEvent,
+};
 use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp};
 use crate::ingest::{QueueFull, WriteQueue};
 
@@ -275,6 +278,35 @@ fn row_to_event(row: &Row) -> StoredEvent {
         headers: row.get(14),
         partition_key: row.get(15),
     }
+}
+
+const SECURITY_COLUMNS: &str = "id, client_id, event_type, severity, user_id, ip_address, user_agent, \
+event_details::text, requires_review, reviewed_by, reviewed_at, occurred_at, dedup_key, count";
+
+fn row_to_security(row: &Row) -> Result<StoredSecurityEvent, StoreError> {
+    let bad = |e: String| StoreError::Internal(anyhow::anyhow!("stored security event: {e}"));
+    let event_type: String = row.get(2);
+    let severity: String = row.get(3);
+    let occurred: chrono::DateTime<Utc> = row.get(11);
+    let reviewed: Option<chrono::DateTime<Utc>> = row.get(10);
+    Ok(StoredSecurityEvent {
+        id: row.get(0),
+        event: NewSecurityEvent {
+            client_id: row.get(1),
+            event_type: SecurityEventType::parse(&event_type).map_err(bad)?,
+            severity: Severity::parse(&severity).map_err(bad)?,
+            user_id: row.get(4),
+            ip_address: row.get(5),
+            user_agent: row.get(6),
+            details: row.get(7),
+            requires_review: row.get(8),
+            occurred_at: Timestamp::from_micros(occurred.timestamp_micros()),
+            dedup_key: row.get(12),
+            count: row.get(13),
+        },
+        reviewed_by: row.get(9),
+        reviewed_at: reviewed.map(|t| Timestamp::from_micros(t.timestamp_micros())),
+    })
 }
 
 const KEY_COLUMNS: &str =
@@ -638,6 +670,118 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(unavailable)
+    }
+
+    async fn record_security(&self, events: Vec<NewSecurityEvent>) -> Result<Vec<i64>, StoreError> {
+        let db = self.client().await?;
+        let stmt = db
+            .prepare_cached(
+                "INSERT INTO security_events (client_id, event_type, severity, user_id, ip_address, user_agent, \
+                 event_details, requires_review, occurred_at, dedup_key, count) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10, $11) \
+                 ON CONFLICT (dedup_key) DO UPDATE SET count = security_events.count + excluded.count \
+                 RETURNING id",
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut ids = Vec::with_capacity(events.len());
+        for e in &events {
+            let row = db
+                .query_one(
+                    &stmt,
+                    &[
+                        &e.client_id,
+                        &e.event_type.as_str(),
+                        &e.severity.as_str(),
+                        &e.user_id,
+                        &e.ip_address,
+                        &e.user_agent,
+                        &e.details,
+                        &e.requires_review,
+                        &to_datetime(e.occurred_at.as_micros()),
+                        &e.dedup_key,
+                        &e.count,
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            ids.push(row.get(0));
+        }
+        Ok(ids)
+    }
+
+    async fn query_security(
+        &self,
+        query: SecurityQuery,
+    ) -> Result<Vec<StoredSecurityEvent>, StoreError> {
+        let db = self.client().await?;
+        let mut sql = format!("SELECT {SECURITY_COLUMNS} FROM security_events WHERE TRUE");
+        let mut args: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
+        let mut push =
+            |sql: &mut String,
+             cond: &str,
+             v: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+                args.push(v);
+                sql.push_str(&cond.replace("$#", &format!("${}", args.len())));
+            };
+        if let Some(c) = &query.client_id {
+            push(&mut sql, " AND client_id = $#", Box::new(c.clone()));
+        }
+        if let Some(t) = query.event_type {
+            push(&mut sql, " AND event_type = $#", Box::new(t.as_str()));
+        }
+        if let Some(s) = query.severity {
+            push(&mut sql, " AND severity = $#", Box::new(s.as_str()));
+        }
+        if let Some(r) = query.requires_review {
+            push(&mut sql, " AND requires_review = $#", Box::new(r));
+        }
+        if let Some(f) = query.from {
+            push(
+                &mut sql,
+                " AND occurred_at >= $#",
+                Box::new(to_datetime(f.as_micros())),
+            );
+        }
+        if let Some(t) = query.to {
+            push(
+                &mut sql,
+                " AND occurred_at < $#",
+                Box::new(to_datetime(t.as_micros())),
+            );
+        }
+        if let Some(b) = query.before_id {
+            push(&mut sql, " AND id < $#", Box::new(b));
+        }
+        push(
+            &mut sql,
+            " ORDER BY id DESC LIMIT $#",
+            Box::new(query.limit as i64 + 1),
+        );
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = db.query(&sql, &params).await.map_err(unavailable)?;
+        rows.iter().map(row_to_security).collect()
+    }
+
+    async fn review_security(
+        &self,
+        id: i64,
+        client: Option<String>,
+        reviewer: String,
+    ) -> Result<Option<StoredSecurityEvent>, StoreError> {
+        let db = self.client().await?;
+        let sql = format!(
+            "UPDATE security_events SET reviewed_by = $3, reviewed_at = now(), requires_review = FALSE \
+             WHERE id = $1 AND ($2::text IS NULL OR client_id = $2) RETURNING {SECURITY_COLUMNS}"
+        );
+        let row = db
+            .query_opt(&sql, &[&id, &client, &reviewer])
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| row_to_security(&r)).transpose()
     }
 
     fn commits(&self) -> broadcast::Receiver<CommittedRange> {

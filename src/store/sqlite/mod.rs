@@ -32,6 +32,9 @@ use super::{
 };
 use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, Scopes};
 use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
+use crate::domain::security::{
+    NewSecurityEvent, SecurityEventType, SecurityQuery, Severity, StoredSecurityEvent,
+};
 use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp, TopicPattern};
 use crate::ingest::{QueueFull, WriteQueue};
 
@@ -318,6 +321,35 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
         ip_address: row.get(13)?,
         headers: row.get(14)?,
         partition_key: row.get(15)?,
+    })
+}
+
+const SECURITY_COLUMNS: &str = "id, client_id, event_type, severity, user_id, ip_address, user_agent, \
+event_details, requires_review, reviewed_by, reviewed_at, occurred_at, dedup_key, count";
+
+fn row_to_security(row: &Row<'_>) -> rusqlite::Result<StoredSecurityEvent> {
+    let bad = |i: usize, e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    };
+    let event_type: String = row.get(2)?;
+    let severity: String = row.get(3)?;
+    Ok(StoredSecurityEvent {
+        id: row.get(0)?,
+        event: NewSecurityEvent {
+            client_id: row.get(1)?,
+            event_type: SecurityEventType::parse(&event_type).map_err(|e| bad(2, e))?,
+            severity: Severity::parse(&severity).map_err(|e| bad(3, e))?,
+            user_id: row.get(4)?,
+            ip_address: row.get(5)?,
+            user_agent: row.get(6)?,
+            details: row.get(7)?,
+            requires_review: row.get(8)?,
+            occurred_at: Timestamp::from_micros(row.get(11)?),
+            dedup_key: row.get(12)?,
+            count: row.get(13)?,
+        },
+        reviewed_by: row.get(9)?,
+        reviewed_at: row.get::<_, Option<i64>>(10)?.map(Timestamp::from_micros),
     })
 }
 
@@ -651,6 +683,107 @@ impl Store for SqliteStore {
                 params![before.as_micros(), limit as i64],
             )?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn record_security(&self, events: Vec<NewSecurityEvent>) -> Result<Vec<i64>, StoreError> {
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO security_events (client_id, event_type, severity, user_id, ip_address, user_agent, \
+                 event_details, requires_review, occurred_at, dedup_key, count) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT (dedup_key) DO UPDATE SET count = count + excluded.count RETURNING id",
+            )?;
+            let mut ids = Vec::with_capacity(events.len());
+            for e in &events {
+                ids.push(stmt.query_row(params![
+                    e.client_id,
+                    e.event_type.as_str(),
+                    e.severity.as_str(),
+                    e.user_id,
+                    e.ip_address,
+                    e.user_agent,
+                    e.details,
+                    e.requires_review,
+                    e.occurred_at.as_micros(),
+                    e.dedup_key,
+                    e.count,
+                ], |r| r.get(0))?);
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn query_security(
+        &self,
+        query: SecurityQuery,
+    ) -> Result<Vec<StoredSecurityEvent>, StoreError> {
+        self.read(move |conn| {
+            use rusqlite::types::Value as V;
+            let mut sql = format!("SELECT {SECURITY_COLUMNS} FROM security_events WHERE 1 = 1");
+            let mut args: Vec<V> = Vec::new();
+            let mut push = |sql: &mut String, cond: &str, v: V| {
+                args.push(v);
+                sql.push_str(&cond.replace("?#", &format!("?{}", args.len())));
+            };
+            if let Some(c) = &query.client_id {
+                push(&mut sql, " AND client_id = ?#", V::Text(c.clone()));
+            }
+            if let Some(t) = query.event_type {
+                push(&mut sql, " AND event_type = ?#", V::Text(t.as_str().into()));
+            }
+            if let Some(s) = query.severity {
+                push(&mut sql, " AND severity = ?#", V::Text(s.as_str().into()));
+            }
+            if let Some(r) = query.requires_review {
+                push(
+                    &mut sql,
+                    " AND requires_review = ?#",
+                    V::Integer(i64::from(r)),
+                );
+            }
+            if let Some(f) = query.from {
+                push(
+                    &mut sql,
+                    " AND occurred_at >= ?#",
+                    V::Integer(f.as_micros()),
+                );
+            }
+            if let Some(t) = query.to {
+                push(&mut sql, " AND occurred_at < ?#", V::Integer(t.as_micros()));
+            }
+            if let Some(b) = query.before_id {
+                push(&mut sql, " AND id < ?#", V::Integer(b));
+            }
+            push(
+                &mut sql,
+                " ORDER BY id DESC LIMIT ?#",
+                V::Integer(query.limit as i64 + 1),
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_security)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn review_security(
+        &self,
+        id: i64,
+        client: Option<String>,
+        reviewer: String,
+    ) -> Result<Option<StoredSecurityEvent>, StoreError> {
+        self.write(move |tx| {
+            let sql = format!(
+                "UPDATE security_events SET reviewed_by = ?3, reviewed_at = ?4, requires_review = 0 \
+                 WHERE id = ?1 AND (?2 IS NULL OR client_id = ?2) RETURNING {SECURITY_COLUMNS}"
+            );
+            Ok(tx
+                .prepare(&sql)?
+                .query_row(params![id, client, reviewer, Timestamp::now().as_micros()], row_to_security)
+                .optional()?)
         })
         .await
     }
