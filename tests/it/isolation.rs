@@ -18,6 +18,14 @@ async fn two_clients_never_see_each_other_anywhere(backend: Backend) {
     let b_event = app
         .record(&b, json!({"event_type": "secret.b.made", "user_id": "shared", "event_id": "same", "data": {"owner": "bravo"}}))
         .await;
+    // each reports a security event of its own, marked with its data marker
+    for (key, marker) in [(&a, "alpha"), (&b, "bravo")] {
+        let report = json!({"event_type": "FAILED_LOGIN", "severity": "LOW", "event_details": {"owner": marker}});
+        assert_eq!(
+            app.post("/v1/security-events", key, &report).await.status(),
+            StatusCode::CREATED
+        );
+    }
     // let the audit log catch up so its rows exist for both
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
@@ -36,6 +44,8 @@ async fn two_clients_never_see_each_other_anywhere(backend: Backend) {
             String::from("/v1/audit/logs"),
             String::from("/api/v1/audit/logs"),
             String::from("/v1/audit/logs?endpoint=/v1/events"),
+            String::from("/v1/security-events"),
+            String::from("/api/v1/security-events"),
         ]
     };
     for (key, me, them, own_event, other_event, their_marker) in [
@@ -70,7 +80,7 @@ async fn two_clients_never_see_each_other_anywhere(backend: Backend) {
             StatusCode::NOT_FOUND
         );
         // naming the other client is refused on every listing
-        for path in ["/v1/events", "/v1/audit/logs"] {
+        for path in ["/v1/events", "/v1/audit/logs", "/v1/security-events"] {
             let r = app.get(&format!("{path}?client_id={them}"), key).await;
             assert_eq!(r.status(), StatusCode::FORBIDDEN, "{me} {path}");
         }
