@@ -6,14 +6,14 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, RawQuery, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::header;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::Response;
 use axum::routing::get;
 
 use super::AppState;
 use super::extract::Auth;
-use super::query_params::{DEFAULT_LIMIT, decode_cursor, next_link, parse_limit, parse_pairs};
+use super::query_params::{DEFAULT_LIMIT, decode_cursor, paged_json, parse_limit, parse_pairs};
 use crate::domain::audit::{AuditQuery, AuditRecord, MAX_USER_AGENT};
 use crate::domain::{ClientId, FieldError, Timestamp};
 use crate::error::ApiError;
@@ -123,15 +123,13 @@ async fn list_logs(
     }
     query.client_id = principal.read_scope(requested)?;
     let limit = query.limit;
-    let mut rows = state.store.query_audit(query).await?;
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    let mut response = Json(rows.iter().map(|r| r.to_json()).collect::<Vec<_>>()).into_response();
-    if more
-        && let Some(last) = rows.last()
-        && let Ok(link) = HeaderValue::from_str(&next_link(uri.path(), &pairs, last.id))
-    {
-        response.headers_mut().insert(header::LINK, link);
-    }
-    Ok(response)
+    let rows = state.store.query_audit(query).await?;
+    Ok(paged_json(
+        rows,
+        limit,
+        uri.path(),
+        &pairs,
+        |r| r.id,
+        |r| r.to_json(),
+    ))
 }

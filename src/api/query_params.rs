@@ -176,6 +176,31 @@ pub fn decode_cursor(text: &str) -> Result<i64, String> {
         })
 }
 
+/// A JSON array of the first `limit` of `rows` (a store returns one more when another page
+/// exists), with a `Link: rel="next"` header continuing below the last row's id.
+pub fn paged_json<T>(
+    mut rows: Vec<T>,
+    limit: usize,
+    path: &str,
+    pairs: &[(String, String)],
+    id_of: impl Fn(&T) -> i64,
+    to_json: impl Fn(&T) -> serde_json::Value,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let mut response = axum::Json(rows.iter().map(to_json).collect::<Vec<_>>()).into_response();
+    if more
+        && let Some(last) = rows.last()
+        && let Ok(link) = axum::http::HeaderValue::from_str(&next_link(path, pairs, id_of(last)))
+    {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LINK, link);
+    }
+    response
+}
+
 /// `<path?…&cursor=…>; rel="next"`, keeping every other parameter as the client sent it.
 pub fn next_link(path: &str, pairs: &[(String, String)], next_after: i64) -> String {
     let mut kept: Vec<(&str, &str)> = pairs

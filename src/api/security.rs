@@ -5,7 +5,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{OriginalUri, Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::extract::{Auth, read_json};
 use super::query_params::{
-    DEFAULT_LIMIT, decode_cursor, next_link, parse_bool, parse_limit, parse_pairs,
+    DEFAULT_LIMIT, decode_cursor, paged_json, parse_bool, parse_limit, parse_pairs,
 };
 use crate::domain::access::Scope;
 use crate::domain::envelope::{MAX_ID_LEN, json_kind};
@@ -67,17 +67,15 @@ async fn list(
     // Annals' own events are only ever visible to admins: a client's scope is its own id.
     query.client_id = principal.read_scope(requested)?.map(|c| c.to_string());
     let limit = query.limit;
-    let mut rows = state.store.query_security(query).await?;
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    let mut response = Json(rows.iter().map(|r| r.to_json()).collect::<Vec<_>>()).into_response();
-    if more
-        && let Some(last) = rows.last()
-        && let Ok(link) = HeaderValue::from_str(&next_link(uri.path(), &pairs, last.id))
-    {
-        response.headers_mut().insert(header::LINK, link);
-    }
-    Ok(response)
+    let rows = state.store.query_security(query).await?;
+    Ok(paged_json(
+        rows,
+        limit,
+        uri.path(),
+        &pairs,
+        |r| r.id,
+        |r| r.to_json(),
+    ))
 }
 
 fn optional_string(value: &Value, max: usize) -> Result<Option<String>, String> {

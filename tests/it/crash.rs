@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::helpers::{Backend, TestDatabase};
+use crate::helpers::{Backend, TestDatabase, all_events};
 use serde_json::{Value, json};
 
 const KEY: &str = "crash-test-key";
@@ -34,26 +34,6 @@ fn start(db: &str) -> (Child, String) {
     // keep draining stderr so the child never blocks on a full pipe
     std::thread::spawn(move || for _ in lines {});
     (child, format!("http://{addr}"))
-}
-
-async fn all_events(http: &reqwest::Client, base: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut next = Some(format!("{base}/v1/events?limit=1000&order=asc"));
-    while let Some(url) = next.take() {
-        let r = http
-            .get(&url)
-            .header("x-api-key", KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        next = r.headers().get("link").map(|l| {
-            let l = l.to_str().unwrap();
-            format!("{base}{}", &l[1..l.find('>').unwrap()])
-        });
-        out.extend(r.json::<Vec<Value>>().await.unwrap());
-    }
-    out
 }
 
 async fn kill_under_load_and_check(db: &str) {
@@ -110,7 +90,7 @@ async fn kill_under_load_and_check(db: &str) {
     );
 
     let (mut child, base) = start(db);
-    let stored = all_events(&http, &base).await;
+    let stored = all_events(&http, &base, KEY).await;
     let ids: HashSet<&str> = stored.iter().map(|e| e["id"].as_str().unwrap()).collect();
     let missing: Vec<&String> = acked
         .iter()
@@ -166,7 +146,7 @@ async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
     let status = child.wait_with_output().unwrap().status;
     assert!(status.success(), "{status}");
     let (mut child, base) = start(&db);
-    assert_eq!(all_events(&http, &base).await.len(), 50);
+    assert_eq!(all_events(&http, &base, KEY).await.len(), 50);
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -297,3 +297,24 @@ impl TestApp {
         self
     }
 }
+
+/// Every event visible to `key` at `base`, oldest first, following the `Link` pages.
+pub async fn all_events(http: &reqwest::Client, base: &str, key: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut next = Some(format!("{base}/v1/events?limit=1000&order=asc"));
+    while let Some(url) = next.take() {
+        let r = http
+            .get(&url)
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        next = r.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            format!("{base}{}", &l[1..l.find('>').unwrap()])
+        });
+        out.extend(r.json::<Vec<serde_json::Value>>().await.unwrap());
+    }
+    out
+}

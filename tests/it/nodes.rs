@@ -7,29 +7,9 @@ use annals::server;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestDatabase};
+use crate::helpers::{Backend, TestDatabase, all_events};
 
 const KEY: &str = "two-node-key";
-
-async fn all_events(http: &reqwest::Client, base: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut next = Some(format!("{base}/v1/events?limit=1000&order=asc"));
-    while let Some(url) = next.take() {
-        let r = http
-            .get(&url)
-            .header("x-api-key", KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        next = r.headers().get("link").map(|l| {
-            let l = l.to_str().unwrap();
-            format!("{base}{}", &l[1..l.find('>').unwrap()])
-        });
-        out.extend(r.json::<Vec<Value>>().await.unwrap());
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_write_concurrently_and_agree() {
@@ -94,8 +74,8 @@ async fn two_nodes_write_concurrently_and_agree() {
     assert_eq!(created, 10, "each raced event_id was created exactly once");
     assert!(ids_by_race.values().all(|ids| ids.len() == 1));
 
-    let from_a = all_events(&http, &bases[0]).await;
-    let from_b = all_events(&http, &bases[1]).await;
+    let from_a = all_events(&http, &bases[0], KEY).await;
+    let from_b = all_events(&http, &bases[1], KEY).await;
     assert_eq!(from_a.len(), 210);
     let ids = |events: &[Value]| {
         events

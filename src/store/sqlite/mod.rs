@@ -272,15 +272,7 @@ impl SqliteStore {
         &self,
         job: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let pool = self.audit_readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool
-                .get()
-                .map_err(|e| StoreError::Unavailable(format!("no audit read connection: {e}")))?;
-            job(&conn).map_err(StoreError::Internal)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))?
+        read_on(self.audit_readers.clone(), job).await
     }
 
     /// Runs `job` on a read connection in the blocking pool.
@@ -288,16 +280,23 @@ impl SqliteStore {
         &self,
         job: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool
-                .get()
-                .map_err(|e| StoreError::Unavailable(format!("no read connection: {e}")))?;
-            job(&conn).map_err(StoreError::Internal)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))?
+        read_on(self.readers.clone(), job).await
     }
+}
+
+/// Runs `job` on a connection from `pool`, in the blocking pool (never on an async thread).
+async fn read_on<T: Send + 'static>(
+    pool: r2d2::Pool<SqliteConnectionManager>,
+    job: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(move || {
+        let conn = pool
+            .get()
+            .map_err(|e| StoreError::Unavailable(format!("no read connection: {e}")))?;
+        job(&conn).map_err(StoreError::Internal)
+    })
+    .await
+    .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))?
 }
 
 fn row_to_event(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
