@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Concurrent connections for single-event ingest.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// How many times the single-event phases (audit on, audit off) run; medians are reported.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Events per batch request.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
@@ -521,33 +524,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Each phase gets a fresh database, so batch ingest and the raw-write ceiling write the
     // same rows into tables of the same size.
-    let (server, key) = start_server(&dbs.fresh("single").await?, args.sqlite_synchronous).await?;
-    let base = format!("http://{}", server.addr);
-    let single = load_single(
-        format!("{base}/v1/events"),
-        Some(key),
-        args.concurrency,
-        args.seconds,
-    )
-    .await?;
-    server.stop().await?;
-
-    // The same with the audit log off: what auditing every call costs.
-    let (server, key) = start_server_with(
-        &dbs.fresh("unaudited").await?,
-        args.sqlite_synchronous,
-        false,
-    )
-    .await?;
-    let base = format!("http://{}", server.addr);
-    let unaudited = load_single(
-        format!("{base}/v1/events"),
-        Some(key),
-        args.concurrency,
-        args.seconds,
-    )
-    .await?;
-    server.stop().await?;
+    // Single events with the audit log on, then off (what auditing every call costs), `rounds`
+    // times alternately; the medians are reported.
+    let mut audited = Vec::new();
+    let mut unaudited = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        for (audit, out) in [(true, &mut audited), (false, &mut unaudited)] {
+            let name = format!("single{round}{}", if audit { "a" } else { "u" });
+            let (server, key) =
+                start_server_with(&dbs.fresh(&name).await?, args.sqlite_synchronous, audit).await?;
+            let url = format!("http://{}/v1/events", server.addr);
+            out.push(load_single(url, Some(key), args.concurrency, args.seconds).await?);
+            server.stop().await?;
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (single, unaudited) = (median(&mut audited), median(&mut unaudited));
 
     let (server, key) = start_server(&dbs.fresh("batch").await?, args.sqlite_synchronous).await?;
     let batch = load_batches(
