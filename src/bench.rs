@@ -272,7 +272,7 @@ async fn start_server_with(
 async fn query_phase(url: &str, rows: usize, sync: Synchronous) -> anyhow::Result<()> {
     let (server, key) = start_server(url, sync).await?;
     let client = reqwest::Client::new();
-    let url = format!("http://{}/v1/events/batch", server.addr);
+    let batch_url = format!("http://{}/v1/events/batch", server.addr);
     let started = Instant::now();
     for chunk in 0..rows.div_ceil(1000) {
         let events: Vec<Value> = (0..1000u64)
@@ -289,7 +289,7 @@ async fn query_phase(url: &str, rows: usize, sync: Synchronous) -> anyhow::Resul
             })
             .collect();
         let r = client
-            .post(&url)
+            .post(&batch_url)
             .header("x-api-key", &key)
             .json(&json!({"events": events}))
             .send()
