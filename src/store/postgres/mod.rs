@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
-use self::query::{EVENT_COLUMNS, page_sql, to_datetime};
+use self::query::{EVENT_COLUMNS, Filters, page_sql, to_datetime};
 use self::writer::WriterCommand;
 use super::{
     AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
@@ -574,65 +574,39 @@ impl Store for PostgresStore {
 
     async fn query_audit(&self, query: AuditQuery) -> Result<Vec<StoredAudit>, StoreError> {
         let db = self.client().await?;
-        let mut sql = String::from(
+        let mut f = Filters::new(
             "SELECT id, at, client_id, key_id, method, route, path, status, latency_us, ip, user_agent, \
              request_id FROM audit_logs WHERE TRUE",
         );
-        let mut args: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
-        let mut push =
-            |sql: &mut String,
-             cond: &str,
-             v: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
-                args.push(v);
-                sql.push_str(&cond.replace("$#", &format!("${}", args.len())));
-            };
         if let Some(c) = &query.client_id {
-            push(
-                &mut sql,
-                " AND client_id = $#",
-                Box::new(c.as_str().to_string()),
-            );
+            f.add(" AND client_id = $#", Box::new(c.as_str().to_string()));
         }
         if let Some(e) = &query.endpoint {
-            push(
-                &mut sql,
+            f.add(
                 " AND (route = $# OR substr(path, 1, length($#)) = $#)",
                 Box::new(e.clone()),
             );
         }
         if let Some(m) = &query.method {
-            push(&mut sql, " AND method = $#", Box::new(m.clone()));
+            f.add(" AND method = $#", Box::new(m.clone()));
         }
         if let Some(st) = query.status {
-            push(&mut sql, " AND status = $#", Box::new(st as i16));
+            f.add(" AND status = $#", Box::new(st as i16));
         }
-        if let Some(f) = query.from {
-            push(
-                &mut sql,
-                " AND at >= $#",
-                Box::new(to_datetime(f.as_micros())),
-            );
+        if let Some(from) = query.from {
+            f.add(" AND at >= $#", Box::new(to_datetime(from.as_micros())));
         }
         if let Some(t) = query.to {
-            push(
-                &mut sql,
-                " AND at < $#",
-                Box::new(to_datetime(t.as_micros())),
-            );
+            f.add(" AND at < $#", Box::new(to_datetime(t.as_micros())));
         }
         if let Some(b) = query.before_id {
-            push(&mut sql, " AND id < $#", Box::new(b));
+            f.add(" AND id < $#", Box::new(b));
         }
-        push(
-            &mut sql,
+        f.add(
             " ORDER BY id DESC LIMIT $#",
             Box::new(query.limit as i64 + 1),
         );
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
-            .iter()
-            .map(|a| a.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let rows = db.query(&sql, &params).await.map_err(unavailable)?;
+        let rows = db.query(&f.sql, &f.params()).await.map_err(unavailable)?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -715,54 +689,41 @@ impl Store for PostgresStore {
         query: SecurityQuery,
     ) -> Result<Vec<StoredSecurityEvent>, StoreError> {
         let db = self.client().await?;
-        let mut sql = format!("SELECT {SECURITY_COLUMNS} FROM security_events WHERE TRUE");
-        let mut args: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
-        let mut push =
-            |sql: &mut String,
-             cond: &str,
-             v: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
-                args.push(v);
-                sql.push_str(&cond.replace("$#", &format!("${}", args.len())));
-            };
+        let mut f = Filters::new(&format!(
+            "SELECT {SECURITY_COLUMNS} FROM security_events WHERE TRUE"
+        ));
         if let Some(c) = &query.client_id {
-            push(&mut sql, " AND client_id = $#", Box::new(c.clone()));
+            f.add(" AND client_id = $#", Box::new(c.clone()));
         }
         if let Some(t) = query.event_type {
-            push(&mut sql, " AND event_type = $#", Box::new(t.as_str()));
+            f.add(" AND event_type = $#", Box::new(t.as_str()));
         }
         if let Some(s) = query.severity {
-            push(&mut sql, " AND severity = $#", Box::new(s.as_str()));
+            f.add(" AND severity = $#", Box::new(s.as_str()));
         }
         if let Some(r) = query.requires_review {
-            push(&mut sql, " AND requires_review = $#", Box::new(r));
+            f.add(" AND requires_review = $#", Box::new(r));
         }
-        if let Some(f) = query.from {
-            push(
-                &mut sql,
+        if let Some(from) = query.from {
+            f.add(
                 " AND occurred_at >= $#",
-                Box::new(to_datetime(f.as_micros())),
+                Box::new(to_datetime(from.as_micros())),
             );
         }
         if let Some(t) = query.to {
-            push(
-                &mut sql,
+            f.add(
                 " AND occurred_at < $#",
                 Box::new(to_datetime(t.as_micros())),
             );
         }
         if let Some(b) = query.before_id {
-            push(&mut sql, " AND id < $#", Box::new(b));
+            f.add(" AND id < $#", Box::new(b));
         }
-        push(
-            &mut sql,
+        f.add(
             " ORDER BY id DESC LIMIT $#",
             Box::new(query.limit as i64 + 1),
         );
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
-            .iter()
-            .map(|a| a.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let rows = db.query(&sql, &params).await.map_err(unavailable)?;
+        let rows = db.query(&f.sql, &f.params()).await.map_err(unavailable)?;
         rows.iter().map(row_to_security).collect()
     }
 

@@ -38,6 +38,35 @@ fn containment_docs(filter: &DataFilter) -> Vec<Value> {
         .collect()
 }
 
+/// A `WHERE` clause built term by term; `$#` in a term stands for its value's placeholder (a
+/// term may use it more than once).
+pub(super) struct Filters {
+    pub sql: String,
+    pub args: Params,
+}
+
+impl Filters {
+    pub fn new(select: &str) -> Self {
+        Self {
+            sql: select.to_string(),
+            args: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, term: &str, value: Box<dyn ToSql + Sync + Send>) {
+        self.args.push(value);
+        self.sql
+            .push_str(&term.replace("$#", &format!("${}", self.args.len())));
+    }
+
+    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
 /// Builds the page query: `limit + 1` rows so the caller can tell whether another page exists.
 pub(super) fn page_sql(q: &EventQuery) -> (String, Params) {
     let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE TRUE");

@@ -24,7 +24,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
-use self::query::{EVENT_COLUMNS, TOPIC_MATCH_FN, page_sql};
+use self::query::{EVENT_COLUMNS, Filters, TOPIC_MATCH_FN, page_sql};
 use self::writer::WriterCommand;
 use super::{
     AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
@@ -603,52 +603,41 @@ impl Store for SqliteStore {
 
     async fn query_audit(&self, query: AuditQuery) -> Result<Vec<StoredAudit>, StoreError> {
         self.read_audit(move |conn| {
-            let mut sql = String::from(
+            use rusqlite::types::Value as V;
+            let mut f = Filters::new(
                 "SELECT id, at, client_id, key_id, method, route, path, status, latency_us, ip, \
                  user_agent, request_id FROM audit_logs WHERE 1 = 1",
             );
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            let mut push = |sql: &mut String, cond: &str, v: rusqlite::types::Value| {
-                args.push(v);
-                sql.push_str(&cond.replace("?#", &format!("?{}", args.len())));
-            };
-            use rusqlite::types::Value as V;
             if let Some(c) = &query.client_id {
-                push(
-                    &mut sql,
-                    " AND client_id = ?#",
-                    V::Text(c.as_str().to_string()),
-                );
+                f.add(" AND client_id = ?#", V::Text(c.as_str().to_string()));
             }
             if let Some(e) = &query.endpoint {
-                push(
-                    &mut sql,
+                f.add(
                     " AND (route = ?# OR substr(path, 1, length(?#)) = ?#)",
                     V::Text(e.clone()),
                 );
             }
             if let Some(m) = &query.method {
-                push(&mut sql, " AND method = ?#", V::Text(m.clone()));
+                f.add(" AND method = ?#", V::Text(m.clone()));
             }
             if let Some(st) = query.status {
-                push(&mut sql, " AND status = ?#", V::Integer(i64::from(st)));
+                f.add(" AND status = ?#", V::Integer(i64::from(st)));
             }
-            if let Some(f) = query.from {
-                push(&mut sql, " AND at >= ?#", V::Integer(f.as_micros()));
+            if let Some(from) = query.from {
+                f.add(" AND at >= ?#", V::Integer(from.as_micros()));
             }
             if let Some(t) = query.to {
-                push(&mut sql, " AND at < ?#", V::Integer(t.as_micros()));
+                f.add(" AND at < ?#", V::Integer(t.as_micros()));
             }
             if let Some(b) = query.before_id {
-                push(&mut sql, " AND id < ?#", V::Integer(b));
+                f.add(" AND id < ?#", V::Integer(b));
             }
-            push(
-                &mut sql,
+            f.add(
                 " ORDER BY id DESC LIMIT ?#",
                 V::Integer(query.limit as i64 + 1),
             );
-            let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            let mut stmt = conn.prepare(&f.sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(f.args), |r| {
                 Ok(StoredAudit {
                     id: r.get(0)?,
                     record: AuditRecord {
@@ -721,48 +710,36 @@ impl Store for SqliteStore {
     ) -> Result<Vec<StoredSecurityEvent>, StoreError> {
         self.read(move |conn| {
             use rusqlite::types::Value as V;
-            let mut sql = format!("SELECT {SECURITY_COLUMNS} FROM security_events WHERE 1 = 1");
-            let mut args: Vec<V> = Vec::new();
-            let mut push = |sql: &mut String, cond: &str, v: V| {
-                args.push(v);
-                sql.push_str(&cond.replace("?#", &format!("?{}", args.len())));
-            };
+            let mut f = Filters::new(&format!(
+                "SELECT {SECURITY_COLUMNS} FROM security_events WHERE 1 = 1"
+            ));
             if let Some(c) = &query.client_id {
-                push(&mut sql, " AND client_id = ?#", V::Text(c.clone()));
+                f.add(" AND client_id = ?#", V::Text(c.clone()));
             }
             if let Some(t) = query.event_type {
-                push(&mut sql, " AND event_type = ?#", V::Text(t.as_str().into()));
+                f.add(" AND event_type = ?#", V::Text(t.as_str().into()));
             }
             if let Some(s) = query.severity {
-                push(&mut sql, " AND severity = ?#", V::Text(s.as_str().into()));
+                f.add(" AND severity = ?#", V::Text(s.as_str().into()));
             }
             if let Some(r) = query.requires_review {
-                push(
-                    &mut sql,
-                    " AND requires_review = ?#",
-                    V::Integer(i64::from(r)),
-                );
+                f.add(" AND requires_review = ?#", V::Integer(i64::from(r)));
             }
-            if let Some(f) = query.from {
-                push(
-                    &mut sql,
-                    " AND occurred_at >= ?#",
-                    V::Integer(f.as_micros()),
-                );
+            if let Some(from) = query.from {
+                f.add(" AND occurred_at >= ?#", V::Integer(from.as_micros()));
             }
             if let Some(t) = query.to {
-                push(&mut sql, " AND occurred_at < ?#", V::Integer(t.as_micros()));
+                f.add(" AND occurred_at < ?#", V::Integer(t.as_micros()));
             }
             if let Some(b) = query.before_id {
-                push(&mut sql, " AND id < ?#", V::Integer(b));
+                f.add(" AND id < ?#", V::Integer(b));
             }
-            push(
-                &mut sql,
+            f.add(
                 " ORDER BY id DESC LIMIT ?#",
                 V::Integer(query.limit as i64 + 1),
             );
-            let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_security)?;
+            let mut stmt = conn.prepare(&f.sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(f.args), row_to_security)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await

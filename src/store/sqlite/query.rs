@@ -12,6 +12,28 @@ source, subject, occurred_at, received_at, correlation_id, status, ip_address, h
 /// Name of the SQL function registered on read connections that applies `TopicPattern::matches`.
 pub(super) const TOPIC_MATCH_FN: &str = "annals_topic_match";
 
+/// A `WHERE` clause built term by term; `?#` in a term stands for its value's placeholder (a
+/// term may use it more than once).
+pub(super) struct Filters {
+    pub sql: String,
+    pub args: Vec<SqlValue>,
+}
+
+impl Filters {
+    pub fn new(select: &str) -> Self {
+        Self {
+            sql: select.to_string(),
+            args: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, term: &str, value: SqlValue) {
+        self.args.push(value);
+        self.sql
+            .push_str(&term.replace("?#", &format!("?{}", self.args.len())));
+    }
+}
+
 /// Builds the page query: `limit + 1` rows so the caller can tell whether another page exists.
 pub(super) fn page_sql(q: &EventQuery) -> (String, Vec<SqlValue>) {
     let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1");
