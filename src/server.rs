@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{AccessLimits, AppState, router};
+use crate::api::{AccessLimits, AppState, Services, router};
 use crate::audit::AuditLog;
 use crate::audit::security::SecurityRecorder;
 use crate::auth::rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter};
@@ -115,7 +115,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         },
     );
     let (security, security_flusher) = SecurityRecorder::start(store.clone());
-    let app = router(AppState {
+    let app = router(AppState::new(Services {
         store: store.clone(),
         auth,
         keys: keys.clone(),
@@ -128,7 +128,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         },
         audit,
         security: security.clone(),
-    });
+    }));
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

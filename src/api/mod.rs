@@ -31,9 +31,26 @@ use crate::config::Limits;
 use crate::error::ApiError;
 use crate::store::Store;
 
-/// Everything a handler needs, shared by all requests.
+/// Everything a handler needs, shared by all requests. Cloned for every request and every
+/// middleware, so it is one `Arc`: a clone is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The shared services behind `AppState`.
+pub struct Services {
     pub store: Arc<dyn Store>,
     pub auth: Arc<Authenticator>,
     pub keys: KeyService,
