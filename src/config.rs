@@ -135,6 +135,15 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Keys whose values are replaced by "***" at any depth of `data` and `headers`
+    /// (comma-separated, case-insensitive; empty to mask nothing).
+    #[arg(long, env = "ANNALS_MASK_FIELDS", default_value = crate::domain::masking::DEFAULT_MASK_FIELDS)]
+    pub mask_fields: String,
+
+    /// Zero the last IPv4 octet / last 80 IPv6 bits of `ip_address` before storage.
+    #[arg(long, env = "ANNALS_ANONYMIZE_IP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub anonymize_ip: bool,
+
     /// Record every API call in the audit log.
     #[arg(long, env = "ANNALS_AUDIT_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub audit_log: bool,
@@ -191,6 +200,8 @@ impl ServeArgs {
             rate_limit_per_minute: None,
             redis_url: None,
             audit_log: true,
+            mask_fields: String::from(crate::domain::masking::DEFAULT_MASK_FIELDS),
+            anonymize_ip: false,
             audit_retention_days: 90,
             retention_interval_secs: 3600,
             failed_auth_per_minute: 60,

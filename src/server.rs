@@ -16,6 +16,7 @@ use crate::auth::rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::auth::{Authenticator, IssuedKey, KeyService};
 use crate::config::DEFAULT_RATE_LIMIT;
 use crate::config::{DatabaseLocation, ServeArgs, StoreArgs};
+use crate::domain::masking::MaskPolicy;
 use crate::jobs;
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
@@ -128,6 +129,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         },
         audit,
         security: security.clone(),
+        mask: MaskPolicy::new(&args.mask_fields, args.anonymize_ip),
     }));
     let listener = TcpListener::bind(args.listen)
         .await

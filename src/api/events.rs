@@ -15,7 +15,7 @@ use super::extract::{Auth, read_json};
 use super::query_params::{next_link, parse_list_params, parse_pairs};
 use crate::auth::Principal;
 use crate::domain::access::Scope;
-use crate::domain::envelope::EnvelopeLimits;
+use crate::domain::envelope::EnvelopeRules;
 use crate::domain::{FieldError, NewEvent, parse_event};
 use crate::error::ApiError;
 use crate::store::AppendOutcome;
@@ -32,9 +32,10 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/events/{id}", get(get_event))
 }
 
-fn envelope_limits(state: &AppState) -> EnvelopeLimits {
-    EnvelopeLimits {
+fn envelope_limits(state: &AppState) -> EnvelopeRules<'_> {
+    EnvelopeRules {
         max_event_bytes: state.limits.max_event_bytes,
+        mask: &state.mask,
     }
 }
 

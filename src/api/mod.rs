@@ -28,6 +28,7 @@ use crate::audit::security::SecurityRecorder;
 use crate::auth::rate_limit::RateLimiter;
 use crate::auth::{Authenticator, KeyService};
 use crate::config::Limits;
+use crate::domain::masking::MaskPolicy;
 use crate::error::ApiError;
 use crate::store::Store;
 
@@ -59,6 +60,7 @@ pub struct Services {
     /// `None` when `ANNALS_AUDIT_LOG=false`.
     pub audit: Option<AuditLog>,
     pub security: SecurityRecorder,
+    pub mask: MaskPolicy,
 }
 
 /// Rate limits applied by the access middleware.

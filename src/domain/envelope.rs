@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::masking::MaskPolicy;
 use super::names::{ClientId, EventType};
 use super::time::Timestamp;
 
@@ -34,9 +35,11 @@ pub const MAX_SUBJECT_LEN: usize = 1024;
 pub const MAX_STATUS_LEN: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
-pub struct EnvelopeLimits {
-    /// Largest `data` + `headers`, in serialized bytes.
+pub struct EnvelopeRules<'a> {
+    /// Largest `data` + `headers`, in serialized bytes (after masking).
     pub max_event_bytes: usize,
+    /// What is masked before storage.
+    pub mask: &'a MaskPolicy,
 }
 
 /// One problem with one field of a request.
@@ -98,7 +101,7 @@ impl NewEvent {
 pub fn parse_event(
     value: Value,
     default_client: &ClientId,
-    limits: &EnvelopeLimits,
+    limits: &EnvelopeRules<'_>,
 ) -> Result<NewEvent, Rejected> {
     let Value::Object(mut map) = value else {
         return Err(Rejected {
@@ -200,8 +203,14 @@ pub fn parse_event(
     let mut headers = headers.unwrap_or_default();
     check_headers(&mut headers, &mut partition_key, &mut errors);
 
-    let data_text = Value::Object(data.unwrap_or_default()).to_string();
-    let headers_text = Value::Object(headers).to_string();
+    // Masking happens after the content hash: a retried event is compared as it was sent.
+    let mut data = Value::Object(data.unwrap_or_default());
+    let mut headers = Value::Object(headers);
+    limits.mask.mask(&mut data);
+    limits.mask.mask(&mut headers);
+    let ip_address = ip_address.map(|ip| limits.mask.ip(ip));
+    let data_text = data.to_string();
+    let headers_text = headers.to_string();
     if data_text.len() + headers_text.len() > limits.max_event_bytes {
         return Err(Rejected {
             errors: vec![FieldError::new(
@@ -322,8 +331,9 @@ mod tests {
         parse_event(
             v,
             &ClientId::parse("acme").unwrap(),
-            &EnvelopeLimits {
+            &EnvelopeRules {
                 max_event_bytes: 1024,
+                mask: &MaskPolicy::new("password", false),
             },
         )
     }

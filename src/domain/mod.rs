@@ -8,12 +8,13 @@ pub mod audit;
 pub mod envelope;
 pub mod event;
 pub mod json_depth;
+pub mod masking;
 pub mod names;
 pub mod security;
 pub mod time;
 pub mod topic;
 
-pub use envelope::{EnvelopeLimits, FieldError, NewEvent, parse_event};
+pub use envelope::{EnvelopeRules, FieldError, NewEvent, parse_event};
 pub use event::StoredEvent;
 pub use names::{ClientId, EventType};
 pub use time::Timestamp;

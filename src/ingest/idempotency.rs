@@ -85,7 +85,8 @@ pub fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::envelope::EnvelopeLimits;
+    use crate::domain::envelope::EnvelopeRules;
+    use crate::domain::masking::MaskPolicy;
     use crate::domain::{ClientId, parse_event};
     use serde_json::json;
 
@@ -93,8 +94,9 @@ mod tests {
         parse_event(
             v,
             &ClientId::parse("c").unwrap(),
-            &EnvelopeLimits {
+            &EnvelopeRules {
                 max_event_bytes: 1 << 20,
+                mask: &MaskPolicy::default(),
             },
         )
         .unwrap()

@@ -452,7 +452,39 @@ async fn unknown_routes_and_methods_are_json(backend: Backend) {
     app.stop().await;
 }
 
+async fn sensitive_fields_are_masked_and_a_masked_retry_is_a_duplicate(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |a| a.anonymize_ip = true).await else {
+        return;
+    };
+    let event = json!({
+        "event_type": "iam.user.created", "event_id": "mask-1", "ip_address": "203.0.113.77",
+        "data": {"user": {"name": "al", "Password": "hunter2"}, "cards": [{"card_number": "4111"}, {"ok": 1}]},
+        "headers": {"Authorization": "Bearer abc", "actor": "al"}
+    });
+    let id = app.record(&app.admin_key, event.clone()).await;
+    let (_, stored) = status_json(app.get(&format!("/v1/events/{id}"), &app.admin_key).await).await;
+    assert_eq!(
+        stored["data"]["user"],
+        json!({"name": "al", "Password": "***"})
+    );
+    assert_eq!(
+        stored["data"]["cards"],
+        json!([{"card_number": "***"}, {"ok": 1}])
+    );
+    assert_eq!(stored["headers"]["Authorization"], "***");
+    assert_eq!(stored["headers"]["actor"], "al");
+    assert_eq!(stored["ip_address"], "203.0.113.0");
+    let text = serde_json::to_string(&stored).unwrap();
+    assert!(!text.contains("hunter2") && !text.contains("4111") && !text.contains("Bearer abc"));
+    // the same request again is a duplicate (idempotency compares what was sent), not a conflict
+    let (status, body) = status_json(app.post("/v1/events", &app.admin_key, &event).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"], id);
+    app.stop().await;
+}
+
 crate::conformance!(
+    sensitive_fields_are_masked_and_a_masked_retry_is_a_duplicate,
     auditor_post_and_query_with_the_static_key,
     envelope_fields_round_trip_with_server_headers,
     idempotency_same_content_is_a_duplicate_different_is_a_conflict,
