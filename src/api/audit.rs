@@ -13,9 +13,9 @@ use axum::routing::get;
 
 use super::AppState;
 use super::extract::Auth;
-use super::query_params::{DEFAULT_LIMIT, decode_cursor, paged_json, parse_limit, parse_pairs};
+use super::query_params::{paged_json, parse_id_listing, parse_pairs};
+use crate::domain::Timestamp;
 use crate::domain::audit::{AuditQuery, AuditRecord, MAX_USER_AGENT};
-use crate::domain::{ClientId, FieldError, Timestamp};
 use crate::error::ApiError;
 
 /// Who a request acted as, left in the response by the access middleware for the audit record.
@@ -82,47 +82,33 @@ async fn list_logs(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let pairs = parse_pairs(raw.as_deref())?;
-    let mut query = AuditQuery {
-        limit: DEFAULT_LIMIT,
-        ..Default::default()
-    };
-    let mut requested = None;
-    let mut errors = Vec::new();
-    for (name, value) in &pairs {
-        let result: Result<(), String> = match name.as_str() {
-            "client_id" => ClientId::parse(value).map(|c| requested = Some(c)),
-            "endpoint" => {
-                query.endpoint = Some(value.clone());
-                Ok(())
-            }
-            "method" => {
-                query.method = Some(value.to_ascii_uppercase());
-                Ok(())
-            }
-            "status" => match value.parse::<u16>() {
-                Ok(s) if (100..=599).contains(&s) => {
-                    query.status = Some(s);
-                    Ok(())
+    let mut query = AuditQuery::default();
+    let (page, requested) =
+        parse_id_listing(
+            &pairs,
+            "endpoint, method, status",
+            |name, value| match name {
+                "endpoint" => {
+                    query.endpoint = Some(value.to_string());
+                    Some(Ok(()))
                 }
-                _ => Err(String::from("must be an HTTP status from 100 to 599")),
+                "method" => {
+                    query.method = Some(value.to_ascii_uppercase());
+                    Some(Ok(()))
+                }
+                "status" => Some(match value.parse::<u16>() {
+                    Ok(s) if (100..=599).contains(&s) => {
+                        query.status = Some(s);
+                        Ok(())
+                    }
+                    _ => Err(String::from("must be an HTTP status from 100 to 599")),
+                }),
+                _ => None,
             },
-            "from" => Timestamp::parse_bound(value).map(|t| query.from = Some(t)),
-            "to" => Timestamp::parse_bound(value).map(|t| query.to = Some(t)),
-            "limit" => parse_limit(value).map(|n| query.limit = n),
-            "cursor" => decode_cursor(value).map(|id| query.before_id = Some(id)),
-            _ => Err(String::from(
-                "unknown parameter; filters are client_id, endpoint, method, status, from, to, limit, cursor",
-            )),
-        };
-        if let Err(message) = result {
-            errors.push(FieldError::new(name.clone(), message));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::invalid_fields(errors));
-    }
+        )?;
+    query.page = page;
     query.client_id = principal.read_scope(requested)?;
-    let limit = query.limit;
+    let limit = query.page.limit;
     let rows = state.store.query_audit(query).await?;
     Ok(paged_json(
         rows,

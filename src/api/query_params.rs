@@ -5,6 +5,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::domain::page::IdPage;
 use crate::domain::{ClientId, FieldError, Timestamp, TopicPattern};
 use crate::error::ApiError;
 use crate::store::{DataFilter, EventQuery, Order};
@@ -111,6 +112,44 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiEr
     }
 }
 
+/// Parses an id-paged listing's query string: the shared `client_id`, `from`, `to`, `limit` and
+/// `cursor`, and through `specific` the listing's own filters (`None` = not one of them). Every
+/// bad parameter is reported; `filters` names them all for the unknown-parameter message.
+pub fn parse_id_listing(
+    pairs: &[(String, String)],
+    filters: &str,
+    mut specific: impl FnMut(&str, &str) -> Option<Result<(), String>>,
+) -> Result<(IdPage, Option<ClientId>), ApiError> {
+    let mut page = IdPage {
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
+    let mut client = None;
+    let mut errors = Vec::new();
+    for (name, value) in pairs {
+        let result = match name.as_str() {
+            "client_id" => ClientId::parse(value).map(|c| client = Some(c)),
+            "from" => Timestamp::parse_bound(value).map(|t| page.from = Some(t)),
+            "to" => Timestamp::parse_bound(value).map(|t| page.to = Some(t)),
+            "limit" => parse_limit(value).map(|n| page.limit = n),
+            "cursor" => decode_cursor(value).map(|id| page.before_id = Some(id)),
+            other => specific(other, value).unwrap_or_else(|| {
+                Err(format!(
+                    "unknown parameter; filters are {filters}, client_id, from, to, limit, cursor"
+                ))
+            }),
+        };
+        if let Err(message) = result {
+            errors.push(FieldError::new(name.clone(), message));
+        }
+    }
+    if errors.is_empty() {
+        Ok((page, client))
+    } else {
+        Err(ApiError::invalid_fields(errors))
+    }
+}
+
 /// A page size: 1 to `MAX_LIMIT`.
 pub fn parse_limit(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
@@ -165,7 +204,7 @@ pub fn encode_cursor(seq: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))
 }
 
-pub fn decode_cursor(text: &str) -> Result<i64, String> {
+fn decode_cursor(text: &str) -> Result<i64, String> {
     URL_SAFE_NO_PAD
         .decode(text)
         .ok()

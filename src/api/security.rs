@@ -12,13 +12,11 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::extract::{Auth, read_json};
-use super::query_params::{
-    DEFAULT_LIMIT, decode_cursor, paged_json, parse_bool, parse_limit, parse_pairs,
-};
+use super::query_params::{paged_json, parse_bool, parse_id_listing, parse_pairs};
 use crate::domain::access::Scope;
 use crate::domain::envelope::{MAX_ID_LEN, json_kind};
 use crate::domain::security::{NewSecurityEvent, SecurityEventType, SecurityQuery, Severity};
-use crate::domain::{ClientId, FieldError, Timestamp};
+use crate::domain::{FieldError, Timestamp};
 use crate::error::ApiError;
 
 pub fn router() -> Router<AppState> {
@@ -37,36 +35,23 @@ async fn list(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsRead)?;
     let pairs = parse_pairs(raw.as_deref())?;
-    let mut query = SecurityQuery {
-        limit: DEFAULT_LIMIT,
-        ..Default::default()
-    };
-    let mut requested = None;
-    let mut errors = Vec::new();
-    for (name, value) in &pairs {
-        let result: Result<(), String> = match name.as_str() {
-            "client_id" => ClientId::parse(value).map(|c| requested = Some(c)),
-            "event_type" => SecurityEventType::parse(value).map(|t| query.event_type = Some(t)),
-            "severity" => Severity::parse(value).map(|s| query.severity = Some(s)),
-            "requires_review" => parse_bool(value).map(|b| query.requires_review = Some(b)),
-            "from" => Timestamp::parse_bound(value).map(|t| query.from = Some(t)),
-            "to" => Timestamp::parse_bound(value).map(|t| query.to = Some(t)),
-            "limit" => parse_limit(value).map(|n| query.limit = n),
-            "cursor" => decode_cursor(value).map(|id| query.before_id = Some(id)),
-            _ => Err(String::from(
-                "unknown parameter; filters are event_type, severity, requires_review, from, to, client_id, limit, cursor",
-            )),
-        };
-        if let Err(message) = result {
-            errors.push(FieldError::new(name.clone(), message));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::invalid_fields(errors));
-    }
+    let mut query = SecurityQuery::default();
+    let (page, requested) = parse_id_listing(
+        &pairs,
+        "event_type, severity, requires_review",
+        |name, value| match name {
+            "event_type" => {
+                Some(SecurityEventType::parse(value).map(|t| query.event_type = Some(t)))
+            }
+            "severity" => Some(Severity::parse(value).map(|s| query.severity = Some(s))),
+            "requires_review" => Some(parse_bool(value).map(|b| query.requires_review = Some(b))),
+            _ => None,
+        },
+    )?;
+    query.page = page;
     // Annals' own events are only ever visible to admins: a client's scope is its own id.
     query.client_id = principal.read_scope(requested)?.map(|c| c.to_string());
-    let limit = query.limit;
+    let limit = query.page.limit;
     let rows = state.store.query_security(query).await?;
     Ok(paged_json(
         rows,

@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::names::ClientId;
+use super::page::IdPage;
 use super::time::Timestamp;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,11 +58,7 @@ pub struct AuditQuery {
     pub endpoint: Option<String>,
     pub method: Option<String>,
     pub status: Option<u16>,
-    pub from: Option<Timestamp>,
-    pub to: Option<Timestamp>,
-    pub limit: usize,
-    /// Continue below this id (newest first).
-    pub before_id: Option<i64>,
+    pub page: IdPage,
 }
 
 /// Longest user agent kept, in characters.

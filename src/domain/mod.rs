@@ -10,6 +10,7 @@ pub mod event;
 pub mod json_depth;
 pub mod masking;
 pub mod names;
+pub mod page;
 pub mod security;
 pub mod time;
 pub mod topic;

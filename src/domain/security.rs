@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use super::page::IdPage;
 use super::time::Timestamp;
 
 /// The client Annals' own security events belong to (never a key's client: ids can't contain `$`).
@@ -125,8 +126,5 @@ pub struct SecurityQuery {
     pub event_type: Option<SecurityEventType>,
     pub severity: Option<Severity>,
     pub requires_review: Option<bool>,
-    pub from: Option<Timestamp>,
-    pub to: Option<Timestamp>,
-    pub limit: usize,
-    pub before_id: Option<i64>,
+    pub page: IdPage,
 }

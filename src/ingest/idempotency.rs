@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::domain::NewEvent;
+use crate::store::AppendedItem;
 
 /// The idempotency key of an event, if it has one.
 pub fn key_of(event: &NewEvent) -> Option<(&str, &str, &str)> {
@@ -36,6 +37,24 @@ pub enum Plan {
     Existing(Uuid),
     /// The same as an earlier event of this batch.
     SameAsIndex(usize),
+}
+
+impl Plan {
+    /// The answer for an event that needs no insert (`None` for `Insert`): the stored id, or the
+    /// id already given to the earlier event of the batch it repeats.
+    pub fn resolved(self, earlier: &[AppendedItem]) -> Option<AppendedItem> {
+        match self {
+            Plan::Insert => None,
+            Plan::Existing(id) => Some(AppendedItem {
+                id,
+                duplicate: true,
+            }),
+            Plan::SameAsIndex(first) => Some(AppendedItem {
+                id: earlier[first].id,
+                duplicate: true,
+            }),
+        }
+    }
 }
 
 /// Plans a batch against `stored` (the stored keys among the batch's keys). `Err` holds the

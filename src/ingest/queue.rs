@@ -79,11 +79,6 @@ impl<T> WriteQueue<T> {
                 mpsc::error::TrySendError::Closed(_) => QueueFull::Closed,
             })
     }
-
-    /// Jobs waiting (for metrics and health).
-    pub fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
 }
 
 /// Blocks for the next job, then takes whatever else is already waiting, up to `max_jobs`.

@@ -593,19 +593,7 @@ impl Store for PostgresStore {
         if let Some(st) = query.status {
             f.add(" AND status = $#", Box::new(st as i16));
         }
-        if let Some(from) = query.from {
-            f.add(" AND at >= $#", Box::new(to_datetime(from.as_micros())));
-        }
-        if let Some(t) = query.to {
-            f.add(" AND at < $#", Box::new(to_datetime(t.as_micros())));
-        }
-        if let Some(b) = query.before_id {
-            f.add(" AND id < $#", Box::new(b));
-        }
-        f.add(
-            " ORDER BY id DESC LIMIT $#",
-            Box::new(query.limit as i64 + 1),
-        );
+        let f = f.page("at", &query.page);
         let rows = db.query(&f.sql, &f.params()).await.map_err(unavailable)?;
         Ok(rows
             .iter()
@@ -704,25 +692,7 @@ impl Store for PostgresStore {
         if let Some(r) = query.requires_review {
             f.add(" AND requires_review = $#", Box::new(r));
         }
-        if let Some(from) = query.from {
-            f.add(
-                " AND occurred_at >= $#",
-                Box::new(to_datetime(from.as_micros())),
-            );
-        }
-        if let Some(t) = query.to {
-            f.add(
-                " AND occurred_at < $#",
-                Box::new(to_datetime(t.as_micros())),
-            );
-        }
-        if let Some(b) = query.before_id {
-            f.add(" AND id < $#", Box::new(b));
-        }
-        f.add(
-            " ORDER BY id DESC LIMIT $#",
-            Box::new(query.limit as i64 + 1),
-        );
+        let f = f.page("occurred_at", &query.page);
         let rows = db.query(&f.sql, &f.params()).await.map_err(unavailable)?;
         rows.iter().map(row_to_security).collect()
     }

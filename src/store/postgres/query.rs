@@ -4,6 +4,7 @@
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
+use crate::domain::page::IdPage;
 use crate::store::{DataFilter, EventQuery, Order};
 
 /// Column list every event read selects, in the order `row_to_event` expects.
@@ -57,6 +58,31 @@ impl Filters {
         self.args.push(value);
         self.sql
             .push_str(&term.replace("$#", &format!("${}", self.args.len())));
+    }
+
+    /// Closes an id-ordered listing: the time range on `time_column`, the cursor, newest first,
+    /// one row more than the page so the caller can tell whether another page exists.
+    pub fn page(mut self, time_column: &str, page: &IdPage) -> Self {
+        if let Some(from) = page.from {
+            self.add(
+                &format!(" AND {time_column} >= $#"),
+                Box::new(to_datetime(from.as_micros())),
+            );
+        }
+        if let Some(to) = page.to {
+            self.add(
+                &format!(" AND {time_column} < $#"),
+                Box::new(to_datetime(to.as_micros())),
+            );
+        }
+        if let Some(before) = page.before_id {
+            self.add(" AND id < $#", Box::new(before));
+        }
+        self.add(
+            " ORDER BY id DESC LIMIT $#",
+            Box::new(page.limit as i64 + 1),
+        );
+        self
     }
 
     pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {

@@ -27,7 +27,7 @@ use super::query::to_datetime;
 use super::unavailable;
 use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
-use crate::ingest::idempotency::{self, Plan, StoredKey};
+use crate::ingest::idempotency::{self, StoredKey};
 use crate::store::{AppendOutcome, AppendedItem, StoreError};
 
 pub(super) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
@@ -290,16 +290,9 @@ async fn write_group(
         };
         let mut items: Vec<AppendedItem> = Vec::with_capacity(events.len());
         for (event, plan) in events.iter().zip(plans) {
-            let item = match plan {
-                Plan::Existing(id) => AppendedItem {
-                    id,
-                    duplicate: true,
-                },
-                Plan::SameAsIndex(first) => AppendedItem {
-                    id: items[first].id,
-                    duplicate: true,
-                },
-                Plan::Insert => {
+            let item = match plan.resolved(&items) {
+                Some(item) => item,
+                None => {
                     seq += 1;
                     let id = Uuid::now_v7();
                     rows.push(EventRow {

@@ -623,19 +623,7 @@ impl Store for SqliteStore {
             if let Some(st) = query.status {
                 f.add(" AND status = ?#", V::Integer(i64::from(st)));
             }
-            if let Some(from) = query.from {
-                f.add(" AND at >= ?#", V::Integer(from.as_micros()));
-            }
-            if let Some(t) = query.to {
-                f.add(" AND at < ?#", V::Integer(t.as_micros()));
-            }
-            if let Some(b) = query.before_id {
-                f.add(" AND id < ?#", V::Integer(b));
-            }
-            f.add(
-                " ORDER BY id DESC LIMIT ?#",
-                V::Integer(query.limit as i64 + 1),
-            );
+            let f = f.page("at", &query.page);
             let mut stmt = conn.prepare(&f.sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(f.args), |r| {
                 Ok(StoredAudit {
@@ -725,19 +713,7 @@ impl Store for SqliteStore {
             if let Some(r) = query.requires_review {
                 f.add(" AND requires_review = ?#", V::Integer(i64::from(r)));
             }
-            if let Some(from) = query.from {
-                f.add(" AND occurred_at >= ?#", V::Integer(from.as_micros()));
-            }
-            if let Some(t) = query.to {
-                f.add(" AND occurred_at < ?#", V::Integer(t.as_micros()));
-            }
-            if let Some(b) = query.before_id {
-                f.add(" AND id < ?#", V::Integer(b));
-            }
-            f.add(
-                " ORDER BY id DESC LIMIT ?#",
-                V::Integer(query.limit as i64 + 1),
-            );
+            let f = f.page("occurred_at", &query.page);
             let mut stmt = conn.prepare(&f.sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(f.args), row_to_security)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -3,6 +3,7 @@
 
 use rusqlite::types::Value as SqlValue;
 
+use crate::domain::page::IdPage;
 use crate::store::{EventQuery, Order};
 
 /// Column list every event read selects, in the order `row_to_event` expects.
@@ -31,6 +32,31 @@ impl Filters {
         self.args.push(value);
         self.sql
             .push_str(&term.replace("?#", &format!("?{}", self.args.len())));
+    }
+
+    /// Closes an id-ordered listing: the time range on `time_column`, the cursor, newest first,
+    /// one row more than the page so the caller can tell whether another page exists.
+    pub fn page(mut self, time_column: &str, page: &IdPage) -> Self {
+        if let Some(from) = page.from {
+            self.add(
+                &format!(" AND {time_column} >= ?#"),
+                SqlValue::Integer(from.as_micros()),
+            );
+        }
+        if let Some(to) = page.to {
+            self.add(
+                &format!(" AND {time_column} < ?#"),
+                SqlValue::Integer(to.as_micros()),
+            );
+        }
+        if let Some(before) = page.before_id {
+            self.add(" AND id < ?#", SqlValue::Integer(before));
+        }
+        self.add(
+            " ORDER BY id DESC LIMIT ?#",
+            SqlValue::Integer(page.limit as i64 + 1),
+        );
+        self
     }
 }
 

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
-use crate::ingest::idempotency::{self, Plan, StoredKey};
+use crate::ingest::idempotency::{self, StoredKey};
 use crate::ingest::queue::next_group_blocking;
 use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
 
@@ -229,16 +229,9 @@ fn apply_append(
     )?;
     let mut items: Vec<AppendedItem> = Vec::with_capacity(events.len());
     for (event, plan) in events.iter().zip(plans) {
-        let item = match plan {
-            Plan::Existing(id) => AppendedItem {
-                id,
-                duplicate: true,
-            },
-            Plan::SameAsIndex(first) => AppendedItem {
-                id: items[first].id,
-                duplicate: true,
-            },
-            Plan::Insert => {
+        let item = match plan.resolved(&items) {
+            Some(item) => item,
+            None => {
                 *seq += 1;
                 let id = Uuid::now_v7();
                 let occurred_at = event.occurred_at.unwrap_or(received_at);
