@@ -9,6 +9,7 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::domain::ClientId;
+use crate::domain::type_policy::EventTypePolicy;
 use crate::store::postgres::PostgresOptions;
 use crate::store::sqlite::{SqliteOptions, Synchronous};
 
@@ -140,6 +141,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_MASK_FIELDS", default_value = crate::domain::masking::DEFAULT_MASK_FIELDS)]
     pub mask_fields: String,
 
+    /// `open` accepts any event type (a type that breaks `<service>.<resource>.<verb_past_tense>`
+    /// gets a `Warning` header); `convention` refuses such types with 422.
+    #[arg(long, env = "ANNALS_EVENT_TYPE_POLICY", default_value = "open", value_parser = EventTypePolicy::parse)]
+    pub event_type_policy: EventTypePolicy,
+
     /// Zero the last IPv4 octet / last 80 IPv6 bits of `ip_address` before storage.
     #[arg(long, env = "ANNALS_ANONYMIZE_IP", default_value_t = false, action = clap::ArgAction::Set)]
     pub anonymize_ip: bool,
@@ -202,6 +208,7 @@ impl ServeArgs {
             audit_log: true,
             mask_fields: String::from(crate::domain::masking::DEFAULT_MASK_FIELDS),
             anonymize_ip: false,
+            event_type_policy: EventTypePolicy::Open,
             audit_retention_days: 90,
             retention_interval_secs: 3600,
             failed_auth_per_minute: 60,

@@ -130,6 +130,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         audit,
         security: security.clone(),
         mask: MaskPolicy::new(&args.mask_fields, args.anonymize_ip),
+        type_policy: args.event_type_policy,
     }));
     let listener = TcpListener::bind(args.listen)
         .await

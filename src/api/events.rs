@@ -4,21 +4,23 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{OriginalUri, Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::Uri;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::AppState;
-use super::extract::{Auth, read_json};
+use super::extract::{Auth, content_type_essence, read_body, read_json};
+use super::ingest::{
+    batch_items, check_batch_size, envelope_rules, parse_all, record_batch, record_one,
+};
 use super::query_params::{next_link, parse_list_params, parse_pairs};
 use crate::auth::Principal;
 use crate::domain::access::Scope;
-use crate::domain::envelope::EnvelopeRules;
-use crate::domain::{FieldError, NewEvent, parse_event};
+use crate::domain::{StoredEvent, cloudevents, parse_event};
 use crate::error::ApiError;
-use crate::store::AppendOutcome;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -32,21 +34,20 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/events/{id}", get(get_event))
 }
 
-fn envelope_limits(state: &AppState) -> EnvelopeRules<'_> {
-    EnvelopeRules {
-        max_event_bytes: state.limits.max_event_bytes,
-        mask: &state.mask,
-    }
+/// How a `POST /v1/events` body is to be read (CloudEvents HTTP binding, section 3).
+enum WireMode {
+    Envelope,
+    CloudEvent,
+    CloudEventBatch,
+    CloudEventBinary,
 }
 
-fn check_client(principal: &Principal, event: &NewEvent) -> Result<(), ApiError> {
-    if principal.may_write_for(&event.client_id) {
-        Ok(())
-    } else {
-        Err(
-            ApiError::forbidden("only an admin key may write events for another client")
-                .with_field("client_id"),
-        )
+fn wire_mode(headers: &HeaderMap) -> WireMode {
+    match content_type_essence(headers).as_deref() {
+        Some(cloudevents::STRUCTURED_TYPE) => WireMode::CloudEvent,
+        Some(cloudevents::BATCH_TYPE) => WireMode::CloudEventBatch,
+        _ if headers.contains_key("ce-specversion") => WireMode::CloudEventBinary,
+        _ => WireMode::Envelope,
     }
 }
 
@@ -57,32 +58,81 @@ async fn create_event(
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsWrite)?;
-    let value = read_json(&headers, body, state.limits.max_body_bytes).await?;
-    let event = parse_event(value, &principal.client_id, &envelope_limits(&state))
-        .map_err(ApiError::from_rejected)?;
-    check_client(&principal, &event)?;
-    match state.store.append(vec![event]).await? {
-        AppendOutcome::Stored(items) => {
-            let item = &items[0];
-            Ok(if item.duplicate {
-                (
-                    StatusCode::OK,
-                    Json(json!({"message": "Event already recorded", "id": item.id, "duplicate": true})),
-                )
-                    .into_response()
-            } else {
-                (
-                    StatusCode::CREATED,
-                    Json(json!({"message": "Event recorded", "id": item.id})),
-                )
-                    .into_response()
-            })
+    let max_body = state.limits.max_body_bytes;
+    let rules = envelope_rules(&state);
+    match wire_mode(&headers) {
+        WireMode::Envelope => {
+            let value = read_json(&headers, body, max_body).await?;
+            let parsed = parse_event(value, &principal.client_id, &rules);
+            record_one(&state, &principal, parsed).await
         }
-        AppendOutcome::Conflict(_) => Err(ApiError::conflict(
-            "an event with this event_id (and source) was already recorded with different content",
-        )
-        .with_field("event_id")),
+        WireMode::CloudEvent => {
+            let value = read_json(&headers, body, max_body).await?;
+            let parsed = cloudevents::parse_structured(value, &principal.client_id, &rules);
+            record_one(&state, &principal, parsed).await
+        }
+        WireMode::CloudEventBatch => create_cloudevent_batch(&state, &principal, &headers, body).await,
+        WireMode::CloudEventBinary => {
+            let bytes = read_body(&headers, body, max_body).await?;
+            let structured = cloudevents::binary_to_structured(
+                binary_attributes(&headers)?,
+                headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                &bytes,
+            )
+            .map_err(|message| ApiError::bad_json(message).with_field("body"))?;
+            let parsed = cloudevents::parse_structured(structured, &principal.client_id, &rules)
+                .map_err(|mut rejected| {
+                    for error in &mut rejected.errors {
+                        error.field = cloudevents::binary_field_name(&error.field);
+                    }
+                    rejected
+                });
+            record_one(&state, &principal, parsed).await
+        }
     }
+}
+
+/// The `ce-*` headers of a binary-mode message: names without the prefix, values
+/// percent-decoded (the binding encodes non-printable and non-ASCII characters that way).
+fn binary_attributes(headers: &HeaderMap) -> Result<Vec<(String, String)>, ApiError> {
+    let mut attributes = Vec::new();
+    for (name, value) in headers {
+        let Some(attribute) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        let bad = || {
+            ApiError::invalid(
+                name.as_str(),
+                "is not a valid header value (percent-encoded UTF-8 expected)",
+            )
+        };
+        let text = value.to_str().map_err(|_| bad())?;
+        let decoded = percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .map_err(|_| bad())?;
+        attributes.push((attribute.to_string(), decoded.into_owned()));
+    }
+    Ok(attributes)
+}
+
+/// A CloudEvents batch (`application/cloudevents-batch+json`): a JSON array of structured
+/// events, recorded all-or-nothing like an envelope batch. An empty array is allowed.
+async fn create_cloudevent_batch(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(headers, body, state.limits.max_body_bytes).await?;
+    let Value::Array(items) = value else {
+        return Err(ApiError::invalid(
+            "",
+            "a CloudEvents batch must be a JSON array of events",
+        ));
+    };
+    check_batch_size(items.len(), state.limits.max_batch)?;
+    let parsed = parse_all(state, principal, items, cloudevents::parse_structured);
+    record_batch(state, principal, parsed).await
 }
 
 async fn create_batch(
@@ -92,110 +142,45 @@ async fn create_batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsWrite)?;
+    if let WireMode::CloudEventBatch = wire_mode(&headers) {
+        return create_cloudevent_batch(&state, &principal, &headers, body).await;
+    }
     let value = read_json(&headers, body, state.limits.max_body_bytes).await?;
-    let items = match value {
-        Value::Object(mut obj) => match obj.remove("events") {
-            Some(Value::Array(items)) => {
-                if let Some(other) = obj.keys().next() {
-                    return Err(ApiError::invalid(
-                        other.clone(),
-                        "unknown field; a batch is {\"events\": [...]}",
-                    ));
-                }
-                items
-            }
-            Some(_) => return Err(ApiError::invalid("events", "must be an array of events")),
-            None => {
-                return Err(ApiError::invalid(
-                    "events",
-                    "is required: send {\"events\": [...]}",
-                ));
-            }
-        },
-        _ => {
-            return Err(ApiError::invalid(
-                "",
-                "a batch must be a JSON object {\"events\": [...]}",
-            ));
-        }
-    };
-    if items.is_empty() {
-        return Err(ApiError::invalid("events", "must hold at least one event"));
+    let items = batch_items(value, false, state.limits.max_batch)?;
+    let parsed = parse_all(&state, &principal, items, parse_event);
+    record_batch(&state, &principal, parsed).await
+}
+
+/// Does the client ask for CloudEvents (`Accept: application/cloudevents+json` or the batch
+/// type)? Plain JSON stays the default.
+fn wants_cloudevents(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .any(|v| v == cloudevents::STRUCTURED_TYPE || v == cloudevents::BATCH_TYPE)
+}
+
+/// A page of a listing as a JSON array (each event in the listing's shape) with `content_type`,
+/// and the `Link: rel="next"` header when there is more.
+pub(super) fn page_response<T: serde::Serialize>(
+    items: &[T],
+    content_type: &'static str,
+    next_after: Option<i64>,
+    uri: &Uri,
+    pairs: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(items).map_err(ApiError::internal)?;
+    let mut response =
+        ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response();
+    if let Some(after) = next_after
+        && let Ok(link) = HeaderValue::from_str(&next_link(uri.path(), pairs, after))
+    {
+        response.headers_mut().insert(header::LINK, link);
     }
-    if items.len() > state.limits.max_batch {
-        return Err(ApiError::too_large(format!(
-            "a batch may hold at most {} events (ANNALS_MAX_BATCH); this one has {}",
-            state.limits.max_batch,
-            items.len()
-        ))
-        .with_field("events"));
-    }
-    let limits = envelope_limits(&state);
-    let mut events = Vec::with_capacity(items.len());
-    let mut errors: Vec<FieldError> = Vec::new();
-    let mut too_large = false;
-    for (index, item) in items.into_iter().enumerate() {
-        match parse_event(item, &principal.client_id, &limits) {
-            Ok(event) if !principal.may_write_for(&event.client_id) => errors.push(FieldError {
-                index: Some(index),
-                ..FieldError::new(
-                    "client_id",
-                    "only an admin key may write events for another client",
-                )
-            }),
-            Ok(event) => events.push(event),
-            Err(rejected) => {
-                too_large |= rejected.too_large;
-                errors.extend(rejected.errors.into_iter().map(|e| FieldError {
-                    index: Some(index),
-                    ..e
-                }));
-            }
-        }
-    }
-    if !errors.is_empty() {
-        let mut error = ApiError::invalid_fields(errors);
-        if too_large {
-            error.status = StatusCode::PAYLOAD_TOO_LARGE;
-            error.code = "payload_too_large";
-        } else if error.errors.iter().all(|e| e.field == "client_id") {
-            error.status = StatusCode::FORBIDDEN;
-            error.code = "forbidden";
-        }
-        return Err(error);
-    }
-    match state.store.append(events).await? {
-        AppendOutcome::Stored(items) => {
-            let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
-            let duplicates: Vec<usize> = items
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| i.duplicate)
-                .map(|(n, _)| n)
-                .collect();
-            Ok((
-                StatusCode::CREATED,
-                Json(json!({"message": "Events recorded", "ids": ids, "duplicates": duplicates})),
-            )
-                .into_response())
-        }
-        AppendOutcome::Conflict(indexes) => {
-            let mut error = ApiError::conflict(format!(
-                "{} event(s) reuse an event_id (and source) with different content; nothing was stored",
-                indexes.len()
-            ));
-            error.errors = indexes
-                .iter()
-                .map(|&i| FieldError {
-                    index: Some(i),
-                    ..FieldError::new("event_id", "already recorded with different content")
-                })
-                .collect();
-            error.field = indexes.first().map(|i| format!("events[{i}].event_id"));
-            error.extra = Some(json!({"indexes": indexes}));
-            Err(error)
-        }
-    }
+    Ok(response)
 }
 
 async fn list_events(
@@ -203,6 +188,7 @@ async fn list_events(
     Auth(principal): Auth,
     OriginalUri(uri): OriginalUri,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsRead)?;
     let pairs = parse_pairs(raw.as_deref())?;
@@ -210,39 +196,51 @@ async fn list_events(
     let mut query = params.query;
     query.client_id = principal.read_scope(params.requested_client)?;
     let page = state.store.query_events(query).await?;
-    let body = serde_json::to_vec(&page.events).map_err(ApiError::internal)?;
-    let mut response = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
-    if let Some(after) = page.next_after
-        && let Ok(link) = HeaderValue::from_str(&next_link(uri.path(), &pairs, after))
-    {
-        response.headers_mut().insert(header::LINK, link);
+    if wants_cloudevents(&headers) {
+        let events: Vec<Value> = page.events.iter().map(cloudevents::render_cloudevent).collect();
+        page_response(&events, cloudevents::BATCH_TYPE, page.next_after, &uri, &pairs)
+    } else {
+        page_response(&page.events, "application/json", page.next_after, &uri, &pairs)
     }
-    Ok(response)
+}
+
+/// One event the caller may read, or `404` (also for another client's event: its existence is
+/// not revealed).
+pub(super) async fn fetch_event(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    wanted: impl Fn(&StoredEvent) -> bool,
+) -> Result<StoredEvent, ApiError> {
+    principal.require(Scope::EventsRead)?;
+    let not_found = || {
+        ApiError::not_found(format!(
+            "there is no event with id '{}'",
+            crate::domain::time::truncate_for_message(id)
+        ))
+    };
+    let uuid = Uuid::parse_str(id).map_err(|_| not_found())?;
+    let client = principal.read_scope(None)?;
+    match state.store.get_event(client, uuid).await? {
+        Some(event) if wanted(&event) => Ok(event),
+        _ => Err(not_found()),
+    }
 }
 
 async fn get_event(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EventsRead)?;
-    let not_found = || {
-        ApiError::not_found(format!(
-            "there is no event with id '{}'",
-            crate::domain::time::truncate_for_message(&id)
-        ))
-    };
-    let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let client = principal.read_scope(None)?;
-    match state.store.get_event(client, uuid).await? {
-        Some(event) => Ok(Json(event).into_response()),
-        None => Err(not_found()),
+    let event = fetch_event(&state, &principal, &id, |_| true).await?;
+    if wants_cloudevents(&headers) {
+        Ok((
+            [(header::CONTENT_TYPE, HeaderValue::from_static(cloudevents::STRUCTURED_TYPE))],
+            Json(cloudevents::render_cloudevent(&event)),
+        )
+            .into_response())
+    } else {
+        Ok(Json(event).into_response())
     }
 }

@@ -42,38 +42,55 @@ impl FromRequestParts<AppState> for Auth {
 
 /// Is the declared content type JSON? A missing type is taken as JSON (curl's `-d` users).
 fn is_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let text = value.to_str().unwrap_or("");
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-    {
-        Ok(())
-    } else {
-        Err(ApiError::unsupported_media_type(format!(
-            "Content-Type '{}' is not supported; send application/json",
-            crate::domain::time::truncate_for_message(text)
-        )))
+    match content_type_essence(headers) {
+        None => Ok(()),
+        Some(essence)
+            if essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json")) =>
+        {
+            Ok(())
+        }
+        Some(_) => {
+            let text = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            Err(ApiError::unsupported_media_type(format!(
+                "Content-Type '{}' is not supported; send application/json",
+                crate::domain::time::truncate_for_message(text)
+            )))
+        }
     }
 }
 
-/// Reads the body (at most `max_bytes`) and parses it as JSON.
-pub async fn read_json(
+/// The essence (`type/subtype`, lower-case, without parameters) of the request's Content-Type.
+pub fn content_type_essence(headers: &HeaderMap) -> Option<String> {
+    let text = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(text.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+/// Reads the body, at most `max_bytes` of it *after* decompression: `gzip` and `deflate` bodies
+/// arrive here already inflated as a stream (the `RequestDecompressionLayer` in `with_layers`),
+/// so a gzip bomb stops at the limit with `413` instead of filling memory. Any other
+/// `Content-Encoding` is passed through by that layer and refused here with `415`.
+pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     max_bytes: usize,
-) -> Result<Value, ApiError> {
-    is_json_content_type(headers)?;
+) -> Result<axum::body::Bytes, ApiError> {
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let encoding = encoding.to_str().unwrap_or("?");
+        if !encoding.trim().eq_ignore_ascii_case("identity") {
+            return Err(ApiError::unsupported_media_type(format!(
+                "Content-Encoding '{}' is not supported; send gzip, deflate or an uncompressed body",
+                crate::domain::time::truncate_for_message(encoding)
+            ))
+            .with_field("content-encoding"));
+        }
+    }
     let too_large = || {
         ApiError::too_large(format!(
-            "the request body is larger than {max_bytes} bytes (ANNALS_MAX_BODY_BYTES)"
+            "the request body is larger than {max_bytes} bytes (ANNALS_MAX_BODY_BYTES, counted after decompression)"
         ))
     };
     if let Some(len) = headers
@@ -84,28 +101,45 @@ pub async fn read_json(
     {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, max_bytes).await.map_err(|e| {
+    axum::body::to_bytes(body, max_bytes).await.map_err(|e| {
         let limit_hit = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if limit_hit {
             too_large()
         } else {
-            ApiError::bad_json(format!("the request body could not be read: {e}"))
+            ApiError::bad_json(format!(
+                "the request body could not be read (is its Content-Encoding right?): {e}"
+            ))
         }
-    })?;
+    })
+}
+
+/// Parses a JSON document within the depth limit.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_json(
             "the request body is empty; send a JSON object",
         ));
     }
-    if depth_exceeds(&bytes, MAX_JSON_DEPTH) {
+    if depth_exceeds(bytes, MAX_JSON_DEPTH) {
         return Err(ApiError::invalid(
             "",
             format!("JSON is nested deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
-    serde_json::from_slice(&bytes)
+    serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_json(format!("the request body is not valid JSON: {e}")))
+}
+
+/// Reads the body (at most `max_bytes`) and parses it as JSON.
+pub async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    max_bytes: usize,
+) -> Result<Value, ApiError> {
+    is_json_content_type(headers)?;
+    let bytes = read_body(headers, body, max_bytes).await?;
+    parse_json(&bytes)
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@
 //! seed-002 aliases under `/api/v1/*`.
 
 mod access;
+mod api_events;
 mod audit;
 mod events;
 mod extract;
+mod ingest;
 mod health;
 mod keys;
 mod query_params;
@@ -20,6 +22,9 @@ use axum::http::{Method, Request, Uri};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
+use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -29,6 +34,7 @@ use crate::auth::rate_limit::RateLimiter;
 use crate::auth::{Authenticator, KeyService};
 use crate::config::Limits;
 use crate::domain::masking::MaskPolicy;
+use crate::domain::type_policy::EventTypePolicy;
 use crate::error::ApiError;
 use crate::store::Store;
 
@@ -61,6 +67,7 @@ pub struct Services {
     pub audit: Option<AuditLog>,
     pub security: SecurityRecorder,
     pub mask: MaskPolicy,
+    pub type_policy: EventTypePolicy,
 }
 
 /// Rate limits applied by the access middleware.
@@ -77,10 +84,13 @@ pub struct AccessLimits {
 }
 
 const REQUEST_ID: &str = "x-request-id";
+/// Responses smaller than this are not worth compressing.
+const COMPRESS_ABOVE_BYTES: u16 = 1024;
 
 pub fn router(state: AppState) -> Router {
     let authenticated = Router::new()
         .merge(events::router())
+        .merge(api_events::router())
         .merge(keys::router())
         .merge(audit::router())
         .merge(security::router())
@@ -124,7 +134,15 @@ pub fn with_layers(routes: Router) -> Router {
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::internal("a handler panicked").into_response()
-                })),
+                }))
+                // gzip answers for clients that accept them, once a body passes 1 KiB.
+                .layer(CompressionLayer::new().compress_when(
+                    DefaultPredicate::new().and(SizeAbove::new(COMPRESS_ABOVE_BYTES)),
+                ))
+                // gzip/deflate request bodies are inflated as a stream; the body-size limit is
+                // applied to the inflated bytes by `extract::read_body`, which also refuses the
+                // encodings passed through here.
+                .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true)),
         )
 }
 

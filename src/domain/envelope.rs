@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::format::EventFormat;
 use super::masking::MaskPolicy;
 use super::names::{ClientId, EventType};
 use super::time::Timestamp;
@@ -74,7 +75,7 @@ pub struct NewEvent {
     pub client_id: ClientId,
     pub event_type: EventType,
     pub user_id: Option<String>,
-    /// Serialized JSON object.
+    /// Serialized JSON: an object, except for a CloudEvent (see `StoredEvent::data`).
     pub data: String,
     pub event_id: Option<String>,
     pub source: Option<String>,
@@ -86,6 +87,8 @@ pub struct NewEvent {
     /// Serialized JSON object of the client's own headers (never a `SERVER_HEADERS` name).
     pub headers: String,
     pub partition_key: Option<String>,
+    /// The wire format it came in (read-back shape).
+    pub format: EventFormat,
     pub content_hash: [u8; 32],
 }
 
@@ -240,6 +243,7 @@ pub fn parse_event(
             ip_address,
             headers: headers_text,
             partition_key,
+            format: EventFormat::Annals,
             content_hash,
         }),
         _ => {
@@ -254,7 +258,7 @@ pub fn parse_event(
 
 /// SHA-256 of the canonical serialization (keys sorted: `serde_json::Map` is a B-tree), streamed
 /// into the hasher without building the text.
-fn hash_json(map: &Map<String, Value>) -> [u8; 32] {
+pub(crate) fn hash_json(map: &Map<String, Value>) -> [u8; 32] {
     struct HashWriter(Sha256);
     impl std::io::Write for HashWriter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

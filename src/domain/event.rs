@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::format::EventFormat;
 use super::time::Timestamp;
 
 #[derive(Clone, Debug)]
@@ -16,7 +17,8 @@ pub struct StoredEvent {
     pub client_id: String,
     pub event_type: String,
     pub user_id: Option<String>,
-    /// Serialized JSON object, as stored.
+    /// Serialized JSON as stored: an object, except for a CloudEvent, whose data may be any
+    /// JSON value (a string for text data, the base64 text for binary data).
     pub data: String,
     pub event_id: Option<String>,
     pub source: Option<String>,
@@ -29,6 +31,8 @@ pub struct StoredEvent {
     /// Serialized JSON object of the client's own headers.
     pub headers: String,
     pub partition_key: Option<String>,
+    /// The wire format it came in.
+    pub format: EventFormat,
 }
 
 impl StoredEvent {
@@ -70,7 +74,7 @@ impl Serialize for StoredEvent {
         let received = self.received_at.to_rfc3339();
         let data: &RawValue =
             serde_json::from_str(&self.data).map_err(serde::ser::Error::custom)?;
-        let mut map = serializer.serialize_map(Some(17))?;
+        let mut map = serializer.serialize_map(Some(18))?;
         map.serialize_entry("id", &self.id)?;
         map.serialize_entry("seq", &self.seq)?;
         map.serialize_entry("client_id", &self.client_id)?;
@@ -88,6 +92,7 @@ impl Serialize for StoredEvent {
         map.serialize_entry("headers", &self.full_headers())?;
         map.serialize_entry("received_at", &received)?;
         map.serialize_entry("timestamp", &received)?;
+        map.serialize_entry("format", self.format.name())?;
         map.end()
     }
 }
@@ -115,6 +120,7 @@ mod tests {
             ip_address: None,
             headers: r#"{"actor":"alice"}"#.into(),
             partition_key: None,
+            format: EventFormat::Annals,
         };
         let v: Value = serde_json::to_value(&e).unwrap();
         assert_eq!(v["data"]["k"], 1);

@@ -4,9 +4,12 @@
 //! unchecked string where one of these types is expected; parsing is the only way to build one.
 
 pub mod access;
+pub mod api_event;
 pub mod audit;
+pub mod cloudevents;
 pub mod envelope;
 pub mod event;
+pub mod format;
 pub mod json_depth;
 pub mod masking;
 pub mod names;
@@ -14,9 +17,11 @@ pub mod page;
 pub mod security;
 pub mod time;
 pub mod topic;
+pub mod type_policy;
 
 pub use envelope::{EnvelopeRules, FieldError, NewEvent, parse_event};
 pub use event::StoredEvent;
+pub use format::EventFormat;
 pub use names::{ClientId, EventType};
 pub use time::Timestamp;
 pub use topic::TopicPattern;

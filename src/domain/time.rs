@@ -34,6 +34,23 @@ impl Timestamp {
             })
     }
 
+    /// Parses an ISO 8601 date-time as the seed-000 model does: RFC 3339 with an offset, or a
+    /// local date-time without one (`2026-11-21T10:00:00`, `T` or space), which is taken as UTC.
+    pub fn parse_iso8601(text: &str) -> Result<Self, String> {
+        if let Ok(t) = Self::parse_rfc3339(text) {
+            return Ok(t);
+        }
+        for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+            if let Ok(local) = chrono::NaiveDateTime::parse_from_str(text, format) {
+                return Ok(Self(local.and_utc().timestamp_micros()));
+            }
+        }
+        Err(format!(
+            "'{}' is not an ISO 8601 date-time, e.g. 2026-11-21T10:00:00Z",
+            truncate_for_message(text)
+        ))
+    }
+
     /// Parses a query bound: an RFC 3339 date-time, or a plain date (`2026-11-21`, midnight UTC).
     pub fn parse_bound(text: &str) -> Result<Self, String> {
         if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
@@ -79,6 +96,16 @@ mod tests {
     fn refuses_times_without_offset_and_garbage() {
         assert!(Timestamp::parse_rfc3339("2026-11-21T10:00:00").is_err());
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn iso8601_takes_local_times_as_utc() {
+        let t = Timestamp::parse_iso8601("2026-11-21T10:00:00.5").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-21T10:00:00.500Z");
+        let t = Timestamp::parse_iso8601("2026-11-21 10:00:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-21T10:00:00Z");
+        assert!(Timestamp::parse_iso8601("2026-11-21T25:00:00").is_err());
+        assert!(Timestamp::parse_iso8601("noon").is_err());
     }
 
     #[test]

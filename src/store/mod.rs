@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::domain::access::{KeyPatch, KeyRecord, KeySelector};
 use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
 use crate::domain::security::{NewSecurityEvent, SecurityQuery, StoredSecurityEvent};
-use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp, TopicPattern};
+use crate::domain::{ClientId, EventFormat, NewEvent, StoredEvent, Timestamp, TopicPattern};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -81,6 +81,8 @@ pub struct EventQuery {
     /// Exclusive upper bound on `occurred_at`.
     pub to: Option<Timestamp>,
     pub data: Vec<DataFilter>,
+    /// Only events that came in this wire format.
+    pub format: Option<EventFormat>,
     pub order: Order,
     pub limit: usize,
     /// Continue after this `seq` (exclusive), in the query's order.

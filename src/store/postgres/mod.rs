@@ -36,7 +36,7 @@ use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
 use crate::domain::security::{
     NewSecurityEvent, SecurityEventType, SecurityQuery, Severity, StoredSecurityEvent,
 };
-use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp};
+use crate::domain::{ClientId, EventFormat, NewEvent, StoredEvent, Timestamp};
 use crate::ingest::{QueueFull, WriteQueue};
 
 mod embedded {
@@ -277,6 +277,7 @@ fn row_to_event(row: &Row) -> StoredEvent {
         ip_address: row.get(13),
         headers: row.get(14),
         partition_key: row.get(15),
+        format: EventFormat::from_code(row.get::<_, i16>(16).into()),
     }
 }
 

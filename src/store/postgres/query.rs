@@ -10,7 +10,7 @@ use crate::store::{DataFilter, EventQuery, Order};
 /// Column list every event read selects, in the order `row_to_event` expects.
 pub(super) const EVENT_COLUMNS: &str = "seq, id, client_id, event_type, user_id, data::text, \
 event_id, source, subject, occurred_at, received_at, correlation_id, status, ip_address, \
-headers::text, partition_key";
+headers::text, partition_key, format";
 
 pub(super) type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
@@ -139,6 +139,10 @@ pub(super) fn page_sql(q: &EventQuery) -> (String, Params) {
                 Box::new(pattern.to_dotted_regex()),
             );
         }
+    }
+    if let Some(format) = q.format {
+        // A literal, not a parameter: the planner can then use the partial format indexes.
+        sql.push_str(&format!(" AND format = {}", format.code()));
     }
     if let Some(from) = q.from {
         push(

@@ -141,9 +141,9 @@ impl ToSql for JsonText<'_> {
 }
 
 const COPY_EVENTS: &str = "COPY events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
-correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers) FROM STDIN BINARY";
+correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers, format) FROM STDIN BINARY";
 
-const COPY_TYPES: [Type; 16] = [
+const COPY_TYPES: [Type; 17] = [
     Type::INT8,
     Type::UUID,
     Type::TEXT,
@@ -160,6 +160,7 @@ const COPY_TYPES: [Type; 16] = [
     Type::TIMESTAMPTZ,
     Type::JSONB,
     Type::JSONB,
+    Type::INT2,
 ];
 
 /// Writes the group's rows with one binary `COPY` inside the transaction.
@@ -173,7 +174,8 @@ async fn copy_events(
     for row in rows {
         let e = row.event;
         let ip = e.ip_address.map(|ip| ip.to_string());
-        let values: [&(dyn ToSql + Sync); 16] = [
+        let format = e.format.code();
+        let values: [&(dyn ToSql + Sync); 17] = [
             &row.seq,
             &row.id,
             &e.client_id.as_str(),
@@ -190,6 +192,7 @@ async fn copy_events(
             received,
             &JsonText(&e.data),
             &JsonText(&e.headers),
+            &format,
         ];
         writer.as_mut().write(&values).await?;
     }

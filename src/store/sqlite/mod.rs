@@ -35,7 +35,7 @@ use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
 use crate::domain::security::{
     NewSecurityEvent, SecurityEventType, SecurityQuery, Severity, StoredSecurityEvent,
 };
-use crate::domain::{ClientId, NewEvent, StoredEvent, Timestamp, TopicPattern};
+use crate::domain::{ClientId, EventFormat, NewEvent, StoredEvent, Timestamp, TopicPattern};
 use crate::ingest::{QueueFull, WriteQueue};
 
 mod embedded {
@@ -320,6 +320,7 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
         ip_address: row.get(13)?,
         headers: row.get(14)?,
         partition_key: row.get(15)?,
+        format: EventFormat::from_code(row.get(16)?),
     })
 }
 

@@ -8,7 +8,7 @@ use crate::store::{EventQuery, Order};
 
 /// Column list every event read selects, in the order `row_to_event` expects.
 pub(super) const EVENT_COLUMNS: &str = "seq, id, client_id, event_type, user_id, data, event_id, \
-source, subject, occurred_at, received_at, correlation_id, status, ip_address, headers, partition_key";
+source, subject, occurred_at, received_at, correlation_id, status, ip_address, headers, partition_key, format";
 
 /// Name of the SQL function registered on read connections that applies `TopicPattern::matches`.
 pub(super) const TOPIC_MATCH_FN: &str = "annals_topic_match";
@@ -103,6 +103,10 @@ pub(super) fn page_sql(q: &EventQuery) -> (String, Vec<SqlValue>) {
                 args.len()
             ));
         }
+    }
+    if let Some(format) = q.format {
+        // A literal, not a parameter: the planner can then use the partial format indexes.
+        sql.push_str(&format!(" AND format = {}", format.code()));
     }
     if let Some(from) = q.from {
         args.push(SqlValue::Integer(from.as_micros()));

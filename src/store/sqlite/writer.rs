@@ -220,8 +220,8 @@ fn apply_append(
 
     let mut insert_event = tx.prepare_cached(
         "INSERT INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
-         correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+         correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers, format) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?;
     let mut insert_key = tx.prepare_cached(
         "INSERT INTO idempotency_keys (client_id, source, event_id, event_uuid, event_seq, content_hash) \
@@ -252,6 +252,7 @@ fn apply_append(
                     received_at.as_micros(),
                     event.data,
                     event.headers,
+                    event.format.code(),
                 ])?;
                 if let Some(event_id) = &event.event_id {
                     insert_key.execute(params![
