@@ -1,9 +1,11 @@
 //! Integration tests: each test starts the real server on a random port against a fresh store
 //! in its own temp dir and talks HTTP to it.
 
+mod api_events;
 mod audit;
 mod auth;
 mod cli;
+mod cloudevents;
 mod crash;
 mod helpers;
 mod ingest;
