@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod cloudevents;
 mod crash;
+mod encoding;
 mod helpers;
 mod ingest;
 mod isolation;
