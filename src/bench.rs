@@ -444,6 +444,7 @@ async fn raw_postgres_copy(url: &str, total: usize, batch: usize) -> anyhow::Res
             queue_bytes: 1,
             pool_size: 2,
             query_timeout: Duration::from_secs(5),
+            indexed_fields: Vec::new(),
         })
         .await?;
     crate::store::Store::shutdown(&store).await;

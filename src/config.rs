@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::domain::ClientId;
 use crate::domain::type_policy::EventTypePolicy;
+use crate::store::indexed::IndexedField;
 use crate::store::postgres::PostgresOptions;
 use crate::store::sqlite::{SqliteOptions, Synchronous};
 
@@ -69,6 +70,19 @@ pub struct StoreArgs {
     /// A query running longer than this is stopped with 422 "query too broad".
     #[arg(long, env = "ANNALS_QUERY_TIMEOUT_MS", default_value_t = 5000)]
     pub query_timeout_ms: u64,
+
+    /// `data` fields to give an expression index at start (comma-separated, `a.b` for nested),
+    /// so filters on them stay fast on large stores.
+    #[arg(long, env = "ANNALS_INDEXED_FIELDS", default_value = "", value_parser = parse_indexed_fields)]
+    pub indexed_fields: IndexedFields,
+}
+
+/// The parsed `ANNALS_INDEXED_FIELDS` list.
+#[derive(Clone, Debug, Default)]
+pub struct IndexedFields(pub Vec<IndexedField>);
+
+fn parse_indexed_fields(text: &str) -> Result<IndexedFields, String> {
+    crate::store::indexed::parse_indexed_fields(text).map(IndexedFields)
 }
 
 impl StoreArgs {
@@ -83,6 +97,7 @@ impl StoreArgs {
             queue_bytes: self.write_queue_bytes,
             pool_size: 16,
             query_timeout: Duration::from_millis(self.query_timeout_ms),
+            indexed_fields: self.indexed_fields.0.clone(),
         }
     }
 
@@ -92,6 +107,7 @@ impl StoreArgs {
             queue_jobs: self.write_queue_jobs,
             queue_bytes: self.write_queue_bytes,
             query_timeout: Duration::from_millis(self.query_timeout_ms),
+            indexed_fields: self.indexed_fields.0.clone(),
             ..SqliteOptions::new(path)
         }
     }
@@ -196,6 +212,7 @@ impl ServeArgs {
                 write_queue_bytes: 64 * MIB,
                 write_queue_jobs: 8192,
                 query_timeout_ms: 5000,
+                indexed_fields: IndexedFields::default(),
             },
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_key: None,

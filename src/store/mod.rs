@@ -8,6 +8,7 @@
 //!   so concurrent duplicates are caught as well as sequential ones.
 //! - Every read takes an explicit client scope (`None` only for admin callers).
 
+pub mod indexed;
 pub mod postgres;
 pub mod sqlite;
 

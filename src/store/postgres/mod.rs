@@ -38,6 +38,7 @@ use crate::domain::security::{
 };
 use crate::domain::{ClientId, EventFormat, NewEvent, StoredEvent, Timestamp};
 use crate::ingest::{QueueFull, WriteQueue};
+use crate::store::indexed::IndexedField;
 
 mod embedded {
     refinery::embed_migrations!("src/store/postgres/migrations");
@@ -56,6 +57,8 @@ pub struct PostgresOptions {
     pub queue_bytes: usize,
     pub pool_size: usize,
     pub query_timeout: Duration,
+    /// `data` fields given an expression index (`ANNALS_INDEXED_FIELDS`).
+    pub indexed_fields: Vec<IndexedField>,
 }
 
 pub struct PostgresStore {
@@ -67,14 +70,19 @@ pub struct PostgresStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     partitions: JoinHandle<()>,
     query_timeout: Duration,
+    indexed_fields: Vec<IndexedField>,
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("PostgreSQL: {e}"))
 }
 
-/// Runs pending migrations under the schema lock.
-async fn migrate(config: &tokio_postgres::Config) -> anyhow::Result<()> {
+/// Runs pending migrations, then creates the indexed fields' expression indexes, under the
+/// schema lock.
+async fn migrate(
+    config: &tokio_postgres::Config,
+    indexed_fields: &[IndexedField],
+) -> anyhow::Result<()> {
     let (mut client, connection) = config
         .connect(NoTls)
         .await
@@ -83,11 +91,28 @@ async fn migrate(config: &tokio_postgres::Config) -> anyhow::Result<()> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
         .await?;
-    let result = embedded::migrations::runner().run_async(&mut client).await;
+    let mut result = embedded::migrations::runner()
+        .run_async(&mut client)
+        .await
+        .map(drop)
+        .context("running PostgreSQL migrations");
+    for field in indexed_fields {
+        if result.is_ok() {
+            // On the partitioned parent: every partition, present and future, gets it.
+            result = client
+                .batch_execute(&format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON events ({})",
+                    field.index_name(),
+                    field.postgres_expr()
+                ))
+                .await
+                .with_context(|| format!("creating index {}", field.index_name()));
+        }
+    }
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
         .await?;
-    result.context("running PostgreSQL migrations")?;
+    result?;
     ensure_partitions(&client).await?;
     drop(client);
     let _ = conn_task.await;
@@ -138,7 +163,7 @@ impl PostgresStore {
     pub async fn open(options: PostgresOptions) -> anyhow::Result<Self> {
         let config = tokio_postgres::Config::from_str(&options.url)
             .context("parsing ANNALS_DATABASE_URL")?;
-        migrate(&config).await?;
+        migrate(&config, &options.indexed_fields).await?;
         let (commits, _) = broadcast::channel(COMMIT_CHANNEL_CAPACITY);
         let (key_changes, _) = broadcast::channel(16);
         let listener = tokio::spawn(listen(config.clone(), commits.clone(), key_changes.clone()));
@@ -169,6 +194,7 @@ impl PostgresStore {
             writer: Mutex::new(Some(writer)),
             partitions,
             query_timeout: options.query_timeout,
+            indexed_fields: options.indexed_fields,
         })
     }
 
@@ -378,7 +404,7 @@ impl Store for PostgresStore {
         ))
         .await
         .map_err(unavailable)?;
-        let (sql, args) = page_sql(&query);
+        let (sql, args) = page_sql(&query, &self.indexed_fields);
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
             .iter()
             .map(|a| a.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))

@@ -5,6 +5,7 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
 use crate::domain::page::IdPage;
+use crate::store::indexed::IndexedField;
 use crate::store::{DataFilter, EventQuery, Order};
 
 /// Column list every event read selects, in the order `row_to_event` expects.
@@ -94,7 +95,7 @@ impl Filters {
 }
 
 /// Builds the page query: `limit + 1` rows so the caller can tell whether another page exists.
-pub(super) fn page_sql(q: &EventQuery) -> (String, Params) {
+pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Params) {
     let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE TRUE");
     let mut args: Params = Vec::new();
     let mut push = |sql: &mut String, template: &str, value: Box<dyn ToSql + Sync + Send>| {
@@ -159,6 +160,11 @@ pub(super) fn page_sql(q: &EventQuery) -> (String, Params) {
         );
     }
     for filter in &q.data {
+        if let Some(field) = indexed.iter().find(|f| f.serves(filter)) {
+            // The index's own expression, so the planner can use it; containment follows.
+            args.push(Box::new(filter.value.clone()));
+            sql.push_str(&format!(" AND {} = ${}", field.postgres_expr(), args.len()));
+        }
         let docs = containment_docs(filter);
         let terms: Vec<String> = docs
             .into_iter()

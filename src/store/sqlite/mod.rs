@@ -37,6 +37,7 @@ use crate::domain::security::{
 };
 use crate::domain::{ClientId, EventFormat, NewEvent, StoredEvent, Timestamp, TopicPattern};
 use crate::ingest::{QueueFull, WriteQueue};
+use crate::store::indexed::IndexedField;
 
 mod embedded {
     refinery::embed_migrations!("src/store/sqlite/migrations");
@@ -87,6 +88,8 @@ pub struct SqliteOptions {
     pub queue_bytes: usize,
     pub readers: u32,
     pub query_timeout: Duration,
+    /// `data` fields given an expression index (`ANNALS_INDEXED_FIELDS`).
+    pub indexed_fields: Vec<IndexedField>,
 }
 
 impl SqliteOptions {
@@ -98,6 +101,7 @@ impl SqliteOptions {
             queue_bytes: 64 * 1024 * 1024,
             readers: 4,
             query_timeout: Duration::from_secs(5),
+            indexed_fields: Vec::new(),
         }
     }
 }
@@ -114,6 +118,7 @@ pub struct SqliteStore {
     commits: broadcast::Sender<CommittedRange>,
     key_changes: broadcast::Sender<()>,
     query_timeout: Duration,
+    indexed_fields: Arc<[IndexedField]>,
 }
 
 /// Opens (creating if needed) the database file and applies pending migrations.
@@ -139,6 +144,19 @@ pub fn open_and_migrate(path: &Path, synchronous: Synchronous) -> anyhow::Result
     Ok(conn)
 }
 
+/// Creates the expression index of each indexed data field (existing ones are kept).
+pub(super) fn create_field_indexes(conn: &Connection, fields: &[IndexedField]) -> anyhow::Result<()> {
+    for field in fields {
+        conn.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS {} ON events ({}, seq)",
+            field.index_name(),
+            field.sqlite_expr()
+        ))
+        .with_context(|| format!("creating index {}", field.index_name()))?;
+    }
+    Ok(())
+}
+
 fn configure_reader(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = 1;")?;
     conn.create_scalar_function(
@@ -160,6 +178,7 @@ fn configure_reader(conn: &mut Connection) -> rusqlite::Result<()> {
 impl SqliteStore {
     pub fn open(options: SqliteOptions) -> anyhow::Result<Self> {
         let conn = open_and_migrate(&options.path, options.synchronous)?;
+        create_field_indexes(&conn, &options.indexed_fields)?;
         let manager = SqliteConnectionManager::file(&options.path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .with_init(configure_reader);
@@ -201,6 +220,7 @@ impl SqliteStore {
             commits,
             key_changes: broadcast::channel(16).0,
             query_timeout: options.query_timeout,
+            indexed_fields: options.indexed_fields.into(),
         })
     }
 
@@ -408,11 +428,12 @@ impl Store for SqliteStore {
 
     async fn query_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
         let deadline = Instant::now() + self.query_timeout;
+        let indexed = self.indexed_fields.clone();
         let result = self
             .read(move |conn| {
                 conn.progress_handler(10_000, Some(move || Instant::now() > deadline))?;
                 let result = (|| -> anyhow::Result<EventPage> {
-                    let (sql, args) = page_sql(&query);
+                    let (sql, args) = page_sql(&query, &indexed);
                     let mut stmt = conn.prepare_cached(&sql)?;
                     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
                     let mut page = EventPage::default();

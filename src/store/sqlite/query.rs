@@ -4,6 +4,7 @@
 use rusqlite::types::Value as SqlValue;
 
 use crate::domain::page::IdPage;
+use crate::store::indexed::{IndexedField, sqlite_candidates};
 use crate::store::{EventQuery, Order};
 
 /// Column list every event read selects, in the order `row_to_event` expects.
@@ -61,7 +62,7 @@ impl Filters {
 }
 
 /// Builds the page query: `limit + 1` rows so the caller can tell whether another page exists.
-pub(super) fn page_sql(q: &EventQuery) -> (String, Vec<SqlValue>) {
+pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Vec<SqlValue>) {
     let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1");
     let mut args: Vec<SqlValue> = Vec::new();
     let mut eq = |sql: &mut String, column: &str, value: &Option<String>| {
@@ -117,6 +118,19 @@ pub(super) fn page_sql(q: &EventQuery) -> (String, Vec<SqlValue>) {
         sql.push_str(&format!(" AND occurred_at < ?{}", args.len()));
     }
     for filter in &q.data {
+        if let Some(field) = indexed.iter().find(|f| f.serves(filter)) {
+            // The index's own expression, so the planner can use it; the exact test follows.
+            let mut placeholders = Vec::new();
+            for candidate in sqlite_candidates(&filter.value) {
+                args.push(candidate);
+                placeholders.push(format!("?{}", args.len()));
+            }
+            sql.push_str(&format!(
+                " AND {} IN ({})",
+                field.sqlite_expr(),
+                placeholders.join(", ")
+            ));
+        }
         args.push(SqlValue::Text(json_path(&filter.path)));
         let p = args.len();
         args.push(SqlValue::Text(filter.value.clone()));
@@ -172,10 +186,45 @@ mod tests {
             limit: 10,
             ..Default::default()
         };
-        let (sql, args) = page_sql(&q);
+        let (sql, args) = page_sql(&q, &[]);
         assert!(!sql.contains("DROP"));
         assert!(sql.contains("annals_topic_match"));
         assert_eq!(args.len(), 7);
         assert_eq!(args[4], SqlValue::Text("$.\"a\".\"b\"".into()));
+    }
+
+    #[test]
+    fn an_indexed_field_filter_uses_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::open_and_migrate(
+            &dir.path().join("t.db"),
+            crate::store::sqlite::Synchronous::Normal,
+        )
+        .unwrap();
+        let fields = crate::store::indexed::parse_indexed_fields("order_id").unwrap();
+        super::super::create_field_indexes(&conn, &fields).unwrap();
+        let plan = |indexed: &[IndexedField], client: bool| {
+            let q = EventQuery {
+                client_id: client.then(|| crate::domain::ClientId::parse("acme").unwrap()),
+                data: vec![DataFilter {
+                    path: vec!["order_id".into()],
+                    value: "o-42".into(),
+                }],
+                limit: 100,
+                ..Default::default()
+            };
+            let (sql, args) = page_sql(&q, indexed);
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        for client in [true, false] {
+            let with = plan(&fields, client);
+            assert!(with.contains("events_data_order_id"), "{with}");
+            let without = plan(&[], client);
+            assert!(!without.contains("events_data_order_id"), "{without}");
+        }
     }
 }
