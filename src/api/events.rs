@@ -71,12 +71,16 @@ async fn create_event(
             let parsed = cloudevents::parse_structured(value, &principal.client_id, &rules);
             record_one(&state, &principal, parsed).await
         }
-        WireMode::CloudEventBatch => create_cloudevent_batch(&state, &principal, &headers, body).await,
+        WireMode::CloudEventBatch => {
+            create_cloudevent_batch(&state, &principal, &headers, body).await
+        }
         WireMode::CloudEventBinary => {
             let bytes = read_body(&headers, body, max_body).await?;
             let structured = cloudevents::binary_to_structured(
                 binary_attributes(&headers)?,
-                headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok()),
                 &bytes,
             )
             .map_err(|message| ApiError::bad_json(message).with_field("body"))?;
@@ -159,7 +163,13 @@ fn wants_cloudevents(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .any(|v| v == cloudevents::STRUCTURED_TYPE || v == cloudevents::BATCH_TYPE)
 }
 
@@ -173,8 +183,11 @@ pub(super) fn page_response<T: serde::Serialize>(
     pairs: &[(String, String)],
 ) -> Result<Response, ApiError> {
     let body = serde_json::to_vec(items).map_err(ApiError::internal)?;
-    let mut response =
-        ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response();
+    let mut response = (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response();
     if let Some(after) = next_after
         && let Ok(link) = HeaderValue::from_str(&next_link(uri.path(), pairs, after))
     {
@@ -197,10 +210,26 @@ async fn list_events(
     query.client_id = principal.read_scope(params.requested_client)?;
     let page = state.store.query_events(query).await?;
     if wants_cloudevents(&headers) {
-        let events: Vec<Value> = page.events.iter().map(cloudevents::render_cloudevent).collect();
-        page_response(&events, cloudevents::BATCH_TYPE, page.next_after, &uri, &pairs)
+        let events: Vec<Value> = page
+            .events
+            .iter()
+            .map(cloudevents::render_cloudevent)
+            .collect();
+        page_response(
+            &events,
+            cloudevents::BATCH_TYPE,
+            page.next_after,
+            &uri,
+            &pairs,
+        )
     } else {
-        page_response(&page.events, "application/json", page.next_after, &uri, &pairs)
+        page_response(
+            &page.events,
+            "application/json",
+            page.next_after,
+            &uri,
+            &pairs,
+        )
     }
 }
 
@@ -236,7 +265,10 @@ async fn get_event(
     let event = fetch_event(&state, &principal, &id, |_| true).await?;
     if wants_cloudevents(&headers) {
         Ok((
-            [(header::CONTENT_TYPE, HeaderValue::from_static(cloudevents::STRUCTURED_TYPE))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(cloudevents::STRUCTURED_TYPE),
+            )],
             Json(cloudevents::render_cloudevent(&event)),
         )
             .into_response())

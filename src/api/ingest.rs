@@ -198,7 +198,12 @@ pub async fn record_batch(
             ));
             error.errors = indexes
                 .iter()
-                .map(|&i| at(i, FieldError::new("event_id", "already recorded with different content")))
+                .map(|&i| {
+                    at(
+                        i,
+                        FieldError::new("event_id", "already recorded with different content"),
+                    )
+                })
                 .collect();
             error.field = indexes.first().map(|i| format!("events[{i}].event_id"));
             error.extra = Some(json!({"indexes": indexes}));
@@ -208,7 +213,11 @@ pub async fn record_batch(
 }
 
 /// The items of a batch body: `{"events": [...]}`, or (when `bare_array_ok`) a plain array.
-pub fn batch_items(value: Value, bare_array_ok: bool, max_batch: usize) -> Result<Vec<Value>, ApiError> {
+pub fn batch_items(
+    value: Value,
+    bare_array_ok: bool,
+    max_batch: usize,
+) -> Result<Vec<Value>, ApiError> {
     let items = match value {
         Value::Array(items) if bare_array_ok => items,
         Value::Object(mut obj) => match obj.remove("events") {

@@ -38,6 +38,13 @@ pub const MIN_EVENT_BYTES: usize = 2 * MAX_BODY_BYTES + 64 * 1024;
 const TOP_FIELDS: &str = "id, eventType, sourceSystem, eventTime, eventData, correlationId, \
 userContext, status, created_at, updated_at";
 
+/// A checked `userContext`: the object as sent, and the fields that map onto the envelope.
+struct UserContext {
+    object: Map<String, Value>,
+    user_id: Option<String>,
+    ip: Option<IpAddr>,
+}
+
 /// Collects the errors of one ApiEvent, each under its JSON path.
 struct Checker {
     errors: Vec<FieldError>,
@@ -161,10 +168,7 @@ impl Checker {
     }
 
     /// Returns the context object with the user id and IP address it carries.
-    fn user_context(
-        &mut self,
-        value: Option<&Value>,
-    ) -> Option<(Map<String, Value>, Option<String>, Option<IpAddr>)> {
+    fn user_context(&mut self, value: Option<&Value>) -> Option<UserContext> {
         let context = match value {
             None | Some(Value::Null) => return None,
             Some(Value::Object(context)) => context,
@@ -190,7 +194,11 @@ impl Checker {
                     None
                 }
             });
-        Some((context.clone(), user_id.filter(|u| !u.is_empty()), ip))
+        Some(UserContext {
+            object: context.clone(),
+            user_id: user_id.filter(|u| !u.is_empty()),
+            ip,
+        })
     }
 }
 
@@ -261,10 +269,10 @@ pub fn parse_api_event(
     };
 
     let (user_id, ip_address, mut headers) = match context {
-        Some((context, user_id, ip)) => {
+        Some(context) => {
             let mut headers = Map::new();
-            headers.insert(String::from("userContext"), Value::Object(context));
-            (user_id, ip, Value::Object(headers))
+            headers.insert(String::from("userContext"), Value::Object(context.object));
+            (context.user_id, context.ip, Value::Object(headers))
         }
         None => (None, None, Value::Object(Map::new())),
     };

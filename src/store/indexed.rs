@@ -106,9 +106,18 @@ mod tests {
         let fields = parse_indexed_fields(" order_id, data.customer.tier ,,order_id").unwrap();
         assert_eq!(fields.len(), 2);
         assert_eq!(fields[1].index_name(), "events_data_customer__tier");
-        assert_eq!(fields[1].sqlite_expr(), r#"json_extract(data, '$."customer"."tier"')"#);
+        assert_eq!(
+            fields[1].sqlite_expr(),
+            r#"json_extract(data, '$."customer"."tier"')"#
+        );
         assert_eq!(fields[1].postgres_expr(), "(data #>> '{customer,tier}')");
-        for bad in ["a-b", "a..b", "x'); DROP TABLE events; --", "a.b.c.d.e", &"x".repeat(41)] {
+        for bad in [
+            "a-b",
+            "a..b",
+            "x'); DROP TABLE events; --",
+            "a.b.c.d.e",
+            &"x".repeat(41),
+        ] {
             assert!(parse_indexed_fields(bad).is_err(), "{bad}");
         }
     }
@@ -116,9 +125,18 @@ mod tests {
     #[test]
     fn candidates_cover_numbers_and_booleans() {
         use rusqlite::types::Value as V;
-        assert_eq!(sqlite_candidates("12"), [V::Text("12".into()), V::Integer(12)]);
-        assert_eq!(sqlite_candidates("true"), [V::Text("true".into()), V::Integer(1)]);
+        assert_eq!(
+            sqlite_candidates("12"),
+            [V::Text("12".into()), V::Integer(12)]
+        );
+        assert_eq!(
+            sqlite_candidates("true"),
+            [V::Text("true".into()), V::Integer(1)]
+        );
         assert_eq!(sqlite_candidates("abc"), [V::Text("abc".into())]);
-        assert_eq!(sqlite_candidates("1.5"), [V::Text("1.5".into()), V::Real(1.5)]);
+        assert_eq!(
+            sqlite_candidates("1.5"),
+            [V::Text("1.5".into()), V::Real(1.5)]
+        );
     }
 }

@@ -41,12 +41,25 @@ async fn recorded_and_read_back_in_the_seed_shape(backend: Backend) {
 
     let (status, got) = status_json(app.get(&format!("/v1/api-events/{id}"), &key).await).await;
     assert_eq!(status, StatusCode::OK, "{got}");
-    let fields: Vec<&str> = got.as_object().unwrap().keys().map(String::as_str).collect();
+    let fields: Vec<&str> = got
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(
         fields,
         [
-            "correlationId", "created_at", "eventData", "eventTime", "eventType", "id",
-            "sourceSystem", "status", "updated_at", "userContext"
+            "correlationId",
+            "created_at",
+            "eventData",
+            "eventTime",
+            "eventType",
+            "id",
+            "sourceSystem",
+            "status",
+            "updated_at",
+            "userContext"
         ]
     );
     assert_eq!(got["id"], id.as_str());
@@ -56,7 +69,10 @@ async fn recorded_and_read_back_in_the_seed_shape(backend: Backend) {
     assert_eq!(got["correlationId"], CORRELATION);
     assert_eq!(got["status"], "SUCCESS");
     assert_eq!(got["eventData"]["statusCode"], 201);
-    assert_eq!(got["eventData"]["requestBody"]["password"], "***", "masked before storage");
+    assert_eq!(
+        got["eventData"]["requestBody"]["password"], "***",
+        "masked before storage"
+    );
     assert_eq!(got["userContext"]["clientId"], "web");
     assert_eq!(got["userContext"]["ipAddress"], "203.0.113.0", "anonymized");
     assert_eq!(got["created_at"], got["updated_at"]);
@@ -76,7 +92,9 @@ async fn recorded_and_read_back_in_the_seed_shape(backend: Backend) {
     assert_eq!(by_data.len(), 1);
 
     // An event that did not come in as an ApiEvent is not in this view.
-    let other = app.record(&key, json!({"event_type": "iam.user.created"})).await;
+    let other = app
+        .record(&key, json!({"event_type": "iam.user.created"}))
+        .await;
     let r = app.get(&format!("/v1/api-events/{other}"), &key).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(app.list("/v1/api-events", &key).await.len(), 1);
@@ -111,9 +129,21 @@ async fn every_rule_of_the_seed_is_enforced(backend: Backend) {
         ("id", json!("123"), Some("id")),
         ("userContext", json!(null), None),
         ("userContext", json!({"ipAddress": "2001:db8::1"}), None),
-        ("userContext", json!({"ipAddress": "300.1.2.3"}), Some("userContext.ipAddress")),
-        ("userContext", json!({"userId": "u".repeat(101)}), Some("userContext.userId")),
-        ("userContext", json!({"clientId": "c".repeat(101)}), Some("userContext.clientId")),
+        (
+            "userContext",
+            json!({"ipAddress": "300.1.2.3"}),
+            Some("userContext.ipAddress"),
+        ),
+        (
+            "userContext",
+            json!({"userId": "u".repeat(101)}),
+            Some("userContext.userId"),
+        ),
+        (
+            "userContext",
+            json!({"clientId": "c".repeat(101)}),
+            Some("userContext.clientId"),
+        ),
         ("userContext", json!("u1"), Some("userContext")),
         ("colour", json!("red"), Some("colour")),
     ];
@@ -124,7 +154,11 @@ async fn every_rule_of_the_seed_is_enforced(backend: Backend) {
         match failing {
             None => assert!(status.is_success(), "{field}={value}: {body}"),
             Some(path) => {
-                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}={value}: {body}");
+                assert_eq!(
+                    status,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "{field}={value}: {body}"
+                );
                 assert_error(&body, "validation_failed");
                 assert_eq!(body["field"], path, "{body}");
             }
@@ -139,9 +173,17 @@ async fn every_rule_of_the_seed_is_enforced(backend: Backend) {
         ("method", json!("OPTIONS"), None),
         ("method", json!("FETCH"), Some("eventData.method")),
         ("endpoint", json!("e".repeat(500)), None),
-        ("endpoint", json!("e".repeat(501)), Some("eventData.endpoint")),
+        (
+            "endpoint",
+            json!("e".repeat(501)),
+            Some("eventData.endpoint"),
+        ),
         ("requestBody", json!([1, 2]), Some("eventData.requestBody")),
-        ("responseBody", json!({"blob": "x".repeat(1_048_600)}), Some("eventData.responseBody")),
+        (
+            "responseBody",
+            json!({"blob": "x".repeat(1_048_600)}),
+            Some("eventData.responseBody"),
+        ),
     ];
     for (field, value, failing) in data_cases {
         let mut event = valid.clone();
@@ -150,7 +192,11 @@ async fn every_rule_of_the_seed_is_enforced(backend: Backend) {
         match failing {
             None => assert!(status.is_success(), "eventData.{field}: {body}"),
             Some(path) => {
-                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "eventData.{field}: {body}");
+                assert_eq!(
+                    status,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "eventData.{field}: {body}"
+                );
                 assert_eq!(body["field"], path, "{body}");
             }
         }
@@ -174,13 +220,22 @@ async fn every_rule_of_the_seed_is_enforced(backend: Backend) {
     assert_eq!(
         fields,
         [
-            "correlationId", "eventData.endpoint", "eventData.statusCode", "eventTime",
-            "eventType", "sourceSystem", "status"
+            "correlationId",
+            "eventData.endpoint",
+            "eventData.statusCode",
+            "eventTime",
+            "eventType",
+            "sourceSystem",
+            "status"
         ]
     );
     // Nothing of the refused requests was stored: only the valid variants are there.
     let stored = app.list("/v1/api-events?limit=1000", &key).await;
-    assert_eq!(stored.len(), 11, "7 valid top-level + 4 valid eventData variants");
+    assert_eq!(
+        stored.len(),
+        11,
+        "7 valid top-level + 4 valid eventData variants"
+    );
     app.stop().await;
 }
 
@@ -189,9 +244,13 @@ async fn filters_paging_and_idempotency(backend: Backend) {
         return;
     };
     let key = app.key("acme", "events:write,events:read").await;
-    for (i, (event_type, status)) in [("REQUEST", "SUCCESS"), ("RESPONSE", "SUCCESS"), ("ERROR", "FAILURE")]
-        .iter()
-        .enumerate()
+    for (i, (event_type, status)) in [
+        ("REQUEST", "SUCCESS"),
+        ("RESPONSE", "SUCCESS"),
+        ("ERROR", "FAILURE"),
+    ]
+    .iter()
+    .enumerate()
     {
         let mut e = api_event(event_type, status, &format!("2026-11-2{}T10:00:00Z", i + 1));
         if i == 2 {
@@ -229,7 +288,8 @@ async fn filters_paging_and_idempotency(backend: Backend) {
         ("?limit=0", "limit"),
         ("?endpoint=/orders", "endpoint"),
     ] {
-        let (status, body) = status_json(app.get(&format!("/v1/api-events{query}"), &key).await).await;
+        let (status, body) =
+            status_json(app.get(&format!("/v1/api-events{query}"), &key).await).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
         assert_eq!(body["field"], field, "{body}");
     }
@@ -260,19 +320,29 @@ async fn batches_are_all_or_nothing(backend: Backend) {
     bad["eventData"]["statusCode"] = json!(42);
     bad["status"] = json!("MEH");
     let (status, body) = status_json(
-        app.post("/v1/api-events/batch", &key, &json!({"events": [good, bad, good]}))
-            .await,
+        app.post(
+            "/v1/api-events/batch",
+            &key,
+            &json!({"events": [good, bad, good]}),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let errors = body["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 2);
     assert!(errors.iter().all(|e| e["index"] == 1));
-    assert!(app.list("/v1/api-events", &key).await.is_empty(), "nothing stored");
+    assert!(
+        app.list("/v1/api-events", &key).await.is_empty(),
+        "nothing stored"
+    );
 
     // A bare array is accepted too.
-    let (status, body) =
-        status_json(app.post("/v1/api-events/batch", &key, &json!([good, good])).await).await;
+    let (status, body) = status_json(
+        app.post("/v1/api-events/batch", &key, &json!([good, good]))
+            .await,
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["ids"].as_array().unwrap().len(), 2);
     assert_eq!(app.list("/v1/api-events", &key).await.len(), 2);

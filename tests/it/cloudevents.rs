@@ -44,7 +44,12 @@ fn without_nulls(v: &Value) -> Value {
     v
 }
 
-async fn post_ce(app: &TestApp, key: &str, content_type: &str, body: &Value) -> (StatusCode, Value) {
+async fn post_ce(
+    app: &TestApp,
+    key: &str,
+    content_type: &str,
+    body: &Value,
+) -> (StatusCode, Value) {
     status_json(
         app.post_raw("/v1/events", key, Some(content_type), body.to_string())
             .await,
@@ -92,7 +97,12 @@ async fn spec_examples_round_trip(backend: Backend) {
     // Lists as a CloudEvents batch, newest first.
     let (content_type, list) = get_ce(&app, "/v1/events", &key, BATCH).await;
     assert_eq!(content_type, BATCH);
-    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["C234-1234-1234", "B234-1234-1234", "A234-1234-1234"]);
     // Data filters reach JSON CloudEvent data.
     assert_eq!(app.list("/v1/events?appinfoB=123", &key).await.len(), 1);
@@ -108,12 +118,19 @@ async fn spec_examples_round_trip(backend: Backend) {
     assert_eq!(status, StatusCode::CONFLICT);
     changed["source"] = json!("/othercontext");
     let (status, _) = post_ce(&app, &key, STRUCTURED, &changed).await;
-    assert_eq!(status, StatusCode::CREATED, "same id, other source: another event");
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "same id, other source: another event"
+    );
 
     // An event recorded as an envelope renders as a CloudEvent too.
     let id = app
-        .record(&key, json!({"event_type": "iam.user.created", "event_id": "e1", "source": "iam",
-                             "data": {"user": "u1"}}))
+        .record(
+            &key,
+            json!({"event_type": "iam.user.created", "event_id": "e1", "source": "iam",
+                             "data": {"user": "u1"}}),
+        )
         .await;
     let (_, ce) = get_ce(&app, &format!("/v1/events/{id}"), &key, STRUCTURED).await;
     assert_eq!(ce["specversion"], "1.0");
@@ -129,22 +146,59 @@ async fn bad_cloudevents_are_refused(backend: Backend) {
         return;
     };
     let key = app.key("acme", "events:write,events:read").await;
-    let valid = json!({"specversion": "1.0", "type": "com.example.someevent", "source": "/s", "id": "1"});
+    let valid =
+        json!({"specversion": "1.0", "type": "com.example.someevent", "source": "/s", "id": "1"});
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"specversion": "1.0", "type": "t", "source": "/s"}), "id"),
-        (json!({"specversion": "1.0", "type": "t", "id": "1"}), "source"),
-        (json!({"type": "t", "source": "/s", "id": "1"}), "specversion"),
-        (json!({"specversion": "1.0", "source": "/s", "id": "1"}), "type"),
-        (json!({"specversion": "0.3", "type": "t", "source": "/s", "id": "1"}), "specversion"),
-        (json!({"specversion": 1.0, "type": "t", "source": "/s", "id": "1"}), "specversion"),
-        (json!({"specversion": "1.0", "type": "t", "source": "/s", "id": ""}), "id"),
-        (json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1", "time": "noon"}), "time"),
-        (json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1", "Bad_Ext": "x"}), "Bad_Ext"),
-        (json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1", "ext": {"a": 1}}), "ext"),
-        (json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1",
-                "data": {}, "data_base64": "AA=="}), "data_base64"),
-        (json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1",
-                "dataschema": "not a uri"}), "dataschema"),
+        (
+            json!({"specversion": "1.0", "type": "t", "source": "/s"}),
+            "id",
+        ),
+        (
+            json!({"specversion": "1.0", "type": "t", "id": "1"}),
+            "source",
+        ),
+        (
+            json!({"type": "t", "source": "/s", "id": "1"}),
+            "specversion",
+        ),
+        (
+            json!({"specversion": "1.0", "source": "/s", "id": "1"}),
+            "type",
+        ),
+        (
+            json!({"specversion": "0.3", "type": "t", "source": "/s", "id": "1"}),
+            "specversion",
+        ),
+        (
+            json!({"specversion": 1.0, "type": "t", "source": "/s", "id": "1"}),
+            "specversion",
+        ),
+        (
+            json!({"specversion": "1.0", "type": "t", "source": "/s", "id": ""}),
+            "id",
+        ),
+        (
+            json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1", "time": "noon"}),
+            "time",
+        ),
+        (
+            json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1", "Bad_Ext": "x"}),
+            "Bad_Ext",
+        ),
+        (
+            json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1", "ext": {"a": 1}}),
+            "ext",
+        ),
+        (
+            json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1",
+                "data": {}, "data_base64": "AA=="}),
+            "data_base64",
+        ),
+        (
+            json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1",
+                "dataschema": "not a uri"}),
+            "dataschema",
+        ),
     ];
     for (event, field) in cases {
         let (status, body) = post_ce(&app, &key, STRUCTURED, &event).await;
@@ -154,7 +208,9 @@ async fn bad_cloudevents_are_refused(backend: Backend) {
     }
     let (status, body) = post_ce(&app, &key, STRUCTURED, &json!([valid])).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let r = app.post_raw("/v1/events", &key, Some(STRUCTURED), "{not json").await;
+    let r = app
+        .post_raw("/v1/events", &key, Some(STRUCTURED), "{not json")
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // Batch mode is atomic: one bad event refuses them all, with its index.
@@ -163,16 +219,29 @@ async fn bad_cloudevents_are_refused(backend: Backend) {
     let batch = json!([valid, {"specversion": "1.0"}, second]);
     let (status, body) = post_ce(&app, &key, BATCH, &batch).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(body["errors"].as_array().unwrap().iter().all(|e| e["index"] == 1));
+    assert!(
+        body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["index"] == 1)
+    );
     let (status, _) = post_ce(&app, &key, BATCH, &json!({"events": []})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(app.list("/v1/events", &key).await.is_empty(), "nothing stored");
+    assert!(
+        app.list("/v1/events", &key).await.is_empty(),
+        "nothing stored"
+    );
 
     let (status, body) = post_ce(&app, &key, BATCH, &json!([valid, second])).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["ids"].as_array().unwrap().len(), 2);
     let (status, _) = post_ce(&app, &key, BATCH, &json!([])).await;
-    assert_eq!(status, StatusCode::OK, "an empty batch is allowed by the spec");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an empty batch is allowed by the spec"
+    );
     assert_eq!(app.list("/v1/events", &key).await.len(), 2);
     app.stop().await;
 }
@@ -183,7 +252,11 @@ async fn binary_mode(backend: Backend) {
     };
     let key = app.key("acme", "events:write,events:read").await;
     let send = async |headers: &[(&str, &str)], content_type: Option<&str>, body: Vec<u8>| {
-        let mut req = app.http.post(app.url("/v1/events")).header("x-api-key", &key).body(body);
+        let mut req = app
+            .http
+            .post(app.url("/v1/events"))
+            .header("x-api-key", &key)
+            .body(body);
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
@@ -202,7 +275,12 @@ async fn binary_mode(backend: Backend) {
     // JSON data, and a percent-encoded extension value (the binding's encoding).
     let mut headers = base.to_vec();
     headers.push(("ce-comexampleextension", "caf%C3%A9%20au%20lait"));
-    let (status, body) = send(&headers, Some("application/json; charset=utf-8"), br#"{"n": 1}"#.to_vec()).await;
+    let (status, body) = send(
+        &headers,
+        Some("application/json; charset=utf-8"),
+        br#"{"n": 1}"#.to_vec(),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["id"].as_str().unwrap();
     let (_, back) = get_ce(&app, &format!("/v1/events/{id}"), &key, STRUCTURED).await;
@@ -241,11 +319,25 @@ async fn binary_mode(backend: Backend) {
     headers[3] = ("ce-id", "bad-json");
     let (status, body) = send(&headers, Some("application/json"), b"{nope".to_vec()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, body) = send(&[("ce-specversion", "1.0"), ("ce-id", "%FF"), ("ce-type", "t"), ("ce-source", "/s")], None, vec![]).await;
+    let (status, body) = send(
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "%FF"),
+            ("ce-type", "t"),
+            ("ce-source", "/s"),
+        ],
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["field"], "ce-id");
     assert_eq!(app.list("/v1/events", &key).await.len(), 3);
     app.stop().await;
 }
 
-conformance!(spec_examples_round_trip, bad_cloudevents_are_refused, binary_mode);
+conformance!(
+    spec_examples_round_trip,
+    bad_cloudevents_are_refused,
+    binary_mode
+);

@@ -18,7 +18,12 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
-async fn post_encoded(app: &TestApp, key: &str, encoding: &str, body: Vec<u8>) -> (StatusCode, Value) {
+async fn post_encoded(
+    app: &TestApp,
+    key: &str,
+    encoding: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     let r = app
         .http
         .post(app.url("/v1/events"))
@@ -53,7 +58,10 @@ async fn compressed_bodies(backend: Backend) {
     bomb.extend(std::iter::repeat_n(b'0', 16 * 1024 * 1024));
     bomb.extend(br#""}}"#);
     let compressed = gzip(&bomb);
-    assert!(compressed.len() < 1024 * 1024, "the compressed body is under the limit");
+    assert!(
+        compressed.len() < 1024 * 1024,
+        "the compressed body is under the limit"
+    );
     let (status, body) = post_encoded(&app, &key, "gzip", compressed).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_error(&body, "payload_too_large");
@@ -63,13 +71,19 @@ async fn compressed_bodies(backend: Backend) {
     let (status, body) = post_encoded(&app, &key, "br", event.clone().into_bytes()).await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
     assert_eq!(body["field"], "content-encoding");
-    assert_eq!(app.list("/v1/events", &key).await.len(), 2, "only the two good ones");
+    assert_eq!(
+        app.list("/v1/events", &key).await.len(),
+        2,
+        "only the two good ones"
+    );
 
     // Large answers are gzip-compressed for clients that accept it; small ones are not.
     let events: Vec<Value> = (0..200)
         .map(|i| json!({"event_type": "iam.user.created", "data": {"i": i, "text": "some repeated text"}}))
         .collect();
-    let r = app.post("/v1/events/batch", &key, &json!({"events": events})).await;
+    let r = app
+        .post("/v1/events/batch", &key, &json!({"events": events}))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let get = async |path: &str| {
         app.http
@@ -84,12 +98,19 @@ async fn compressed_bodies(backend: Backend) {
     assert_eq!(r.headers()["content-encoding"], "gzip");
     let compressed = r.bytes().await.unwrap();
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut text).unwrap();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&compressed[..]),
+        &mut text,
+    )
+    .unwrap();
     let listed: Vec<Value> = serde_json::from_str(&text).unwrap();
     assert_eq!(listed.len(), 202);
     assert!(compressed.len() * 4 < text.len(), "compressed well");
     let r = get("/v1/events?limit=1").await;
-    assert!(r.headers().get("content-encoding").is_none(), "small answers stay plain");
+    assert!(
+        r.headers().get("content-encoding").is_none(),
+        "small answers stay plain"
+    );
     app.stop().await;
 }
 
@@ -98,33 +119,57 @@ async fn open_policy_warns(backend: Backend) {
         return;
     };
     let key = app.key("acme", "events:write,events:read").await;
-    let r = app.post("/v1/events", &key, &json!({"event_type": "billing.invoice.paid"})).await;
+    let r = app
+        .post(
+            "/v1/events",
+            &key,
+            &json!({"event_type": "billing.invoice.paid"}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert!(r.headers().get("warning").is_none());
 
-    let r = app.post("/v1/events", &key, &json!({"event_type": "UserLogin"})).await;
+    let r = app
+        .post("/v1/events", &key, &json!({"event_type": "UserLogin"}))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED, "open mode accepts it");
     let warning = r.headers()["warning"].to_str().unwrap().to_string();
     assert!(warning.starts_with("299 annals \""), "{warning}");
-    assert!(warning.contains("UserLogin") && warning.contains("segment"), "{warning}");
+    assert!(
+        warning.contains("UserLogin") && warning.contains("segment"),
+        "{warning}"
+    );
     let body: Value = r.json().await.unwrap();
     assert!(body["warning"].as_str().unwrap().contains("UserLogin"));
 
     let r = app
-        .post("/v1/events/batch", &key, &json!({"events": [
-            {"event_type": "iam.user.created"}, {"event_type": "iam.user.create"}]}))
+        .post(
+            "/v1/events/batch",
+            &key,
+            &json!({"events": [
+            {"event_type": "iam.user.created"}, {"event_type": "iam.user.create"}]}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert!(r.headers()["warning"].to_str().unwrap().contains("past-tense"));
+    assert!(
+        r.headers()["warning"]
+            .to_str()
+            .unwrap()
+            .contains("past-tense")
+    );
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["warnings"][0]["index"], 1);
 
     // ApiEvents keep the seed's REQUEST/RESPONSE/ERROR types without a warning.
     let r = app
-        .post("/v1/api-events", &key, &json!({
+        .post(
+            "/v1/api-events",
+            &key,
+            &json!({
             "eventType": "REQUEST", "sourceSystem": "s", "eventTime": "2026-11-21T10:00:00Z",
             "eventData": {"endpoint": "/", "method": "GET", "statusCode": 200},
-            "correlationId": "2f1c6c2e-8d2a-4b51-9a57-0c1f3e7d5b10", "status": "SUCCESS"}))
+            "correlationId": "2f1c6c2e-8d2a-4b51-9a57-0c1f3e7d5b10", "status": "SUCCESS"}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert!(r.headers().get("warning").is_none());
@@ -140,13 +185,28 @@ async fn convention_policy_refuses(backend: Backend) {
         return;
     };
     let key = app.key("acme", "events:write,events:read").await;
-    for ok in ["iam.user.created", "billing.invoice.paid", "mail.message.sent", "ci.image.built"] {
-        let r = app.post("/v1/events", &key, &json!({"event_type": ok})).await;
+    for ok in [
+        "iam.user.created",
+        "billing.invoice.paid",
+        "mail.message.sent",
+        "ci.image.built",
+    ] {
+        let r = app
+            .post("/v1/events", &key, &json!({"event_type": ok}))
+            .await;
         assert_eq!(r.status(), StatusCode::CREATED, "{ok}");
     }
-    for bad in ["user_login", "billing.invoice", "Billing.Invoice.Paid", "billing.invoice.pay"] {
-        let (status, body) =
-            status_json(app.post("/v1/events", &key, &json!({"event_type": bad})).await).await;
+    for bad in [
+        "user_login",
+        "billing.invoice",
+        "Billing.Invoice.Paid",
+        "billing.invoice.pay",
+    ] {
+        let (status, body) = status_json(
+            app.post("/v1/events", &key, &json!({"event_type": bad}))
+                .await,
+        )
+        .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
         assert_eq!(body["field"], "event_type");
     }
@@ -160,9 +220,13 @@ async fn convention_policy_refuses(backend: Backend) {
     assert_eq!(body["field"], "type");
     // A batch with one bad type stores nothing.
     let (status, body) = status_json(
-        app.post("/v1/events/batch", &key, &json!({"events": [
-            {"event_type": "iam.user.created"}, {"event_type": "login"}]}))
-            .await,
+        app.post(
+            "/v1/events/batch",
+            &key,
+            &json!({"events": [
+            {"event_type": "iam.user.created"}, {"event_type": "login"}]}),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -171,4 +235,8 @@ async fn convention_policy_refuses(backend: Backend) {
     app.stop().await;
 }
 
-conformance!(compressed_bodies, open_policy_warns, convention_policy_refuses);
+conformance!(
+    compressed_bodies,
+    open_policy_warns,
+    convention_policy_refuses
+);

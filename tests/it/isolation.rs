@@ -18,6 +18,18 @@ async fn two_clients_never_see_each_other_anywhere(backend: Backend) {
     let b_event = app
         .record(&b, json!({"event_type": "secret.b.made", "user_id": "shared", "event_id": "same", "data": {"owner": "bravo"}}))
         .await;
+    // and an ApiEvent each, with the same source and correlation id
+    let mut api_ids = Vec::new();
+    for (key, marker) in [(&a, "alpha"), (&b, "bravo")] {
+        let api_event = json!({
+            "eventType": "REQUEST", "sourceSystem": "shared", "eventTime": "2026-11-21T10:00:00Z",
+            "eventData": {"endpoint": format!("/{marker}"), "method": "GET", "statusCode": 200},
+            "correlationId": "2f1c6c2e-8d2a-4b51-9a57-0c1f3e7d5b10", "status": "SUCCESS"});
+        let r = app.post("/v1/api-events", key, &api_event).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: serde_json::Value = r.json().await.unwrap();
+        api_ids.push(body["id"].as_str().unwrap().to_string());
+    }
     // each reports a security event of its own, marked with its data marker
     for (key, marker) in [(&a, "alpha"), (&b, "bravo")] {
         let report = json!({"event_type": "FAILED_LOGIN", "severity": "LOW", "event_details": {"owner": marker}});
@@ -29,8 +41,13 @@ async fn two_clients_never_see_each_other_anywhere(backend: Backend) {
     // let the audit log catch up so its rows exist for both
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
-    let reads = |own: &str, other: &str| {
+    let reads = |own: &str, other: &str, other_api: &str| {
         vec![
+            String::from("/v1/api-events"),
+            String::from("/api/v1/api-events"),
+            String::from("/v1/api-events?sourceSystem=shared"),
+            format!("/v1/api-events/{other_api}"),
+            format!("/api/v1/api-events/{other_api}"),
             String::from("/v1/events"),
             String::from("/events"),
             String::from("/api/v1/events"),
@@ -48,11 +65,27 @@ async fn two_clients_never_see_each_other_anywhere(backend: Backend) {
             String::from("/api/v1/security-events"),
         ]
     };
-    for (key, me, them, own_event, other_event, their_marker) in [
-        (&a, "client-a", "client-b", &a_event, &b_event, "bravo"),
-        (&b, "client-b", "client-a", &b_event, &a_event, "alpha"),
+    for (key, me, them, own_event, other_event, other_api, their_marker) in [
+        (
+            &a,
+            "client-a",
+            "client-b",
+            &a_event,
+            &b_event,
+            &api_ids[1],
+            "bravo",
+        ),
+        (
+            &b,
+            "client-b",
+            "client-a",
+            &b_event,
+            &a_event,
+            &api_ids[0],
+            "alpha",
+        ),
     ] {
-        for path in reads(own_event, other_event) {
+        for path in reads(own_event, other_event, other_api) {
             let r = app.get(&path, key).await;
             let status = r.status();
             let body = r.text().await.unwrap();
@@ -80,7 +113,12 @@ async fn two_clients_never_see_each_other_anywhere(backend: Backend) {
             StatusCode::NOT_FOUND
         );
         // naming the other client is refused on every listing
-        for path in ["/v1/events", "/v1/audit/logs", "/v1/security-events"] {
+        for path in [
+            "/v1/events",
+            "/v1/api-events",
+            "/v1/audit/logs",
+            "/v1/security-events",
+        ] {
             let r = app.get(&format!("{path}?client_id={them}"), key).await;
             assert_eq!(r.status(), StatusCode::FORBIDDEN, "{me} {path}");
         }

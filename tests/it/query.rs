@@ -254,25 +254,38 @@ async fn indexed_data_fields(backend: Backend) {
     let key = app.key("acme", "events:write,events:read").await;
     let other = app.key("other", "events:write,events:read").await;
     for (k, data) in [
-        (&key, json!({"order_id": "o-1", "customer": {"tier": "gold"}})),
+        (
+            &key,
+            json!({"order_id": "o-1", "customer": {"tier": "gold"}}),
+        ),
         (&key, json!({"order_id": 42, "customer": {"tier": 1}})),
         (&key, json!({"order_id": "42", "customer": {"tier": true}})),
         (&key, json!({"order_id": 42.5})),
         (&key, json!({"order_id": {"nested": "o-1"}})),
         (&other, json!({"order_id": "o-1"})),
     ] {
-        app.record(k, json!({"event_type": "shop.order.placed", "data": data})).await;
+        app.record(k, json!({"event_type": "shop.order.placed", "data": data}))
+            .await;
     }
     let app = app.restart().await;
     let count = async |q: &str| app.list(&format!("/v1/events?{q}"), &key).await.len();
-    assert_eq!(count("order_id=o-1").await, 1, "the other client's o-1 is not seen");
+    assert_eq!(
+        count("order_id=o-1").await,
+        1,
+        "the other client's o-1 is not seen"
+    );
     assert_eq!(count("order_id=42").await, 2, "the number and the string");
     assert_eq!(count("order_id=42.5").await, 1);
     assert_eq!(count("order_id=43").await, 0);
     assert_eq!(count("data.customer.tier=gold").await, 1);
     assert_eq!(count("data.customer.tier=1").await, 1, "1 is not true");
     assert_eq!(count("data.customer.tier=true").await, 1);
-    assert_eq!(app.list("/v1/events?order_id=o-1", &app.admin_key).await.len(), 2);
+    assert_eq!(
+        app.list("/v1/events?order_id=o-1", &app.admin_key)
+            .await
+            .len(),
+        2
+    );
 
     if backend == Backend::Postgres {
         let (client, conn) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
@@ -288,7 +301,10 @@ async fn indexed_data_fields(backend: Backend) {
             .await
             .unwrap();
         let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        assert_eq!(names, ["events_data_customer__tier", "events_data_order_id"]);
+        assert_eq!(
+            names,
+            ["events_data_customer__tier", "events_data_order_id"]
+        );
     }
     app.stop().await;
 }

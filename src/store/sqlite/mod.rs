@@ -145,7 +145,10 @@ pub fn open_and_migrate(path: &Path, synchronous: Synchronous) -> anyhow::Result
 }
 
 /// Creates the expression index of each indexed data field (existing ones are kept).
-pub(super) fn create_field_indexes(conn: &Connection, fields: &[IndexedField]) -> anyhow::Result<()> {
+pub(super) fn create_field_indexes(
+    conn: &Connection,
+    fields: &[IndexedField],
+) -> anyhow::Result<()> {
     for field in fields {
         conn.execute_batch(&format!(
             "CREATE INDEX IF NOT EXISTS {} ON events ({}, seq)",
