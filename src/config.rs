@@ -170,6 +170,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_AUDIT_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub audit_log: bool,
 
+    /// Keep masked request/response bodies (JSON, up to 4 KiB each) in the audit log.
+    #[arg(long, env = "ANNALS_AUDIT_BODIES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub audit_bodies: bool,
+
     /// Days audit records are kept (0 = forever).
     #[arg(long, env = "ANNALS_AUDIT_RETENTION_DAYS", default_value_t = 90)]
     pub audit_retention_days: u32,
@@ -226,6 +230,7 @@ impl ServeArgs {
             mask_fields: String::from(crate::domain::masking::DEFAULT_MASK_FIELDS),
             anonymize_ip: false,
             event_type_policy: EventTypePolicy::Open,
+            audit_bodies: false,
             audit_retention_days: 90,
             retention_interval_secs: 3600,
             failed_auth_per_minute: 60,

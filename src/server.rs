@@ -131,6 +131,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         security: security.clone(),
         mask: MaskPolicy::new(&args.mask_fields, args.anonymize_ip),
         type_policy: args.event_type_policy,
+        audit_bodies: args.audit_bodies,
     }));
     let listener = TcpListener::bind(args.listen)
         .await

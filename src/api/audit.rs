@@ -5,15 +5,17 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::{Body, HttpBody};
 use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, RawQuery, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::AppState;
 use super::extract::Auth;
 use super::query_params::{paged_json, parse_id_listing, parse_pairs};
+use crate::audit::bodies::{self, TeeBody};
 use crate::domain::Timestamp;
 use crate::domain::audit::{AuditQuery, AuditRecord, MAX_USER_AGENT};
 use crate::error::ApiError;
@@ -31,7 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/audit/logs", get(list_logs))
 }
 
-pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn record(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let Some(audit) = state.audit.clone() else {
         return next.run(request).await;
     };
@@ -49,7 +51,26 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         .map(|c| c.0.ip().to_string());
     let user_agent = header_text(&request, header::USER_AGENT);
     let request_id = header_text(&request, header::HeaderName::from_static("x-request-id"));
-    let response = next.run(request).await;
+    let mut request_seen = None;
+    if state.audit_bodies {
+        let (parts, body) = request.into_parts();
+        let (tee, seen) = TeeBody::new(body);
+        request = Request::from_parts(parts, Body::new(tee));
+        request_seen = Some(seen);
+    }
+    let mut response = next.run(request).await;
+    let (request_body, response_body) = match request_seen {
+        None => (None, None),
+        Some(seen) => {
+            let request_body = seen
+                .lock()
+                .ok()
+                .and_then(|c| bodies::render(&c, &state.mask));
+            let response_body;
+            (response, response_body) = keep_response_body(response, &path, &state).await;
+            (request_body, response_body)
+        }
+    };
     let identity = response.extensions().get::<AuditIdentity>().cloned();
     audit.record(AuditRecord {
         at,
@@ -63,8 +84,54 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         ip,
         user_agent,
         request_id,
+        request_body,
+        response_body,
     });
     response
+}
+
+/// The response body as the audit log keeps it (masked JSON, or a description), and the
+/// response to send on. Key management answers are never kept: they carry new keys.
+async fn keep_response_body(
+    response: Response,
+    path: &str,
+    state: &AppState,
+) -> (Response, Option<String>) {
+    if path.starts_with("/v1/keys") || path.starts_with("/api/v1/keys") {
+        return (
+            response,
+            Some(String::from("[key management answer: not kept]")),
+        );
+    }
+    let size = response.body().size_hint().exact();
+    match size {
+        Some(0) => (response, None),
+        Some(n) if n as usize <= bodies::CAPTURE_LIMIT => {
+            let (parts, body) = response.into_parts();
+            match axum::body::to_bytes(body, bodies::CAPTURE_LIMIT).await {
+                Ok(bytes) => {
+                    let kept = bodies::render(
+                        &bodies::Captured {
+                            prefix: bytes.to_vec(),
+                            total: bytes.len(),
+                        },
+                        &state.mask,
+                    );
+                    (Response::from_parts(parts, Body::from(bytes)), kept)
+                }
+                Err(e) => {
+                    let error =
+                        ApiError::internal(format!("reading a response for the audit log: {e}"));
+                    (error.into_response(), None)
+                }
+            }
+        }
+        Some(n) => (
+            response,
+            Some(format!("[{n} bytes: too large to mask, not kept]")),
+        ),
+        None => (response, Some(String::from("[streamed: not kept]"))),
+    }
 }
 
 fn header_text(request: &Request, name: header::HeaderName) -> Option<String> {

@@ -68,6 +68,8 @@ pub struct Services {
     pub security: SecurityRecorder,
     pub mask: MaskPolicy,
     pub type_policy: EventTypePolicy,
+    /// `ANNALS_AUDIT_BODIES`: keep masked request/response bodies in the audit log.
+    pub audit_bodies: bool,
 }
 
 /// Rate limits applied by the access middleware.

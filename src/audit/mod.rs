@@ -8,6 +8,7 @@
 //!   one store write.
 //! - On shutdown the writer stores everything still queued before it stops.
 
+pub mod bodies;
 pub mod security;
 
 use std::sync::Arc;

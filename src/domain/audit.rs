@@ -21,6 +21,11 @@ pub struct AuditRecord {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    /// With `ANNALS_AUDIT_BODIES`: the masked request body (JSON, at most 4 KiB) or a
+    /// description of one that is not kept.
+    pub request_body: Option<String>,
+    /// The same for the response body.
+    pub response_body: Option<String>,
 }
 
 /// A stored audit record with its id.
@@ -33,7 +38,7 @@ pub struct StoredAudit {
 impl StoredAudit {
     pub fn to_json(&self) -> Value {
         let r = &self.record;
-        json!({
+        let mut out = json!({
             "id": self.id,
             "timestamp": r.at.to_rfc3339(),
             "client_id": r.client_id,
@@ -46,7 +51,16 @@ impl StoredAudit {
             "ip_address": r.ip,
             "user_agent": r.user_agent,
             "request_id": r.request_id,
-        })
+        });
+        for (name, body) in [
+            ("request_body", &r.request_body),
+            ("response_body", &r.response_body),
+        ] {
+            if let Some(body) = body {
+                out[name] = Value::String(body.clone());
+            }
+        }
+        out
     }
 }
 

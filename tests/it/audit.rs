@@ -138,6 +138,8 @@ async fn audit_retention_deletes_only_old_records(backend: Backend) {
         ip: None,
         user_agent: None,
         request_id: None,
+        request_body: None,
+        response_body: None,
     };
     let rows = vec![
         row(120, "/old-1"),
@@ -162,7 +164,142 @@ async fn audit_retention_deletes_only_old_records(backend: Backend) {
     app.stop().await;
 }
 
+/// `ANNALS_AUDIT_BODIES=true`: bodies are kept masked and cut to 4 KiB; what can't be masked
+/// (not JSON, too large) and key-management answers are described, never stored.
+async fn bodies_are_kept_masked_when_asked(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |a| a.audit_bodies = true).await else {
+        return;
+    };
+    let admin = app.admin_key.clone();
+    let key = app.key("acme", "events:write,events:read").await;
+    let r = app
+        .post(
+            "/v1/events",
+            &key,
+            &json!({"event_type": "iam.user.created",
+            "data": {"user": "u1", "password": "hunter2", "nested": [{"Token": "t0ps3cret"}]}}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .post_raw("/v1/events", &key, Some("text/plain"), "password=hunter2")
+        .await;
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = app
+        .http
+        .post(app.url("/v1/events"))
+        .header("x-api-key", &key)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "b1")
+        .header("ce-source", "/s")
+        .header("ce-type", "blob.file.uploaded")
+        .header("content-type", "application/octet-stream")
+        .body("password=hunter2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = app
+        .post(
+            "/v1/keys",
+            &admin,
+            &json!({"client_id": "acme", "name": "second"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let new_key = r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let big: Vec<Value> = (0..100)
+        .map(|i| json!({"event_type": "x.y.created", "data": {"i": i, "pad": "p".repeat(100)}}))
+        .collect();
+    let r = app
+        .post("/v1/events/batch", &key, &json!({"events": big}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let rows = logs_until(&app, "limit=1000", &admin, 4).await;
+    let text = serde_json::to_string(&rows).unwrap();
+    for secret in ["hunter2", "t0ps3cret", new_key.as_str()] {
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into the audit log: {text}"
+        );
+    }
+    let find = |status: u64, path: &str| {
+        rows.iter()
+            .find(|r| r["status"] == status && r["path"] == path)
+            .unwrap_or_else(|| panic!("no {status} {path} row"))
+    };
+    let created = rows
+        .iter()
+        .find(|r| {
+            r["request_body"]
+                .as_str()
+                .is_some_and(|b| b.contains("iam.user.created"))
+        })
+        .expect("the JSON ingest row keeps its body");
+    let request: Value = serde_json::from_str(created["request_body"].as_str().unwrap()).unwrap();
+    assert_eq!(request["data"]["user"], "u1");
+    assert_eq!(request["data"]["password"], "***");
+    assert!(created["response_body"].as_str().unwrap().contains(&id));
+    assert!(
+        find(415, "/v1/events").get("request_body").is_none(),
+        "a body never read is not kept"
+    );
+    let binary = rows
+        .iter()
+        .filter(|r| r["status"] == 201 && r["path"] == "/v1/events")
+        .find(|r| {
+            r["request_body"]
+                .as_str()
+                .is_some_and(|b| b.contains("not JSON"))
+        });
+    assert!(
+        binary.is_some(),
+        "the binary CloudEvent's body is described, not kept"
+    );
+    assert!(
+        find(201, "/v1/keys")["response_body"]
+            .as_str()
+            .unwrap()
+            .contains("not kept")
+    );
+    let batch = find(201, "/v1/events/batch")["request_body"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        batch.ends_with("[truncated]") && batch.len() < 4200,
+        "{batch}"
+    );
+    app.stop().await;
+
+    // Off by default: no bodies.
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let key = app.key("acme", "events:write,events:read").await;
+    app.record(
+        &key,
+        json!({"event_type": "iam.user.created", "data": {"user": "u1"}}),
+    )
+    .await;
+    let rows = logs_until(&app, "limit=10", &app.admin_key, 1).await;
+    assert!(
+        rows.iter().all(|r| r.get("request_body").is_none()),
+        "{rows:?}"
+    );
+    app.stop().await;
+}
+
 crate::conformance!(
+    bodies_are_kept_masked_when_asked,
     every_call_is_recorded_and_clients_see_only_their_own,
     audit_retention_deletes_only_old_records,
 );

@@ -588,11 +588,17 @@ impl Store for PostgresStore {
         let ip: Vec<_> = records.iter().map(|r| r.ip.clone()).collect();
         let agent: Vec<_> = records.iter().map(|r| r.user_agent.clone()).collect();
         let request: Vec<_> = records.iter().map(|r| r.request_id.clone()).collect();
+        let request_body: Vec<_> = records.iter().map(|r| r.request_body.clone()).collect();
+        let response_body: Vec<_> = records.iter().map(|r| r.response_body.clone()).collect();
         db.execute(
             "INSERT INTO audit_logs (at, client_id, key_id, method, route, path, status, latency_us, ip, \
-             user_agent, request_id) SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], \
-             $4::text[], $5::text[], $6::text[], $7::smallint[], $8::bigint[], $9::text[], $10::text[], $11::text[])",
-            &[&at, &client, &key, &method, &route, &path, &status, &latency, &ip, &agent, &request],
+             user_agent, request_id, request_body, response_body) SELECT * FROM UNNEST($1::timestamptz[], \
+             $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::bigint[], \
+             $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])",
+            &[
+                &at, &client, &key, &method, &route, &path, &status, &latency, &ip, &agent, &request,
+                &request_body, &response_body,
+            ],
         )
         .await
         .map_err(unavailable)?;
@@ -603,7 +609,7 @@ impl Store for PostgresStore {
         let db = self.client().await?;
         let mut f = Filters::new(
             "SELECT id, at, client_id, key_id, method, route, path, status, latency_us, ip, user_agent, \
-             request_id FROM audit_logs WHERE TRUE",
+             request_id, request_body, response_body FROM audit_logs WHERE TRUE",
         );
         if let Some(c) = &query.client_id {
             f.add(" AND client_id = $#", Box::new(c.as_str().to_string()));
@@ -641,6 +647,8 @@ impl Store for PostgresStore {
                         ip: r.get(9),
                         user_agent: r.get(10),
                         request_id: r.get(11),
+                        request_body: r.get(12),
+                        response_body: r.get(13),
                     },
                 }
             })

@@ -595,14 +595,14 @@ impl Store for SqliteStore {
             // Multi-row statements: a batch of thousands costs a few dozen statement runs.
             const ROWS: usize = 64;
             const COLUMNS: &str = "INSERT INTO audit_logs (at, client_id, key_id, method, route, path, \
-                status, latency_us, ip, user_agent, request_id) VALUES ";
+                status, latency_us, ip, user_agent, request_id, request_body, response_body) VALUES ";
             let sql_for = |rows: usize| {
-                let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
                 format!("{COLUMNS}{}", vec![one; rows].join(", "))
             };
             for chunk in records.chunks(ROWS) {
                 let mut stmt = tx.prepare_cached(&sql_for(chunk.len()))?;
-                let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 11);
+                let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 13);
                 let times: Vec<i64> = chunk.iter().map(|r| r.at.as_micros()).collect();
                 for (r, at) in chunk.iter().zip(&times) {
                     values.extend_from_slice(&[
@@ -617,6 +617,8 @@ impl Store for SqliteStore {
                         &r.ip,
                         &r.user_agent,
                         &r.request_id,
+                        &r.request_body,
+                        &r.response_body,
                     ]);
                 }
                 stmt.execute(values.as_slice())?;
@@ -631,7 +633,7 @@ impl Store for SqliteStore {
             use rusqlite::types::Value as V;
             let mut f = Filters::new(
                 "SELECT id, at, client_id, key_id, method, route, path, status, latency_us, ip, \
-                 user_agent, request_id FROM audit_logs WHERE 1 = 1",
+                 user_agent, request_id, request_body, response_body FROM audit_logs WHERE 1 = 1",
             );
             if let Some(c) = &query.client_id {
                 f.add(" AND client_id = ?#", V::Text(c.as_str().to_string()));
@@ -665,6 +667,8 @@ impl Store for SqliteStore {
                         ip: r.get(9)?,
                         user_agent: r.get(10)?,
                         request_id: r.get(11)?,
+                        request_body: r.get(12)?,
+                        response_body: r.get(13)?,
                     },
                 })
             })?;
