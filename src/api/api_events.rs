@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use super::AppState;
 use super::events::{fetch_event, page_response};
-use super::extract::{Auth, read_json};
-use super::ingest::{batch_items, envelope_rules, parse_all, record_batch, record_one};
+use super::extract::Auth;
+use super::ingest::{ingest_json, ingest_json_batch};
 use super::query_params::{DEFAULT_LIMIT, decode_cursor, parse_limit, parse_order, parse_pairs};
 use crate::domain::access::Scope;
 use crate::domain::api_event::{self, EVENT_TYPES, STATUSES, parse_api_event, render_api_event};
@@ -39,9 +39,7 @@ async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsWrite)?;
-    let value = read_json(&headers, body, state.limits.max_body_bytes).await?;
-    let parsed = parse_api_event(value, &principal.client_id, &envelope_rules(&state));
-    record_one(&state, &principal, parsed).await
+    ingest_json(&state, &principal, &headers, body, parse_api_event).await
 }
 
 /// `{"events": [ApiEvent, …]}` or a bare array, all-or-nothing like every batch.
@@ -52,10 +50,7 @@ async fn create_batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsWrite)?;
-    let value = read_json(&headers, body, state.limits.max_body_bytes).await?;
-    let items = batch_items(value, true, state.limits.max_batch)?;
-    let parsed = parse_all(&state, &principal, items, parse_api_event);
-    record_batch(&state, &principal, parsed).await
+    ingest_json_batch(&state, &principal, &headers, body, true, parse_api_event).await
 }
 
 const FILTERS: &str = "correlationId, sourceSystem, eventType, status, from, to, limit, order, \

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::AppState;
 use super::extract::{Auth, content_type_essence, read_body, read_json};
 use super::ingest::{
-    batch_items, check_batch_size, envelope_rules, parse_all, record_batch, record_one,
+    check_batch_size, envelope_rules, ingest_json, ingest_json_batch, parse_all, record_batch,
+    record_one,
 };
 use super::query_params::{next_link, parse_list_params, parse_pairs};
 use crate::auth::Principal;
@@ -58,24 +59,23 @@ async fn create_event(
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsWrite)?;
-    let max_body = state.limits.max_body_bytes;
-    let rules = envelope_rules(&state);
     match wire_mode(&headers) {
-        WireMode::Envelope => {
-            let value = read_json(&headers, body, max_body).await?;
-            let parsed = parse_event(value, &principal.client_id, &rules);
-            record_one(&state, &principal, parsed).await
-        }
+        WireMode::Envelope => ingest_json(&state, &principal, &headers, body, parse_event).await,
         WireMode::CloudEvent => {
-            let value = read_json(&headers, body, max_body).await?;
-            let parsed = cloudevents::parse_structured(value, &principal.client_id, &rules);
-            record_one(&state, &principal, parsed).await
+            ingest_json(
+                &state,
+                &principal,
+                &headers,
+                body,
+                cloudevents::parse_structured,
+            )
+            .await
         }
         WireMode::CloudEventBatch => {
             create_cloudevent_batch(&state, &principal, &headers, body).await
         }
         WireMode::CloudEventBinary => {
-            let bytes = read_body(&headers, body, max_body).await?;
+            let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
             let structured = cloudevents::binary_to_structured(
                 binary_attributes(&headers)?,
                 headers
@@ -84,6 +84,7 @@ async fn create_event(
                 &bytes,
             )
             .map_err(|message| ApiError::bad_json(message).with_field("body"))?;
+            let rules = envelope_rules(&state);
             let parsed = cloudevents::parse_structured(structured, &principal.client_id, &rules)
                 .map_err(|mut rejected| {
                     for error in &mut rejected.errors {
@@ -149,10 +150,7 @@ async fn create_batch(
     if let WireMode::CloudEventBatch = wire_mode(&headers) {
         return create_cloudevent_batch(&state, &principal, &headers, body).await;
     }
-    let value = read_json(&headers, body, state.limits.max_body_bytes).await?;
-    let items = batch_items(value, false, state.limits.max_batch)?;
-    let parsed = parse_all(&state, &principal, items, parse_event);
-    record_batch(&state, &principal, parsed).await
+    ingest_json_batch(&state, &principal, &headers, body, false, parse_event).await
 }
 
 /// Does the client ask for CloudEvents (`Accept: application/cloudevents+json` or the batch
@@ -163,13 +161,7 @@ fn wants_cloudevents(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+        .map(cloudevents::media_essence)
         .any(|v| v == cloudevents::STRUCTURED_TYPE || v == cloudevents::BATCH_TYPE)
 }
 

@@ -66,13 +66,7 @@ fn is_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 /// The essence (`type/subtype`, lower-case, without parameters) of the request's Content-Type.
 pub fn content_type_essence(headers: &HeaderMap) -> Option<String> {
     let text = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(
-        text.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase(),
-    )
+    Some(crate::domain::cloudevents::media_essence(text))
 }
 
 /// Reads the body, at most `max_bytes` of it *after* decompression: `gzip` and `deflate` bodies

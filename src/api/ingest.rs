@@ -4,12 +4,14 @@
 //! many, with a `Warning` header when `ANNALS_EVENT_TYPE_POLICY=open` accepted a type that
 //! breaks the convention.
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
+use super::extract::read_json;
 use crate::auth::Principal;
 use crate::domain::envelope::{EnvelopeRules, Rejected};
 use crate::domain::type_policy::Verdict;
@@ -260,6 +262,35 @@ pub fn check_batch_size(len: usize, max_batch: usize) -> Result<(), ApiError> {
         .with_field("events"));
     }
     Ok(())
+}
+
+/// Reads one JSON object in `parse`'s wire format and records it.
+pub async fn ingest_json(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: Body,
+    parse: ParseFn,
+) -> Result<Response, ApiError> {
+    let value = read_json(headers, body, state.limits.max_body_bytes).await?;
+    let parsed = parse(value, &principal.client_id, &envelope_rules(state));
+    record_one(state, principal, parsed).await
+}
+
+/// Reads a batch (`{"events": [...]}`, or a bare array when `bare_array_ok`) of JSON objects
+/// in `parse`'s wire format and records it all-or-nothing.
+pub async fn ingest_json_batch(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: Body,
+    bare_array_ok: bool,
+    parse: ParseFn,
+) -> Result<Response, ApiError> {
+    let value = read_json(headers, body, state.limits.max_body_bytes).await?;
+    let items = batch_items(value, bare_array_ok, state.limits.max_batch)?;
+    let parsed = parse_all(state, principal, items, parse);
+    record_batch(state, principal, parsed).await
 }
 
 /// Parses every item with `parse`, keeping each result for `record_batch`.

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::StoredEvent;
 use super::envelope::{
     EnvelopeRules, FieldError, MAX_ID_LEN, MAX_SUBJECT_LEN, NewEvent, Rejected, hash_json,
-    json_kind,
+    json_kind, string,
 };
 use super::format::EventFormat;
 use super::names::{ClientId, EventType};
@@ -30,46 +30,35 @@ pub const SPEC_VERSION: &str = "1.0";
 /// Extension names may be longer than the spec's recommended 20 characters, but not unbounded.
 const MAX_EXTENSION_NAME: usize = 64;
 
+/// The essence of a media type: `type/subtype`, lower-case, without parameters.
+pub fn media_essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Is `content_type` (a media type, parameters allowed) JSON, so `data` is a JSON value?
 /// No content type means JSON (the CloudEvents default).
 pub fn is_json_media_type(content_type: Option<&str>) -> bool {
     let Some(content_type) = content_type else {
         return true;
     };
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = media_essence(content_type);
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
 /// Is `content_type` text that is kept as a string (rather than base64) when it is UTF-8?
 fn is_text_media_type(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = media_essence(content_type);
     essence.starts_with("text/")
         || essence.ends_with("+xml")
         || matches!(
             essence.as_str(),
             "application/xml" | "application/javascript" | "application/x-www-form-urlencoded"
         )
-}
-
-fn attribute_string(value: &Value, max: usize) -> Result<String, String> {
-    match value {
-        Value::String(s) if s.is_empty() => Err(String::from("must be a non-empty string")),
-        Value::String(s) if s.chars().count() > max => {
-            Err(format!("must be at most {max} characters"))
-        }
-        Value::String(s) => Ok(s.clone()),
-        other => Err(format!("must be a string, not {}", json_kind(other))),
-    }
 }
 
 /// An absolute URI: a scheme, then `:` and the rest, without spaces.
@@ -174,26 +163,26 @@ pub fn parse_structured(
                     json_kind(other)
                 )),
             },
-            "id" => attribute_string(&value, MAX_ID_LEN).map(|v| event_id = Some(v)),
-            "source" => attribute_string(&value, MAX_ID_LEN)
+            "id" => string(&value, MAX_ID_LEN).map(|v| event_id = Some(v)),
+            "source" => string(&value, MAX_ID_LEN)
                 .and_then(uri_reference)
                 .map(|v| source = Some(v)),
-            "type" => attribute_string(&value, EventType::MAX_LEN)
+            "type" => string(&value, EventType::MAX_LEN)
                 .and_then(|v| EventType::parse(&v))
                 .map(|v| event_type = Some(v)),
-            "subject" => attribute_string(&value, MAX_SUBJECT_LEN).map(|v| subject = Some(v)),
-            "time" => attribute_string(&value, 64)
+            "subject" => string(&value, MAX_SUBJECT_LEN).map(|v| subject = Some(v)),
+            "time" => string(&value, 64)
                 .and_then(|v| Timestamp::parse_rfc3339(&v))
                 .map(|v| occurred_at = Some(v)),
-            "datacontenttype" => attribute_string(&value, MAX_ID_LEN).map(|_| {
+            "datacontenttype" => string(&value, MAX_ID_LEN).map(|_| {
                 headers.insert(name.clone(), value);
             }),
-            "dataschema" => attribute_string(&value, MAX_SUBJECT_LEN)
+            "dataschema" => string(&value, MAX_SUBJECT_LEN)
                 .and_then(|v| absolute_uri(&v))
                 .map(|()| {
                     headers.insert(name.clone(), value);
                 }),
-            "partitionkey" => attribute_string(&value, MAX_ID_LEN).map(|v| partition_key = Some(v)),
+            "partitionkey" => string(&value, MAX_ID_LEN).map(|v| partition_key = Some(v)),
             "data" => {
                 data = Some(value);
                 Ok(())

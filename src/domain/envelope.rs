@@ -301,7 +301,7 @@ fn check_headers(
 }
 
 /// A non-empty string of at most `max` characters.
-fn string(value: &Value, max: usize) -> Result<String, String> {
+pub(crate) fn string(value: &Value, max: usize) -> Result<String, String> {
     match value {
         Value::String(s) if s.is_empty() => Err(String::from(
             "must not be empty (leave the field out instead)",
