@@ -20,6 +20,7 @@ use super::ingest::{
 use super::query_params::{next_link, parse_list_params, parse_pairs};
 use crate::auth::Principal;
 use crate::domain::access::Scope;
+use crate::domain::json_depth::{MAX_JSON_DEPTH, depth_exceeds};
 use crate::domain::{StoredEvent, cloudevents, parse_event};
 use crate::error::ApiError;
 
@@ -76,11 +77,20 @@ async fn create_event(
         }
         WireMode::CloudEventBinary => {
             let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            if cloudevents::is_json_media_type(content_type)
+                && depth_exceeds(&bytes, MAX_JSON_DEPTH)
+            {
+                return Err(ApiError::invalid(
+                    "body",
+                    format!("JSON is nested deeper than {MAX_JSON_DEPTH} levels"),
+                ));
+            }
             let structured = cloudevents::binary_to_structured(
                 binary_attributes(&headers)?,
-                headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok()),
+                content_type,
                 &bytes,
             )
             .map_err(|message| ApiError::bad_json(message).with_field("body"))?;
