@@ -55,6 +55,99 @@ pub struct BenchArgs {
     /// SQLite durability for both the server and the raw-insert ceiling.
     #[arg(long, value_enum, default_value = "full")]
     pub sqlite_synchronous: Synchronous,
+    /// Who sends the single events (for the no-op ceiling and annals alike): reqwest tasks in
+    /// this process, or `wrk` (must be on PATH) as a separate, lighter process.
+    #[arg(long, value_enum, default_value = "in-process")]
+    pub load_generator: LoadGenerator,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadGenerator {
+    InProcess,
+    Wrk,
+}
+
+/// Single-event load from the chosen generator; returns events/s answered with 201.
+async fn single_load(
+    generator: LoadGenerator,
+    url: String,
+    key: Option<String>,
+    args: &BenchArgs,
+) -> anyhow::Result<f64> {
+    match generator {
+        LoadGenerator::InProcess => load_single(url, key, args.concurrency, args.seconds).await,
+        LoadGenerator::Wrk => load_wrk(&url, key.as_deref(), args.concurrency, args.seconds).await,
+    }
+}
+
+/// The `wrk` script: the same event bodies as `event_body`, one counter per wrk thread.
+fn wrk_script(key: Option<&str>) -> String {
+    let key_header = key
+        .map(|k| format!("wrk.headers[\"X-API-Key\"] = \"{k}\"\n"))
+        .unwrap_or_default();
+    format!(
+        r#"wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+{key_header}local n = 0
+request = function()
+  n = n + 1
+  local body = '{{"event_type":"billing.invoice.paid","user_id":"user-' .. (n % 1000) ..
+    '","source":"bench","data":{{"invoice":"in_' .. n ..
+    '","amount":1200,"currency":"EUR"}},"headers":{{"actor":"bench"}}}}'
+  return wrk.format(nil, nil, nil, body)
+end
+"#
+    )
+}
+
+/// Runs `wrk` (one thread, `concurrency` connections) and counts the 2xx answers per second.
+async fn load_wrk(
+    url: &str,
+    key: Option<&str>,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let script = tempfile::Builder::new().suffix(".lua").tempfile()?;
+    std::fs::write(script.path(), wrk_script(key))?;
+    let output = tokio::process::Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{concurrency}"),
+            &format!("-d{seconds}s"),
+            "-s",
+        ])
+        .arg(script.path())
+        .arg(url)
+        .output()
+        .await
+        .context("running wrk (install it, e.g. apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(output.status.success(), "wrk failed: {text}");
+    parse_wrk(&text).with_context(|| format!("unexpected wrk output: {text}"))
+}
+
+/// `N requests in T s` minus `Non-2xx or 3xx responses: M`, per second.
+fn parse_wrk(text: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.contains(" requests in "))?;
+    let mut words = line.split_whitespace();
+    let requests: f64 = words.next()?.parse().ok()?;
+    let duration = words.nth(2)?.trim_end_matches(',');
+    let secs = if let Some(ms) = duration.strip_suffix("ms") {
+        ms.parse::<f64>().ok()? / 1000.0
+    } else if let Some(m) = duration.strip_suffix('m') {
+        m.parse::<f64>().ok()? * 60.0
+    } else {
+        duration.strip_suffix('s')?.parse().ok()?
+    };
+    let failed: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0.0);
+    if failed > 0.0 {
+        eprintln!("  ({failed} requests failed)");
+    }
+    Some((requests - failed) / secs)
 }
 
 fn event_body(n: u64) -> Value {
@@ -510,9 +603,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "sqlite"
     };
     println!(
-        "annals bench ({store}): {} s single-event phases at {} connections; {} batches of {} events at {} connections; sqlite synchronous={:?}",
+        "annals bench ({store}): {} s single-event phases at {} connections ({:?} load); {} batches of {} events at {} connections; sqlite synchronous={:?}",
         args.seconds,
         args.concurrency,
+        args.load_generator,
         args.batches,
         args.batch_size,
         args.batch_concurrency,
@@ -520,7 +614,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     let (noop_url, noop_task) = noop_server().await?;
-    let noop = load_single(noop_url, None, args.concurrency, args.seconds).await?;
+    let noop = single_load(args.load_generator, noop_url, None, &args).await?;
     noop_task.abort();
 
     // Each phase gets a fresh database, so batch ingest and the raw-write ceiling write the
@@ -535,7 +629,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let (server, key) =
                 start_server_with(&dbs.fresh(&name).await?, args.sqlite_synchronous, audit).await?;
             let url = format!("http://{}/v1/events", server.addr);
-            out.push(load_single(url, Some(key), args.concurrency, args.seconds).await?);
+            out.push(single_load(args.load_generator, url, Some(key), &args).await?);
             server.stop().await?;
         }
     }
@@ -612,4 +706,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     dbs.drop_all().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_counts_only_successes() {
+        let out = "Running 3s test @ http://127.0.0.1:1/v1/events\n  1 threads and 64 connections\n\
+                   90000 requests in 3.00s, 12.00MB read\n  Non-2xx or 3xx responses: 3000\n\
+                   Requests/sec:  30000.00\n";
+        assert_eq!(parse_wrk(out), Some(29_000.0));
+        let out = "  500 requests in 500.00ms, 1.00MB read\n";
+        assert_eq!(parse_wrk(out), Some(1000.0));
+        assert_eq!(parse_wrk("garbage"), None);
+    }
+
+    #[test]
+    fn wrk_script_sends_the_key_and_the_bench_body() {
+        let script = wrk_script(Some("ank_x_y"));
+        assert!(script.contains("wrk.headers[\"X-API-Key\"] = \"ank_x_y\""));
+        assert!(script.contains("billing.invoice.paid"));
+        assert!(!wrk_script(None).contains("X-API-Key"));
+    }
 }
