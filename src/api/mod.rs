@@ -8,6 +8,7 @@ mod access;
 mod api_events;
 mod audit;
 mod events;
+mod export;
 mod extract;
 mod health;
 mod ingest;
@@ -93,6 +94,7 @@ pub fn router(state: AppState) -> Router {
     let authenticated = Router::new()
         .merge(events::router())
         .merge(api_events::router())
+        .merge(export::router())
         .merge(keys::router())
         .merge(audit::router())
         .merge(security::router())

@@ -8,6 +8,7 @@ mod cli;
 mod cloudevents;
 mod crash;
 mod encoding;
+mod export;
 mod helpers;
 mod ingest;
 mod isolation;
