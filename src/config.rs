@@ -174,6 +174,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_AUDIT_BODIES", default_value_t = false, action = clap::ArgAction::Set)]
     pub audit_bodies: bool,
 
+    /// Days events are kept (0 = forever, the default). Only this deletes events.
+    #[arg(long, env = "ANNALS_EVENT_RETENTION_DAYS", default_value_t = 0)]
+    pub event_retention_days: u32,
+
     /// Days audit records are kept (0 = forever).
     #[arg(long, env = "ANNALS_AUDIT_RETENTION_DAYS", default_value_t = 90)]
     pub audit_retention_days: u32,
@@ -232,6 +236,7 @@ impl ServeArgs {
             event_type_policy: EventTypePolicy::Open,
             audit_bodies: false,
             audit_retention_days: 90,
+            event_retention_days: 0,
             retention_interval_secs: 3600,
             failed_auth_per_minute: 60,
         }

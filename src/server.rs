@@ -112,6 +112,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         store.clone(),
         jobs::retention::RetentionConfig {
             audit_days: args.audit_retention_days,
+            event_days: args.event_retention_days,
             interval: std::time::Duration::from_secs(args.retention_interval_secs.max(1)),
         },
     );

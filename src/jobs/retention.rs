@@ -1,5 +1,8 @@
-//! Retention: deletes audit records older than `ANNALS_AUDIT_RETENTION_DAYS` in small batches,
-//! each its own short transaction, so ingest never waits behind one long delete.
+//! Retention: deletes audit records older than `ANNALS_AUDIT_RETENTION_DAYS` and, only when an
+//! operator sets `ANNALS_EVENT_RETENTION_DAYS` (default 0 = keep forever), events older than
+//! that with their idempotency keys — in small batches, each its own short transaction, so
+//! ingest never waits behind one long delete. Events go oldest first, so `seq` stays gapless
+//! from the oldest kept event on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,14 +19,19 @@ pub const BATCH: usize = 5000;
 pub struct RetentionConfig {
     /// Keep audit records this many days; 0 keeps them forever.
     pub audit_days: u32,
+    /// Keep events this many days; 0 (the default) keeps them forever.
+    pub event_days: u32,
     /// How often the job runs.
     pub interval: Duration,
 }
 
+fn days_ago(days: u32) -> Timestamp {
+    Timestamp::from_micros(Timestamp::now().as_micros() - i64::from(days) * 86_400_000_000)
+}
+
 /// Deletes every audit record older than `days`, `batch` at a time; returns how many.
 pub async fn purge_audit(store: &dyn Store, days: u32, batch: usize) -> Result<u64, StoreError> {
-    let cutoff =
-        Timestamp::from_micros(Timestamp::now().as_micros() - i64::from(days) * 86_400_000_000);
+    let cutoff = days_ago(days);
     let mut total = 0;
     loop {
         let deleted = store.delete_audit_before(cutoff, batch).await?;
@@ -36,19 +44,50 @@ pub async fn purge_audit(store: &dyn Store, days: u32, batch: usize) -> Result<u
     }
 }
 
+/// Deletes every event received before `cutoff` (and its idempotency key), `batch` at a time,
+/// oldest first; returns how many rows went in batches.
+pub async fn purge_events(
+    store: &dyn Store,
+    cutoff: Timestamp,
+    batch: usize,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let deleted = store.delete_events_before(cutoff, batch).await?;
+        total += deleted;
+        if deleted < batch as u64 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Runs the retention job every `config.interval` until the handle is aborted.
 pub fn spawn(store: Arc<dyn Store>, config: RetentionConfig) -> Option<JoinHandle<()>> {
-    if config.audit_days == 0 {
+    if config.audit_days == 0 && config.event_days == 0 {
         return None;
     }
     Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(config.interval);
         loop {
             tick.tick().await;
-            match purge_audit(store.as_ref(), config.audit_days, BATCH).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, days = config.audit_days, "audit retention"),
-                Err(e) => tracing::warn!(error = %e, "audit retention failed; will retry"),
+            if config.audit_days > 0 {
+                match purge_audit(store.as_ref(), config.audit_days, BATCH).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(deleted = n, days = config.audit_days, "audit retention")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "audit retention failed; will retry"),
+                }
+            }
+            if config.event_days > 0 {
+                match purge_events(store.as_ref(), days_ago(config.event_days), BATCH).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(deleted = n, days = config.event_days, "event retention")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "event retention failed; will retry"),
+                }
             }
         }
     }))

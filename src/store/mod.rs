@@ -156,6 +156,14 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, records: Vec<AuditRecord>) -> Result<(), StoreError>;
     /// Audit records, newest first; one more than `limit` tells the caller a next page exists.
     async fn query_audit(&self, query: AuditQuery) -> Result<Vec<StoredAudit>, StoreError>;
+    /// Event retention: deletes at most `limit` of the oldest events received before `before`,
+    /// with their idempotency keys; returns how many events. (PostgreSQL also drops whole
+    /// monthly partitions that end before `before`; their rows are not counted.)
+    async fn delete_events_before(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
     /// Deletes at most `limit` audit records older than `before`; returns how many.
     async fn delete_audit_before(&self, before: Timestamp, limit: usize)
     -> Result<u64, StoreError>;

@@ -17,4 +17,5 @@ mod nodes;
 mod ops;
 mod outage;
 mod query;
+mod retention;
 mod security;

@@ -49,6 +49,8 @@ const KEYS_CHANNEL: &str = "annals_keys";
 
 /// Advisory lock key for schema changes (migrations, partitions): "annals" in ASCII.
 const SCHEMA_LOCK: i64 = 0x616e_6e61_6c73;
+/// Advisory lock key held by the node running event retention.
+const RETENTION_LOCK: i64 = 0x616e_6e61_6c73_7265;
 
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
@@ -281,6 +283,38 @@ async fn keep_partitions(pool: Pool) {
             Err(e) => tracing::warn!(error = %e, "could not create event partitions"),
         }
     }
+}
+
+/// Monthly partitions of `events` (named `events_YYYY_MM`) that end at or before `cutoff`.
+async fn expired_partitions(
+    tx: &deadpool_postgres::Transaction<'_>,
+    cutoff: chrono::DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    let rows = tx
+        .query(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'events'::regclass",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|name| partition_end(name).is_some_and(|end| end <= cutoff))
+        .collect())
+}
+
+/// The first instant after the month a partition named `events_YYYY_MM` holds.
+fn partition_end(name: &str) -> Option<chrono::DateTime<Utc>> {
+    let (year, month) = name.strip_prefix("events_")?.split_once('_')?;
+    let (year, month): (i32, u32) = (year.parse().ok()?, month.parse().ok()?);
+    let (year, month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).single()
 }
 
 fn row_to_event(row: &Row) -> StoredEvent {
@@ -653,6 +687,50 @@ impl Store for PostgresStore {
                 }
             })
             .collect())
+    }
+
+    async fn delete_events_before(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let mut db = self.client().await?;
+        let cutoff = to_datetime(before.as_micros());
+        let tx = db.transaction().await.map_err(unavailable)?;
+        // One node at a time; the others find the lock taken and skip this round.
+        let leader: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&RETENTION_LOCK])
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        if !leader {
+            return Ok(0);
+        }
+        for partition in expired_partitions(&tx, cutoff).await? {
+            tx.batch_execute(&format!("DROP TABLE {partition}"))
+                .await
+                .map_err(unavailable)?;
+            tracing::info!(partition, "event retention dropped a partition");
+        }
+        let keys = tx
+            .execute(
+                "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys \
+                 WHERE received_at < $1 LIMIT $2)",
+                &[&cutoff, &(limit as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        let events = tx
+            .execute(
+                "DELETE FROM events WHERE received_at < $1 AND seq IN (SELECT seq FROM events \
+                 WHERE received_at < $1 ORDER BY seq LIMIT $2)",
+                &[&cutoff, &(limit as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        // Keep the caller looping while either table still has a full batch to go.
+        Ok(events.max(keys))
     }
 
     async fn delete_audit_before(

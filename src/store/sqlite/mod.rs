@@ -677,6 +677,37 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_events_before(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            // The oldest rows by seq, up to the first one that is not old enough: seq follows
+            // the time of receipt, so this is a prefix walk of the primary key, never a scan.
+            let last: Option<i64> = {
+                let mut stmt =
+                    tx.prepare_cached("SELECT seq, received_at FROM events ORDER BY seq LIMIT ?1")?;
+                let mut rows = stmt.query([limit as i64])?;
+                let mut last = None;
+                while let Some(row) = rows.next()? {
+                    if row.get::<_, i64>(1)? >= before.as_micros() {
+                        break;
+                    }
+                    last = Some(row.get(0)?);
+                }
+                last
+            };
+            let Some(last) = last else {
+                return Ok(0);
+            };
+            tx.execute("DELETE FROM idempotency_keys WHERE event_seq <= ?1", [last])?;
+            let n = tx.execute("DELETE FROM events WHERE seq <= ?1", [last])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn delete_audit_before(
         &self,
         before: Timestamp,

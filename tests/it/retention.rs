@@ -1,0 +1,102 @@
+//! Event retention (`ANNALS_EVENT_RETENTION_DAYS`): only events received before the cutoff go,
+//! oldest first, in batches, with their idempotency keys; newer events and keys stay. On
+//! PostgreSQL a monthly partition that ended before the cutoff is dropped whole.
+
+use annals::domain::Timestamp;
+use annals::jobs::retention::purge_events;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::conformance;
+use crate::helpers::{Backend, TestApp, all_events};
+
+async fn event_retention_deletes_only_old_events_and_their_keys(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |a| a.event_retention_days = 30).await else {
+        return;
+    };
+    let key = app.key("acme", "events:write,events:read").await;
+    let event = |id: &str, n: i32| json!({"event_type": "iam.user.created", "source": "iam", "event_id": id, "data": {"n": n}});
+    for i in 0..30 {
+        app.record(&key, event(&format!("old-{i}"), i)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let cutoff = Timestamp::now();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    for i in 0..5 {
+        app.record(&key, event(&format!("new-{i}"), i)).await;
+    }
+    // The job the server runs (30 days) has nothing to delete yet.
+    assert_eq!(all_events(&app.http, &app.base, &key).await.len(), 35);
+
+    let deleted = purge_events(app.store.as_ref(), cutoff, 7).await.unwrap();
+    assert_eq!(deleted, 30, "in batches of 7");
+    let kept = all_events(&app.http, &app.base, &key).await;
+    let ids: Vec<&str> = kept
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["new-0", "new-1", "new-2", "new-3", "new-4"]);
+    let seqs: Vec<i64> = kept.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        [31, 32, 33, 34, 35],
+        "seq keeps counting; the kept ones stay gapless"
+    );
+    assert_eq!(
+        purge_events(app.store.as_ref(), cutoff, 7).await.unwrap(),
+        0
+    );
+
+    // The deleted events' keys went with them; the kept ones still guard their events.
+    let r = app.post("/v1/events", &key, &event("old-0", 99)).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "a deleted event's id may be used again"
+    );
+    let r = app.post("/v1/events", &key, &event("new-0", 99)).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = app.post("/v1/events", &key, &event("new-1", 1)).await;
+    assert_eq!(r.status(), StatusCode::OK, "still a duplicate");
+    let r = app
+        .record(&key, json!({"event_type": "iam.user.deleted"}))
+        .await;
+    assert!(!r.is_empty());
+    assert_eq!(
+        all_events(&app.http, &app.base, &key).await.last().unwrap()["seq"],
+        37
+    );
+
+    if backend == Backend::Postgres {
+        // A month long past: its partition goes whole, with its keys.
+        let (client, conn) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE events_2020_01 PARTITION OF events FOR VALUES FROM ('2020-01-01') TO ('2020-02-01'); \
+                 INSERT INTO events (seq, id, client_id, event_type, occurred_at, received_at, data, headers) \
+                 VALUES (-1, gen_random_uuid(), 'acme', 'x.y.created', '2020-01-15', '2020-01-15', '{}', '{}'); \
+                 INSERT INTO idempotency_keys VALUES ('acme', 'iam', 'ancient', gen_random_uuid(), -1, '\\x00', '2020-01-15');",
+            )
+            .await
+            .unwrap();
+        purge_events(app.store.as_ref(), Timestamp::now(), 1000)
+            .await
+            .unwrap();
+        let left: i64 = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_class WHERE relname = 'events_2020_01') \
+                 + (SELECT count(*) FROM idempotency_keys WHERE event_id = 'ancient')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "the partition and its key are gone");
+    }
+    app.stop().await;
+}
+
+conformance!(event_retention_deletes_only_old_events_and_their_keys);
