@@ -26,6 +26,42 @@ pub struct Cli {
     serve: ServeArgs,
 }
 
+/// Reads the optional configuration file into the environment, before anything else runs.
+///
+/// Must be called while the process has a single thread (it sets environment variables).
+pub fn load_config_file() -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let (path, required) = match std::env::var_os("ANNALS_CONFIG") {
+        Some(path) => (std::path::PathBuf::from(path), true),
+        None => (
+            std::path::PathBuf::from(crate::config::file::DEFAULT_PATH),
+            false,
+        ),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
+    };
+    let mut known = std::collections::BTreeSet::new();
+    let mut stack = vec![Cli::command()];
+    while let Some(command) = stack.pop() {
+        for arg in command.get_arguments() {
+            if let Some(name) = arg.get_env().and_then(|n| n.to_str()) {
+                known.insert(name.to_string());
+            }
+        }
+        stack.extend(command.get_subcommands().cloned());
+    }
+    let settings = crate::config::file::settings(&text, &known, |n| std::env::var_os(n).is_some())
+        .map_err(|e| e.context(path.display().to_string()))?;
+    for (name, value) in settings {
+        // SAFETY: called from `main` before the runtime or any other thread starts.
+        unsafe { std::env::set_var(name, value) };
+    }
+    Ok(())
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the HTTP service (the default).

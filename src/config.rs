@@ -305,3 +305,87 @@ mod tests {
         assert!(args.limits().is_err());
     }
 }
+
+/// The optional configuration file (DESIGN.md "Configuration"): `ANNALS_CONFIG`, else
+/// `./annals.toml` when it exists. Its keys are the environment variables' names without the
+/// `ANNALS_` prefix, in lower case (`max_body_bytes = 1048576`). Precedence: flags, then the
+/// environment, then the file, then the defaults.
+pub mod file {
+    use std::collections::BTreeSet;
+
+    use anyhow::{Context, bail};
+
+    pub const DEFAULT_PATH: &str = "annals.toml";
+
+    /// The environment settings the file supplies: `(ANNALS_NAME, value)` for each key whose
+    /// variable is not already set. `known` are the variables the command line reads.
+    pub fn settings(
+        text: &str,
+        known: &BTreeSet<String>,
+        is_set: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let table: toml::Table = toml::from_str(text).context("annals.toml is not valid TOML")?;
+        let mut out = Vec::new();
+        for (key, value) in table {
+            let name = format!("ANNALS_{}", key.to_ascii_uppercase());
+            if !known.contains(&name) {
+                let names: Vec<String> = known
+                    .iter()
+                    .map(|n| n.trim_start_matches("ANNALS_").to_ascii_lowercase())
+                    .collect();
+                bail!(
+                    "annals.toml: unknown setting '{key}'; settings are {}",
+                    names.join(", ")
+                );
+            }
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => bail!(
+                    "annals.toml: '{key}' must be a string, number or boolean, not {}",
+                    other.type_str()
+                ),
+            };
+            if !is_set(&name) {
+                out.push((name, text));
+            }
+        }
+        Ok(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn known() -> BTreeSet<String> {
+            ["ANNALS_LISTEN", "ANNALS_MAX_BATCH", "ANNALS_ANONYMIZE_IP"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        }
+
+        #[test]
+        fn keys_become_unset_variables() {
+            let text = "listen = \"0.0.0.0:9000\"\nmax_batch = 50\nanonymize_ip = true\n";
+            let got = settings(text, &known(), |n| n == "ANNALS_LISTEN").unwrap();
+            assert_eq!(
+                got,
+                [
+                    ("ANNALS_ANONYMIZE_IP".to_string(), "true".to_string()),
+                    ("ANNALS_MAX_BATCH".to_string(), "50".to_string())
+                ]
+            );
+        }
+
+        #[test]
+        fn unknown_keys_and_bad_values_are_refused() {
+            let e = settings("colour = 1", &known(), |_| false).unwrap_err();
+            assert!(e.to_string().contains("unknown setting 'colour'"), "{e}");
+            assert!(e.to_string().contains("max_batch"), "{e}");
+            assert!(settings("max_batch = [1]", &known(), |_| false).is_err());
+            assert!(settings("not toml", &known(), |_| false).is_err());
+        }
+    }
+}

@@ -8,6 +8,10 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    if let Err(e) = annals::cli::load_config_file() {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let cli = annals::cli::Cli::parse();
     annals::cli::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -101,6 +101,61 @@ async fn keys_create_list_toggle_delete_and_the_key_works() {
     server.stop().await.unwrap();
 }
 
+/// `annals.toml` in the working directory (or `ANNALS_CONFIG`) supplies settings the
+/// environment doesn't; the environment wins; an unknown setting stops the command.
+#[test]
+fn settings_come_from_annals_toml_below_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_annals"));
+        command
+            .arg("migrate")
+            .current_dir(dir.path())
+            .env_remove("ANNALS_DATABASE_URL")
+            .env_remove("ANNALS_CONFIG");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command.output().expect("annals runs")
+    };
+    std::fs::write(
+        dir.path().join("annals.toml"),
+        "database_url = \"from-toml.db\"\nmax_batch = 10\n",
+    )
+    .unwrap();
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("from-toml.db").exists());
+
+    let out = run(&[("ANNALS_DATABASE_URL", "from-env.db")]);
+    assert!(out.status.success());
+    assert!(
+        dir.path().join("from-env.db").exists(),
+        "the environment wins"
+    );
+
+    let elsewhere = dir.path().join("other.toml");
+    std::fs::write(&elsewhere, "database_url = \"from-other.db\"\n").unwrap();
+    let out = run(&[("ANNALS_CONFIG", elsewhere.to_str().unwrap())]);
+    assert!(out.status.success());
+    assert!(
+        dir.path().join("from-other.db").exists(),
+        "ANNALS_CONFIG names the file"
+    );
+
+    std::fs::write(dir.path().join("annals.toml"), "colour = \"red\"\n").unwrap();
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown setting 'colour'"), "{stderr}");
+    let out = run(&[("ANNALS_CONFIG", "/nonexistent/annals.toml")]);
+    assert!(!out.status.success(), "a named file must exist");
+}
+
 #[test]
 fn bad_cli_input_is_refused_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
