@@ -1,11 +1,12 @@
-//! Events: ingest (`POST /v1/events`, `/events`, `/v1/events/batch`, seed-002 aliases) and reads
-//! (`GET /v1/events`, `/events`, `/v1/events/{id}`).
+//! Events: ingest (`POST /v1/events`, `/events`, `/v1/events/batch`, seed-002 aliases) in the
+//! Annals envelope or as CloudEvents (structured, batch or binary mode, chosen by content type
+//! and `ce-*` headers), and reads (`GET /v1/events`, `/events`, `/v1/events/{id}`) as envelopes
+//! or, with `Accept: application/cloudevents+json`, as CloudEvents.
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{OriginalUri, Path, RawQuery, State};
-use axum::http::Uri;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
