@@ -230,7 +230,9 @@ async fn export(
         done: first.next_after.is_none(),
     };
     let chunks = stream::once(async move { Ok::<_, std::io::Error>(head) })
-        .chain(stream::unfold(rest, Cursor::next_chunk));
+        .chain(stream::unfold(rest, Cursor::next_chunk))
+        // Fused: layers such as gzip poll once more after the end to finish their output.
+        .fuse();
     Ok((
         [
             (

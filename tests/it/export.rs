@@ -61,6 +61,25 @@ async fn export_streams_everything_in_scope(backend: Backend) {
     assert_eq!(lines[0]["data"]["n"], 0);
     assert!(!text.contains("secret.thing.done"));
 
+    // Compressed, the stream still ends cleanly with every line.
+    let r = app
+        .http
+        .get(app.url("/v1/events/export"))
+        .header("x-api-key", &key)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let compressed = r.bytes().await.unwrap();
+    let mut inflated = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&compressed[..]),
+        &mut inflated,
+    )
+    .unwrap();
+    assert_eq!(inflated, text, "the same export, compressed");
+
     let r = app
         .get(
             "/v1/events/export?event_type=shop.order.paid&user_id=u3",
