@@ -271,7 +271,7 @@ async fn noop_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(crate::server::without_nagle(listener), app).await;
     });
     Ok((format!("http://{addr}/v1/events"), task))
 }

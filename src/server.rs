@@ -141,7 +141,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
     let (shutdown, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(
-            listener,
+            without_nagle(listener),
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async {
@@ -164,6 +164,19 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
 }
 
 /// `annals serve`: runs until SIGTERM or SIGINT.
+/// Sets `TCP_NODELAY` on every accepted connection: answers are small and latency-bound, and
+/// Nagle's algorithm would hold a second small segment until the client's delayed ACK.
+pub fn without_nagle(
+    listener: TcpListener,
+) -> axum::serve::TapIo<TcpListener, impl FnMut(&mut tokio::net::TcpStream) + Send + 'static> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    })
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while starting must still mean a clean stop.
     let stop = shutdown_signal()?;
