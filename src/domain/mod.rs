@@ -10,6 +10,8 @@ pub mod cloudevents;
 pub mod envelope;
 pub mod event;
 pub mod format;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod json_depth;
 pub mod masking;
 pub mod names;
