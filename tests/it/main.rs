@@ -9,6 +9,7 @@ mod cloudevents;
 mod crash;
 mod encoding;
 mod export;
+mod fuzz;
 mod helpers;
 mod ingest;
 mod isolation;
