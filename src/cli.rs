@@ -261,7 +261,7 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &list.iter().map(KeyRecord::public_json).collect::<Vec<_>>()
+                        &list.iter().map(KeyRecord::view).collect::<Vec<_>>()
                     )?
                 );
             } else {

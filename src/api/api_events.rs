@@ -9,7 +9,6 @@ use axum::extract::{OriginalUri, Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use serde_json::Value;
 
 use super::AppState;
 use super::events::{fetch_event, page_response};
@@ -125,7 +124,7 @@ async fn list(
     let (mut query, requested_client) = parse_query(&pairs)?;
     query.client_id = principal.read_scope(requested_client)?;
     let page = state.store.query_events(query).await?;
-    let events: Vec<Value> = page.events.iter().map(render_api_event).collect();
+    let events: Vec<_> = page.events.iter().map(render_api_event).collect();
     page_response(&events, "application/json", page.next_after, &uri, &pairs)
 }
 

@@ -17,7 +17,7 @@ use super::extract::Auth;
 use super::query_params::{paged_json, parse_id_listing, parse_pairs};
 use crate::audit::bodies::{self, TeeBody};
 use crate::domain::Timestamp;
-use crate::domain::audit::{AuditQuery, AuditRecord, MAX_USER_AGENT};
+use crate::domain::audit::{AuditQuery, AuditRecord, MAX_USER_AGENT, StoredAudit};
 use crate::error::ApiError;
 
 /// Who a request acted as, left in the response by the access middleware for the audit record.
@@ -176,13 +176,13 @@ async fn list_logs(
     query.page = page;
     query.client_id = principal.read_scope(requested)?;
     let limit = query.page.limit;
-    let rows = state.store.query_audit(query).await?;
+    let mut rows = state.store.query_audit(query).await?;
     Ok(paged_json(
-        rows,
+        &mut rows,
         limit,
         uri.path(),
         &pairs,
-        |r| r.id,
-        |r| r.to_json(),
+        |r: &StoredAudit| r.id,
+        StoredAudit::view,
     ))
 }

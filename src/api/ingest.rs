@@ -7,6 +7,7 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -18,6 +19,37 @@ use crate::domain::type_policy::Verdict;
 use crate::domain::{ClientId, EventFormat, FieldError, NewEvent};
 use crate::error::ApiError;
 use crate::store::AppendOutcome;
+
+/// The answer to one recorded event.
+#[derive(Debug, Serialize)]
+pub struct Recorded {
+    pub message: &'static str,
+    pub id: Uuid,
+    /// `true` when an identical event was already stored; `id` is then the original's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    /// Why the event type breaks the naming convention (`open` policy), as in `Warning`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// A convention warning about one item of a batch.
+#[derive(Debug, Serialize)]
+pub struct ItemWarning {
+    pub index: usize,
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// The answer to a recorded batch: ids in request order, indexes already stored.
+#[derive(Debug, Serialize)]
+pub struct RecordedBatch {
+    pub message: &'static str,
+    pub ids: Vec<Uuid>,
+    pub duplicates: Vec<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<ItemWarning>,
+}
 
 /// A parser from one request object to an event, for one wire format.
 pub type ParseFn = fn(Value, &ClientId, &EnvelopeRules<'_>) -> Result<NewEvent, Rejected>;
@@ -86,23 +118,21 @@ pub async fn record_one(
     match state.store.append(vec![event]).await? {
         AppendOutcome::Stored(items) => {
             let item = &items[0];
-            let (status, mut body) = if item.duplicate {
-                (
-                    StatusCode::OK,
-                    json!({"message": "Event already recorded", "id": item.id, "duplicate": true}),
-                )
+            let (status, message) = if item.duplicate {
+                (StatusCode::OK, "Event already recorded")
             } else {
-                (
-                    StatusCode::CREATED,
-                    json!({"message": "Event recorded", "id": item.id}),
-                )
+                (StatusCode::CREATED, "Event recorded")
             };
-            if let Some(warning) = &warning {
-                body["warning"] = Value::String(warning.clone());
-            }
+            let header = warning.clone();
+            let body = Recorded {
+                message,
+                id: item.id,
+                duplicate: item.duplicate,
+                warning,
+            };
             Ok(with_warning(
                 (status, Json(body)).into_response(),
-                warning.as_deref(),
+                header.as_deref(),
             ))
         }
         AppendOutcome::Conflict(_) => Err(ApiError::conflict(
@@ -122,7 +152,7 @@ pub async fn record_batch(
 ) -> Result<Response, ApiError> {
     let mut events = Vec::with_capacity(parsed.len());
     let mut errors: Vec<FieldError> = Vec::new();
-    let mut warnings: Vec<Value> = Vec::new();
+    let mut warnings: Vec<ItemWarning> = Vec::new();
     let mut too_large = false;
     let at = |index: usize, e: FieldError| FieldError {
         index: Some(index),
@@ -136,7 +166,11 @@ pub async fn record_batch(
             Ok(event) => match judge(state, &event) {
                 Ok(warning) => {
                     if let Some(message) = warning {
-                        warnings.push(json!({"index": index, "field": type_field(event.format), "message": message}));
+                        warnings.push(ItemWarning {
+                            index,
+                            field: type_field(event.format),
+                            message,
+                        });
                     }
                     events.push(event);
                 }
@@ -163,7 +197,12 @@ pub async fn record_batch(
         // Only CloudEvents batches may be empty (the spec allows it); nothing to store.
         return Ok((
             StatusCode::OK,
-            Json(json!({"message": "No events in the batch", "ids": [], "duplicates": []})),
+            Json(RecordedBatch {
+                message: "No events in the batch",
+                ids: Vec::new(),
+                duplicates: Vec::new(),
+                warnings: Vec::new(),
+            }),
         )
             .into_response());
     }
@@ -176,18 +215,19 @@ pub async fn record_batch(
                 .filter(|(_, i)| i.duplicate)
                 .map(|(n, _)| n)
                 .collect();
-            let mut body =
-                json!({"message": "Events recorded", "ids": ids, "duplicates": duplicates});
             let summary = match warnings.len() {
                 0 => None,
-                1 => warnings[0]["message"].as_str().map(str::to_string),
+                1 => Some(warnings[0].message.clone()),
                 n => Some(format!(
                     "{n} event types do not follow <service>.<resource>.<verb_past_tense>; see warnings in the body"
                 )),
             };
-            if !warnings.is_empty() {
-                body["warnings"] = Value::Array(warnings);
-            }
+            let body = RecordedBatch {
+                message: "Events recorded",
+                ids,
+                duplicates,
+                warnings,
+            };
             Ok(with_warning(
                 (StatusCode::CREATED, Json(body)).into_response(),
                 summary.as_deref(),

@@ -14,7 +14,7 @@ use super::extract::{Auth, read_json};
 use super::query_params::parse_pairs;
 use crate::auth::NewKeyRequest;
 use crate::domain::access::{
-    KeyPatch, KeySelector, Scope, Scopes, parse_key_name, parse_rate_limit,
+    KeyPatch, KeyRecord, KeySelector, KeyView, Scope, Scopes, parse_key_name, parse_rate_limit,
 };
 use crate::domain::envelope::json_kind;
 use crate::domain::{ClientId, FieldError, Timestamp};
@@ -98,6 +98,15 @@ fn expiry_field(value: &Value) -> Result<Option<Timestamp>, String> {
     }
 }
 
+/// The answer to `POST /v1/keys`: the key's view plus, this once, the key itself.
+#[derive(serde::Serialize)]
+struct IssuedKeyView {
+    #[serde(flatten)]
+    key_view: KeyView,
+    key: String,
+    message: &'static str,
+}
+
 async fn create_key(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -147,9 +156,11 @@ async fn create_key(
             expires_at,
         })
         .await?;
-    let mut body = issued.record.public_json();
-    body["key"] = Value::String(issued.key);
-    body["message"] = Value::String(String::from("Store the key now: it is not shown again"));
+    let body = IssuedKeyView {
+        key_view: issued.record.view(),
+        key: issued.key,
+        message: "Store the key now: it is not shown again",
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -175,7 +186,7 @@ async fn list_keys(
         }
     }
     let keys = state.keys.list(client).await?;
-    Ok(Json(keys.iter().map(|k| k.public_json()).collect::<Vec<_>>()).into_response())
+    Ok(Json(keys.iter().map(KeyRecord::view).collect::<Vec<_>>()).into_response())
 }
 
 async fn update_key(
@@ -213,7 +224,7 @@ async fn update_key(
         return Err(ApiError::invalid_fields(errors));
     }
     match state.keys.update(id.clone(), patch).await? {
-        Some(key) => Ok(Json(key.public_json()).into_response()),
+        Some(key) => Ok(Json(key.view()).into_response()),
         None => Err(no_such_key(&id)),
     }
 }

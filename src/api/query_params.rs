@@ -217,18 +217,19 @@ pub fn decode_cursor(text: &str) -> Result<i64, String> {
 
 /// A JSON array of the first `limit` of `rows` (a store returns one more when another page
 /// exists), with a `Link: rel="next"` header continuing below the last row's id.
-pub fn paged_json<T>(
-    mut rows: Vec<T>,
+pub fn paged_json<'r, T, V: serde::Serialize + 'r>(
+    rows: &'r mut Vec<T>,
     limit: usize,
     path: &str,
     pairs: &[(String, String)],
     id_of: impl Fn(&T) -> i64,
-    to_json: impl Fn(&T) -> serde_json::Value,
+    view: impl Fn(&'r T) -> V,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let more = rows.len() > limit;
     rows.truncate(limit);
-    let mut response = axum::Json(rows.iter().map(to_json).collect::<Vec<_>>()).into_response();
+    let rows: &'r Vec<T> = rows;
+    let mut response = axum::Json(rows.iter().map(view).collect::<Vec<_>>()).into_response();
     if more
         && let Some(last) = rows.last()
         && let Ok(link) = axum::http::HeaderValue::from_str(&next_link(path, pairs, id_of(last)))

@@ -15,7 +15,9 @@ use super::extract::{Auth, read_json};
 use super::query_params::{paged_json, parse_bool, parse_id_listing, parse_pairs};
 use crate::domain::access::Scope;
 use crate::domain::envelope::{MAX_ID_LEN, json_kind};
-use crate::domain::security::{NewSecurityEvent, SecurityEventType, SecurityQuery, Severity};
+use crate::domain::security::{
+    NewSecurityEvent, SecurityEventType, SecurityQuery, Severity, StoredSecurityEvent,
+};
 use crate::domain::{FieldError, Timestamp};
 use crate::error::ApiError;
 
@@ -52,14 +54,14 @@ async fn list(
     // Annals' own events are only ever visible to admins: a client's scope is its own id.
     query.client_id = principal.read_scope(requested)?.map(|c| c.to_string());
     let limit = query.page.limit;
-    let rows = state.store.query_security(query).await?;
+    let mut rows = state.store.query_security(query).await?;
     Ok(paged_json(
-        rows,
+        &mut rows,
         limit,
         uri.path(),
         &pairs,
-        |r| r.id,
-        |r| r.to_json(),
+        |r: &StoredSecurityEvent| r.id,
+        StoredSecurityEvent::view,
     ))
 }
 
@@ -194,7 +196,7 @@ async fn review(
         .review_security(id, client, principal.key_name.clone())
         .await?
     {
-        Some(event) => Ok(Json(event.to_json()).into_response()),
+        Some(event) => Ok(Json(event.view()).into_response()),
         None => Err(not_found()),
     }
 }

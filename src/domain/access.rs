@@ -109,19 +109,32 @@ pub struct KeyRecord {
     pub secret_hash: [u8; 32],
 }
 
+/// A key as the management API and CLI show it: never the secret or its hash.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KeyView {
+    pub key_id: String,
+    pub client_id: String,
+    pub name: String,
+    pub scopes: Vec<&'static str>,
+    /// Requests per minute; `null` means the server default.
+    pub rate_limit: Option<u32>,
+    pub is_active: bool,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+}
+
 impl KeyRecord {
-    /// The key as the management API and CLI show it: never the secret or its hash.
-    pub fn public_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "key_id": self.key_id,
-            "client_id": self.client_id.as_str(),
-            "name": self.name,
-            "scopes": self.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(),
-            "rate_limit": self.rate_limit,
-            "is_active": self.is_active,
-            "created_at": self.created_at.to_rfc3339(),
-            "expires_at": self.expires_at.map(Timestamp::to_rfc3339),
-        })
+    pub fn view(&self) -> KeyView {
+        KeyView {
+            key_id: self.key_id.clone(),
+            client_id: self.client_id.as_str().to_string(),
+            name: self.name.clone(),
+            scopes: self.scopes.iter().map(Scope::as_str).collect(),
+            rate_limit: self.rate_limit,
+            is_active: self.is_active,
+            created_at: self.created_at.to_rfc3339(),
+            expires_at: self.expires_at.map(Timestamp::to_rfc3339),
+        }
     }
 }
 

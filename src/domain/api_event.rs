@@ -18,7 +18,7 @@
 
 use std::net::IpAddr;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::StoredEvent;
@@ -318,30 +318,50 @@ pub fn parse_api_event(
     })
 }
 
-/// The seed-000 shape of a stored ApiEvent: the server's `id`, `created_at` = `updated_at` =
-/// the time it was recorded (events are never updated).
-pub fn render_api_event(event: &StoredEvent) -> Value {
-    let headers: Map<String, Value> = serde_json::from_str(&event.headers).unwrap_or_default();
-    let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+/// The seed-000 shape of a stored ApiEvent (camelCase, with the seed's snake_case times).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiEventView<'a> {
+    /// The server's id of the event.
+    pub id: Uuid,
+    pub event_type: &'a str,
+    pub source_system: &'a str,
+    pub event_time: String,
+    pub event_data: Value,
+    pub correlation_id: Option<&'a str>,
+    pub user_context: Value,
+    pub status: Option<&'a str>,
+    #[serde(rename = "created_at")]
+    pub created_at: String,
+    /// Events are never updated: always `created_at`.
+    #[serde(rename = "updated_at")]
+    pub updated_at: String,
+}
+
+/// A stored ApiEvent in the seed's shape: the server's `id`, `created_at` = `updated_at` = the
+/// time it was recorded.
+pub fn render_api_event(event: &StoredEvent) -> ApiEventView<'_> {
+    let mut headers: Map<String, Value> = serde_json::from_str(&event.headers).unwrap_or_default();
     let recorded = event.received_at.to_rfc3339();
-    json!({
-        "id": event.id,
-        "eventType": event.event_type,
-        "sourceSystem": event.source.as_deref().unwrap_or(""),
-        "eventTime": event.occurred_at.to_rfc3339(),
-        "eventData": data,
-        "correlationId": event.correlation_id,
-        "userContext": headers.get("userContext").cloned().unwrap_or(Value::Null),
-        "status": event.status,
-        "created_at": recorded,
-        "updated_at": recorded,
-    })
+    ApiEventView {
+        id: event.id,
+        event_type: &event.event_type,
+        source_system: event.source.as_deref().unwrap_or(""),
+        event_time: event.occurred_at.to_rfc3339(),
+        event_data: serde_json::from_str(&event.data).unwrap_or(Value::Null),
+        correlation_id: event.correlation_id.as_deref(),
+        user_context: headers.remove("userContext").unwrap_or(Value::Null),
+        status: event.status.as_deref(),
+        created_at: recorded.clone(),
+        updated_at: recorded,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::masking::MaskPolicy;
+    use serde_json::json;
 
     fn valid() -> Value {
         json!({

@@ -1,7 +1,5 @@
 //! API-call audit records (seed 002): one per request, rejected ones included.
 
-use serde_json::{Value, json};
-
 use super::names::ClientId;
 use super::page::IdPage;
 use super::time::Timestamp;
@@ -28,6 +26,29 @@ pub struct AuditRecord {
     pub response_body: Option<String>,
 }
 
+/// An audit record as `GET /v1/audit/logs` shows it (seed 002's field names).
+#[derive(Debug, serde::Serialize)]
+pub struct AuditView<'a> {
+    pub id: i64,
+    pub timestamp: String,
+    pub client_id: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    pub method: &'a str,
+    /// The matched route template.
+    pub endpoint: Option<&'a str>,
+    pub path: &'a str,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub ip_address: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    /// Only with `ANNALS_AUDIT_BODIES`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<&'a str>,
+}
+
 /// A stored audit record with its id.
 #[derive(Clone, Debug)]
 pub struct StoredAudit {
@@ -36,31 +57,24 @@ pub struct StoredAudit {
 }
 
 impl StoredAudit {
-    pub fn to_json(&self) -> Value {
+    pub fn view(&self) -> AuditView<'_> {
         let r = &self.record;
-        let mut out = json!({
-            "id": self.id,
-            "timestamp": r.at.to_rfc3339(),
-            "client_id": r.client_id,
-            "key_id": r.key_id,
-            "method": r.method,
-            "endpoint": r.route,
-            "path": r.path,
-            "status": r.status,
-            "latency_ms": r.latency_us as f64 / 1000.0,
-            "ip_address": r.ip,
-            "user_agent": r.user_agent,
-            "request_id": r.request_id,
-        });
-        for (name, body) in [
-            ("request_body", &r.request_body),
-            ("response_body", &r.response_body),
-        ] {
-            if let Some(body) = body {
-                out[name] = Value::String(body.clone());
-            }
+        AuditView {
+            id: self.id,
+            timestamp: r.at.to_rfc3339(),
+            client_id: r.client_id.as_deref(),
+            key_id: r.key_id.as_deref(),
+            method: &r.method,
+            endpoint: r.route.as_deref(),
+            path: &r.path,
+            status: r.status,
+            latency_ms: r.latency_us as f64 / 1000.0,
+            ip_address: r.ip.as_deref(),
+            user_agent: r.user_agent.as_deref(),
+            request_id: r.request_id.as_deref(),
+            request_body: r.request_body.as_deref(),
+            response_body: r.response_body.as_deref(),
         }
-        out
     }
 }
 

@@ -2,7 +2,7 @@
 //! activity, with a severity and a review workflow. Annals records its own under
 //! `SYSTEM_CLIENT`; clients report their applications' ones under their own client.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::page::IdPage;
 use super::time::Timestamp;
@@ -96,26 +96,46 @@ pub struct StoredSecurityEvent {
     pub reviewed_at: Option<Timestamp>,
 }
 
+/// A security event as `GET /v1/security-events` shows it (seed 004's fields).
+#[derive(Debug, serde::Serialize)]
+pub struct SecurityEventView<'a> {
+    pub id: i64,
+    /// `null` for Annals' own events (`system: true`).
+    pub client_id: Option<&'a str>,
+    pub system: bool,
+    pub event_type: &'static str,
+    pub severity: &'static str,
+    pub user_id: Option<&'a str>,
+    pub ip_address: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub event_details: Value,
+    pub count: i64,
+    pub requires_review: bool,
+    pub reviewed_by: Option<&'a str>,
+    pub reviewed_at: Option<String>,
+    pub occurred_at: String,
+}
+
 impl StoredSecurityEvent {
-    pub fn to_json(&self) -> Value {
+    pub fn view(&self) -> SecurityEventView<'_> {
         let e = &self.event;
-        let details: Value = serde_json::from_str(&e.details).unwrap_or(Value::Null);
-        json!({
-            "id": self.id,
-            "client_id": if e.client_id == SYSTEM_CLIENT { None } else { Some(&e.client_id) },
-            "system": e.client_id == SYSTEM_CLIENT,
-            "event_type": e.event_type.as_str(),
-            "severity": e.severity.as_str(),
-            "user_id": e.user_id,
-            "ip_address": e.ip_address,
-            "user_agent": e.user_agent,
-            "event_details": details,
-            "count": e.count,
-            "requires_review": e.requires_review,
-            "reviewed_by": self.reviewed_by,
-            "reviewed_at": self.reviewed_at.map(Timestamp::to_rfc3339),
-            "occurred_at": e.occurred_at.to_rfc3339(),
-        })
+        let system = e.client_id == SYSTEM_CLIENT;
+        SecurityEventView {
+            id: self.id,
+            client_id: (!system).then_some(e.client_id.as_str()),
+            system,
+            event_type: e.event_type.as_str(),
+            severity: e.severity.as_str(),
+            user_id: e.user_id.as_deref(),
+            ip_address: e.ip_address.as_deref(),
+            user_agent: e.user_agent.as_deref(),
+            event_details: serde_json::from_str(&e.details).unwrap_or(Value::Null),
+            count: e.count,
+            requires_review: e.requires_review,
+            reviewed_by: self.reviewed_by.as_deref(),
+            reviewed_at: self.reviewed_at.map(Timestamp::to_rfc3339),
+            occurred_at: e.occurred_at.to_rfc3339(),
+        }
     }
 }
 
