@@ -14,12 +14,11 @@ use super::AppState;
 use super::events::{fetch_event, page_response};
 use super::extract::Auth;
 use super::ingest::{ingest_json, ingest_json_batch};
-use super::query_params::{DEFAULT_LIMIT, decode_cursor, parse_limit, parse_order, parse_pairs};
+use super::query_params::{ListParams, parse_list_params, parse_pairs};
 use crate::domain::access::Scope;
 use crate::domain::api_event::{self, EVENT_TYPES, STATUSES, parse_api_event, render_api_event};
-use crate::domain::{ClientId, EventFormat, FieldError, Timestamp, TopicPattern};
+use crate::domain::{EventFormat, FieldError};
 use crate::error::ApiError;
-use crate::store::EventQuery;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -55,61 +54,77 @@ async fn create_batch(
 const FILTERS: &str = "correlationId, sourceSystem, eventType, status, from, to, limit, order, \
 cursor, client_id (admin)";
 
-/// The listing's query string: the seed's camelCase filters plus paging.
-fn parse_query(pairs: &[(String, String)]) -> Result<(EventQuery, Option<ClientId>), ApiError> {
-    let mut q = EventQuery {
-        limit: DEFAULT_LIMIT,
-        format: Some(EventFormat::ApiEvent),
-        ..Default::default()
-    };
-    let mut client = None;
+/// The seed's camelCase filter names and the listing parameters they stand for.
+const RENAMED: [(&str, &str); 3] = [
+    ("correlationId", "correlation_id"),
+    ("sourceSystem", "source"),
+    ("eventType", "event_type"),
+];
+/// Listing parameters that keep their names here.
+const KEPT: [&str; 7] = [
+    "status",
+    "from",
+    "to",
+    "limit",
+    "order",
+    "cursor",
+    "client_id",
+];
+
+/// The listing's query string: the seed's camelCase filters (checked against the seed's enums
+/// and UUID rule) translated onto the event listing's own parameters, which
+/// `parse_list_params` then parses; every error names the parameter as the client sent it.
+fn parse_query(pairs: &[(String, String)]) -> Result<ListParams, ApiError> {
     let mut errors = Vec::new();
-    let enumerated = |value: &str, allowed: &[&str]| {
-        if allowed.contains(&value) {
-            Ok(value.to_string())
-        } else {
-            Err(format!("must be one of {}", allowed.join(", ")))
-        }
-    };
-    let mut seen = std::collections::HashSet::new();
+    let mut translated = Vec::with_capacity(pairs.len());
     for (name, value) in pairs {
-        if !seen.insert(name.as_str()) {
-            errors.push(FieldError::new(name, "is given more than once"));
-            continue;
-        }
-        let result: Result<(), String> = match name.as_str() {
+        let checked = match name.as_str() {
             "correlationId" => uuid::Uuid::parse_str(value)
-                .map(|id| q.correlation_id = Some(id.to_string()))
+                .map(|id| id.to_string())
                 .map_err(|_| String::from("must be a UUID")),
-            "sourceSystem" => {
-                q.source = Some(value.clone());
-                Ok(())
-            }
-            "eventType" => enumerated(value, &EVENT_TYPES)
-                .and_then(|t| TopicPattern::parse(&t))
-                .map(|t| q.event_type = Some(t)),
-            "status" => enumerated(value, &STATUSES).map(|s| q.status = Some(s)),
-            "from" => Timestamp::parse_bound(value).map(|t| q.from = Some(t)),
-            "to" => Timestamp::parse_bound(value).map(|t| q.to = Some(t)),
-            "limit" => parse_limit(value).map(|n| q.limit = n),
-            "order" => parse_order(value).map(|o| q.order = o),
-            "cursor" => decode_cursor(value).map(|s| q.after_seq = Some(s)),
-            "client_id" => ClientId::parse(value).map(|c| client = Some(c)),
+            "eventType" => one_of(value, &EVENT_TYPES),
+            "status" => one_of(value, &STATUSES),
+            "sourceSystem" => Ok(value.clone()),
+            other if KEPT.contains(&other) => Ok(value.clone()),
             _ => Err(format!("unknown parameter; the filters are {FILTERS}")),
         };
-        if let Err(message) = result {
-            errors.push(FieldError::new(name, message));
+        match checked {
+            Ok(value) => {
+                let target = RENAMED
+                    .iter()
+                    .find(|(seed, _)| seed == name)
+                    .map_or(name.as_str(), |(_, listing)| listing);
+                translated.push((target.to_string(), value));
+            }
+            Err(message) => errors.push(FieldError::new(name, message)),
         }
     }
-    if let (Some(from), Some(to)) = (q.from, q.to)
-        && from >= to
-    {
-        errors.push(FieldError::new("to", "must be later than from"));
+    let parsed = parse_list_params(&translated).map_err(|mut error| {
+        for e in &mut error.errors {
+            if let Some((seed, _)) = RENAMED.iter().find(|(_, listing)| *listing == e.field) {
+                e.field = (*seed).to_string();
+            }
+        }
+        error
+    });
+    match parsed {
+        Ok(mut params) if errors.is_empty() => {
+            params.query.format = Some(EventFormat::ApiEvent);
+            Ok(params)
+        }
+        Ok(_) => Err(ApiError::invalid_fields(errors)),
+        Err(error) => {
+            errors.extend(error.errors.iter().cloned());
+            Err(ApiError::invalid_fields(errors))
+        }
     }
-    if errors.is_empty() {
-        Ok((q, client))
+}
+
+fn one_of(value: &str, allowed: &[&str]) -> Result<String, String> {
+    if allowed.contains(&value) {
+        Ok(value.to_string())
     } else {
-        Err(ApiError::invalid_fields(errors))
+        Err(format!("must be one of {}", allowed.join(", ")))
     }
 }
 
@@ -121,8 +136,9 @@ async fn list(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsRead)?;
     let pairs = parse_pairs(raw.as_deref())?;
-    let (mut query, requested_client) = parse_query(&pairs)?;
-    query.client_id = principal.read_scope(requested_client)?;
+    let params = parse_query(&pairs)?;
+    let mut query = params.query;
+    query.client_id = principal.read_scope(params.requested_client)?;
     let page = state.store.query_events(query).await?;
     let events: Vec<_> = page.events.iter().map(render_api_event).collect();
     page_response(&events, "application/json", page.next_after, &uri, &pairs)

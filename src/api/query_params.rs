@@ -167,7 +167,7 @@ pub fn parse_bool(text: &str) -> Result<bool, String> {
     }
 }
 
-pub fn parse_order(text: &str) -> Result<Order, String> {
+fn parse_order(text: &str) -> Result<Order, String> {
     match text {
         "asc" => Ok(Order::Asc),
         "desc" => Ok(Order::Desc),
@@ -204,7 +204,7 @@ pub fn encode_cursor(seq: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))
 }
 
-pub fn decode_cursor(text: &str) -> Result<i64, String> {
+fn decode_cursor(text: &str) -> Result<i64, String> {
     URL_SAFE_NO_PAD
         .decode(text)
         .ok()
