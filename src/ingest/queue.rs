@@ -88,6 +88,25 @@ pub fn next_group_blocking<T>(
     max_jobs: usize,
 ) -> Option<Vec<Queued<T>>> {
     let first = rx.blocking_recv()?;
+    Some(group_after(first, rx, max_jobs))
+}
+
+/// `next_group_blocking` for a writer task on the async runtime.
+pub async fn next_group<T>(
+    rx: &mut mpsc::Receiver<Queued<T>>,
+    max_jobs: usize,
+) -> Option<Vec<Queued<T>>> {
+    let first = rx.recv().await?;
+    Some(group_after(first, rx, max_jobs))
+}
+
+/// `first` and whatever else is already waiting, up to `max_jobs`: a group never waits for
+/// more work, so a lone request is committed at once.
+fn group_after<T>(
+    first: Queued<T>,
+    rx: &mut mpsc::Receiver<Queued<T>>,
+    max_jobs: usize,
+) -> Vec<Queued<T>> {
     let mut group = vec![first];
     while group.len() < max_jobs {
         match rx.try_recv() {
@@ -95,7 +114,7 @@ pub fn next_group_blocking<T>(
             Err(_) => break,
         }
     }
-    Some(group)
+    group
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use super::unavailable;
 use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, StoredKey};
+use crate::ingest::queue::next_group;
 use crate::store::{AppendOutcome, AppendedItem, StoreError};
 
 pub(super) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
@@ -48,14 +49,7 @@ struct PendingAppend {
 const MAX_GROUP_JOBS: usize = 512;
 
 pub(super) async fn run(pool: Pool, mut rx: mpsc::Receiver<Queued<WriterCommand>>) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP_JOBS {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(group) = next_group(&mut rx, MAX_GROUP_JOBS).await {
         let mut appends = Vec::with_capacity(group.len());
         let mut reservations = Vec::with_capacity(group.len());
         for queued in group {
