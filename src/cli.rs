@@ -220,9 +220,9 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
                     parse_rate_limit(u64::from(r)).map_err(|e| anyhow::anyhow!("--rate-limit {e}"))
                 })
                 .transpose()?;
-            let expires_at = c.expires_in_days.map(|d| {
-                Timestamp::from_micros(Timestamp::now().as_micros() + i64::from(d) * 86_400_000_000)
-            });
+            let expires_at = c
+                .expires_in_days
+                .map(|d| Timestamp::now().plus_days(i64::from(d)));
             let (keys, store) = key_service(&c.store).await?;
             let issued = keys
                 .create(NewKeyRequest {

@@ -21,6 +21,11 @@ impl Timestamp {
         self.0
     }
 
+    /// This instant moved by whole days (negative: into the past).
+    pub fn plus_days(self, days: i64) -> Self {
+        Self(self.0.saturating_add(days.saturating_mul(86_400_000_000)))
+    }
+
     /// Parses an RFC 3339 / ISO 8601 date-time that carries its offset (`Z` or `±hh:mm`).
     /// A time without an offset is refused: it would mean a different instant on every server.
     pub fn parse_rfc3339(text: &str) -> Result<Self, String> {

@@ -26,7 +26,7 @@ pub struct RetentionConfig {
 }
 
 fn days_ago(days: u32) -> Timestamp {
-    Timestamp::from_micros(Timestamp::now().as_micros() - i64::from(days) * 86_400_000_000)
+    Timestamp::now().plus_days(-i64::from(days))
 }
 
 /// Deletes every audit record older than `days`, `batch` at a time; returns how many.
