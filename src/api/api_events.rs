@@ -16,7 +16,9 @@ use super::extract::Auth;
 use super::ingest::{ingest_json, ingest_json_batch};
 use super::query_params::{ListParams, parse_list_params, parse_pairs};
 use crate::domain::access::Scope;
-use crate::domain::api_event::{self, EVENT_TYPES, STATUSES, parse_api_event, render_api_event};
+use crate::domain::api_event::{
+    self, EVENT_TYPES, STATUSES, one_of, parse_api_event, render_api_event,
+};
 use crate::domain::{EventFormat, FieldError};
 use crate::error::ApiError;
 
@@ -82,8 +84,8 @@ fn parse_query(pairs: &[(String, String)]) -> Result<ListParams, ApiError> {
             "correlationId" => uuid::Uuid::parse_str(value)
                 .map(|id| id.to_string())
                 .map_err(|_| String::from("must be a UUID")),
-            "eventType" => one_of(value, &EVENT_TYPES),
-            "status" => one_of(value, &STATUSES),
+            "eventType" => one_of(value, &EVENT_TYPES).map(|()| value.clone()),
+            "status" => one_of(value, &STATUSES).map(|()| value.clone()),
             "sourceSystem" => Ok(value.clone()),
             other if KEPT.contains(&other) => Ok(value.clone()),
             _ => Err(format!("unknown parameter; the filters are {FILTERS}")),
@@ -117,14 +119,6 @@ fn parse_query(pairs: &[(String, String)]) -> Result<ListParams, ApiError> {
             errors.extend(error.errors.iter().cloned());
             Err(ApiError::invalid_fields(errors))
         }
-    }
-}
-
-fn one_of(value: &str, allowed: &[&str]) -> Result<String, String> {
-    if allowed.contains(&value) {
-        Ok(value.to_string())
-    } else {
-        Err(format!("must be one of {}", allowed.join(", ")))
     }
 }
 

@@ -38,6 +38,15 @@ pub const MIN_EVENT_BYTES: usize = 2 * MAX_BODY_BYTES + 64 * 1024;
 const TOP_FIELDS: &str = "id, eventType, sourceSystem, eventTime, eventData, correlationId, \
 userContext, status, created_at, updated_at";
 
+/// One of the seed's enum values (`eventType`, `status`, `method`), or why not.
+pub fn one_of(value: &str, allowed: &[&str]) -> Result<(), String> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("must be one of {}", allowed.join(", ")))
+    }
+}
+
 /// A checked `userContext`: the object as sent, and the fields that map onto the envelope.
 struct UserContext {
     object: Map<String, Value>,
@@ -92,11 +101,12 @@ impl Checker {
         allowed: &[&str],
     ) -> Option<String> {
         let value = self.string(obj, name, path, usize::MAX, true)?;
-        if allowed.contains(&value.as_str()) {
-            Some(value)
-        } else {
-            self.fail(path, format!("must be one of {}", allowed.join(", ")));
-            None
+        match one_of(&value, allowed) {
+            Ok(()) => Some(value),
+            Err(message) => {
+                self.fail(path, message);
+                None
+            }
         }
     }
 

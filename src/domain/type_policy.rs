@@ -231,15 +231,15 @@ impl EventTypePolicy {
 }
 
 /// Why `event_type` breaks the convention, or `None` when it follows it.
+/// Runs on every ingested event, so it allocates only to explain a problem.
 pub fn convention_problem(event_type: &str) -> Option<String> {
-    let segments: Vec<&str> = event_type.split('.').collect();
-    if segments.len() < 3 {
+    let count = event_type.split('.').count();
+    if count < 3 {
         return Some(format!(
-            "it has {} dot-separated segment(s); at least 3 are needed, e.g. billing.invoice.paid",
-            segments.len()
+            "it has {count} dot-separated segment(s); at least 3 are needed, e.g. billing.invoice.paid"
         ));
     }
-    for segment in &segments {
+    for segment in event_type.split('.') {
         let well_formed = segment.starts_with(|c: char| c.is_ascii_lowercase())
             && segment
                 .chars()
@@ -250,7 +250,7 @@ pub fn convention_problem(event_type: &str) -> Option<String> {
             ));
         }
     }
-    let last = segments[segments.len() - 1];
+    let last = event_type.rsplit('.').next().unwrap_or(event_type);
     let verb = last.rsplit('_').next().unwrap_or(last);
     if verb.ends_with("ed") || IRREGULAR_PAST.contains(&verb) {
         None
