@@ -8,6 +8,7 @@
 //! - `synchronous=FULL` (the default) makes each group commit durable before replies are sent.
 
 mod checkpoint;
+mod wal_batch;
 mod query;
 mod writer;
 
@@ -126,8 +127,16 @@ pub fn open_and_migrate(path: &Path, synchronous: Synchronous) -> anyhow::Result
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut conn = Connection::open(path)
-        .with_context(|| format!("opening SQLite database {}", path.display()))?;
+    // With `synchronous = FULL` a commit's WAL writes can be gathered into one (see wal_batch).
+    let mut conn = match synchronous {
+        Synchronous::Full => Connection::open_with_flags_and_vfs(
+            path,
+            rusqlite::OpenFlags::default(),
+            wal_batch::register()?,
+        ),
+        Synchronous::Normal => Connection::open(path),
+    }
+    .with_context(|| format!("opening SQLite database {}", path.display()))?;
     let sync = match synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
