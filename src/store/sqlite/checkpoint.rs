@@ -2,13 +2,18 @@
 //! the database file every `INTERVAL`, so the group-commit writer never stalls on a checkpoint.
 //!
 //! A `PASSIVE` checkpoint never blocks the writer or readers; it copies what it can. Under steady
-//! ingest it never quite catches up (the writer adds frames while it copies), and the WAL would
-//! only grow; so when the WAL is past `RESTART_FRAMES`, a `RESTART` checkpoint follows. It holds
-//! the write lock only while copying the few frames written since the passive pass, and makes
-//! the writer start the WAL over from the beginning: the file stays bounded and is overwritten in
-//! place rather than extended. On stop, a final `TRUNCATE` checkpoint empties it.
+//! ingest it never quite catches up (the writer adds frames while it copies), so SQLite can never
+//! start the WAL over and the file would only grow. When the WAL is past `RESTART_FRAMES`, this
+//! thread raises `WalRestart`; the writer then runs one more `PASSIVE` checkpoint itself between
+//! two groups (see `writer.rs`), when no frame can be added meanwhile, so it copies the last few
+//! frames and the writer's next transaction starts the WAL over from the beginning: the file
+//! stays bounded and is overwritten in place. (A `RESTART` checkpoint from this thread would do
+//! the same but has to wait for the write lock, and while it waits it blocks the writer.)
+//! On stop, a final `TRUNCATE` checkpoint empties the WAL.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,8 +22,40 @@ use anyhow::Context;
 use rusqlite::Connection;
 
 const INTERVAL: Duration = Duration::from_millis(250);
-/// WAL size (in 4 KiB frames) past which the passive pass is followed by a `RESTART`.
+/// WAL size (in 4 KiB frames) past which the writer is asked to let the WAL start over.
 const RESTART_FRAMES: i64 = 4096;
+
+/// Raised by the checkpointer when the WAL should start over; lowered by the writer once its
+/// own checkpoint has copied every frame.
+#[derive(Clone, Default)]
+pub(super) struct WalRestart(Arc<AtomicBool>);
+
+impl WalRestart {
+    pub(super) fn wanted(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// The writer's part: between two groups, copy the frames the checkpointer has not copied
+    /// yet. Once every frame is in the database file, the writer's next transaction restarts the
+    /// WAL. A reader still on an older snapshot can keep frames uncopied; then this is tried
+    /// again after a later group.
+    pub(super) fn checkpoint_from_writer(&self, conn: &Connection) {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        }) {
+            Ok((frames, copied)) if copied >= frames => {
+                self.0.store(false, Ordering::Relaxed);
+                tracing::debug!(frames, "writer-side checkpoint copied the WAL; it will start over");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "writer-side WAL checkpoint failed; will retry"),
+        }
+    }
+}
 
 pub(super) struct Checkpointer {
     stop: mpsc::Sender<()>,
@@ -26,7 +63,7 @@ pub(super) struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub(super) fn start(path: &Path) -> anyhow::Result<Self> {
+    pub(super) fn start(path: &Path, restart: WalRestart) -> anyhow::Result<Self> {
         let conn = Connection::open(path)
             .with_context(|| format!("opening {} for checkpoints", path.display()))?;
         conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
@@ -35,14 +72,10 @@ impl Checkpointer {
             .name(String::from("annals-sqlite-checkpoint"))
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
-                    let result = checkpoint(&conn, "PASSIVE").and_then(|frames| {
-                        if frames >= RESTART_FRAMES {
-                            checkpoint(&conn, "RESTART")?;
-                        }
-                        Ok(())
-                    });
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                    match checkpoint(&conn, "PASSIVE") {
+                        Ok(frames) if frames >= RESTART_FRAMES => restart.request(),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
                     }
                 }
                 if let Err(e) = checkpoint(&conn, "TRUNCATE") {

@@ -200,7 +200,8 @@ impl SqliteStore {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .context("opening SQLite read connections")?;
-        let checkpointer = checkpoint::Checkpointer::start(&options.path)?;
+        let wal_restart = checkpoint::WalRestart::default();
+        let checkpointer = checkpoint::Checkpointer::start(&options.path, wal_restart.clone())?;
         let audit_file = audit_path(&options.path);
         let audit_writer = Arc::new(Mutex::new(open_audit(&audit_file)?));
         let audit_readers = r2d2::Pool::builder()
@@ -220,7 +221,7 @@ impl SqliteStore {
         let writer_commits = commits.clone();
         let handle = std::thread::Builder::new()
             .name(String::from("annals-sqlite-writer"))
-            .spawn(move || writer::run(conn, rx, writer_commits))
+            .spawn(move || writer::run(conn, rx, writer_commits, wal_restart))
             .context("starting the SQLite writer thread")?;
         Ok(Self {
             queue,

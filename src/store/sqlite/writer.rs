@@ -7,7 +7,9 @@
 //! - Each append checks idempotency before inserting anything, so a conflict never leaves rows
 //!   behind; a storage error rolls the group back and its appends are retried one per
 //!   transaction, so a failure stays with the request that caused it.
-//! - WAL checkpoints run on a separate thread (`checkpoint.rs`), never inside a commit.
+//! - WAL checkpoints run on a separate thread (`checkpoint.rs`), never inside a commit; only when
+//!   that thread asks does the writer copy the last frames itself, between two groups, so the
+//!   WAL can start over.
 //! - `seq` is assigned here from `event_sequence`, which is updated in the same transaction, so
 //!   committed seqs are gapless and in commit order.
 
@@ -22,10 +24,14 @@ use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, StoredKey};
 use crate::ingest::queue::next_group_blocking;
+
+use super::checkpoint::WalRestart;
 use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
 
 /// Most jobs committed in one transaction.
 const MAX_GROUP_JOBS: usize = 512;
+/// Least time between two writer-side checkpoints while a reader keeps the WAL from restarting.
+const RESTART_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 /// How often planner statistics are refreshed (`PRAGMA optimize`). Without them SQLite can't
 /// skip-scan the `(client_id, …, seq)` indexes for admin queries that name no client.
 const OPTIMIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -59,6 +65,7 @@ pub(super) fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Queued<WriterCommand>>,
     commits: broadcast::Sender<CommittedRange>,
+    wal_restart: WalRestart,
 ) {
     let mut last_seq = match load_last_seq(&conn) {
         Ok(seq) => seq,
@@ -71,6 +78,7 @@ pub(super) fn run(
     let mut optimized_at = std::time::Instant::now();
     let mut optimized_seq = last_seq;
     let (mut groups, mut jobs) = (0u64, 0u64);
+    let mut restart_tried = std::time::Instant::now();
     while let Some(group) = next_group_blocking(&mut rx, MAX_GROUP_JOBS) {
         let before = last_seq;
         groups += 1;
@@ -99,6 +107,10 @@ pub(super) fn run(
                 first: before + 1,
                 last: last_seq,
             });
+        }
+        if wal_restart.wanted() && restart_tried.elapsed() >= RESTART_RETRY {
+            wal_restart.checkpoint_from_writer(&conn);
+            restart_tried = std::time::Instant::now();
         }
         // Also whenever the table has grown tenfold, so a young store gets statistics early.
         if optimized_at.elapsed() > OPTIMIZE_EVERY
