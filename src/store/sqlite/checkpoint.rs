@@ -49,7 +49,10 @@ impl WalRestart {
         }) {
             Ok((frames, copied)) if copied >= frames => {
                 self.0.store(false, Ordering::Relaxed);
-                tracing::debug!(frames, "writer-side checkpoint copied the WAL; it will start over");
+                tracing::debug!(
+                    frames,
+                    "writer-side checkpoint copied the WAL; it will start over"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "writer-side WAL checkpoint failed; will retry"),

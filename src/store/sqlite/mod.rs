@@ -8,8 +8,8 @@
 //! - `synchronous=FULL` (the default) makes each group commit durable before replies are sent.
 
 mod checkpoint;
-mod wal_batch;
 mod query;
+mod wal_batch;
 mod writer;
 
 use std::path::{Path, PathBuf};
