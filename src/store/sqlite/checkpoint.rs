@@ -100,3 +100,61 @@ impl Checkpointer {
 fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames now in the WAL, as a passive checkpoint from another connection reports them.
+    fn wal_frames(path: &Path) -> i64 {
+        checkpoint(&Connection::open(path).unwrap(), "PASSIVE").unwrap()
+    }
+
+    #[test]
+    fn a_long_wal_starts_over_after_the_writers_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("restart.db");
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; \
+                 CREATE TABLE t (v BLOB NOT NULL);",
+            )
+            .unwrap();
+        // Past RESTART_FRAMES: every row fills most of a 4 KiB page.
+        for _ in 0..RESTART_FRAMES / 500 + 1 {
+            writer
+                .execute_batch(
+                    "BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+                     WHERE i < 500) INSERT INTO t SELECT randomblob(3000) FROM n; COMMIT;",
+                )
+                .unwrap();
+        }
+        let restart = WalRestart::default();
+        let checkpointer = Checkpointer::start(&path, restart.clone()).unwrap();
+        let asked = std::time::Instant::now();
+        while !restart.wanted() {
+            assert!(
+                asked.elapsed() < Duration::from_secs(10),
+                "no restart asked"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        restart.checkpoint_from_writer(&writer);
+        assert!(
+            !restart.wanted(),
+            "every frame was copied, so the request is done"
+        );
+        writer
+            .execute("INSERT INTO t VALUES (randomblob(10))", [])
+            .unwrap();
+        let frames = wal_frames(&path);
+        assert!(frames < 10, "the WAL started over: {frames} frames");
+        checkpointer.stop();
+        let rows: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, (RESTART_FRAMES / 500 + 1) * 500 + 1);
+    }
+}
