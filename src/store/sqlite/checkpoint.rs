@@ -35,7 +35,7 @@ impl WalRestart {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn request(&self) {
+    pub(super) fn request(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 

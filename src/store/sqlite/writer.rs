@@ -286,3 +286,66 @@ fn apply_append(
     }
     Ok(AppendOutcome::Stored(items))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::envelope::EnvelopeRules;
+    use crate::domain::masking::MaskPolicy;
+    use crate::domain::{ClientId, parse_event};
+    use crate::ingest::queue::WriteQueue;
+
+    fn event(n: u64) -> NewEvent {
+        parse_event(
+            serde_json::json!({"event_type": "test.item.created", "data": {"n": n}}),
+            &ClientId::parse("c").unwrap(),
+            &EnvelopeRules {
+                max_event_bytes: 1 << 20,
+                mask: &MaskPolicy::default(),
+            },
+        )
+        .unwrap()
+    }
+
+    /// Appends one event through the queue and waits for the writer's answer.
+    fn append(queue: &WriteQueue<WriterCommand>, n: u64) -> AppendOutcome {
+        let (reply, answer) = oneshot::channel();
+        let events = vec![event(n)];
+        queue
+            .try_submit(WriterCommand::Append { events, reply }, 100)
+            .unwrap_or_else(|_| panic!("queue refused"));
+        answer.blocking_recv().unwrap().unwrap()
+    }
+
+    #[test]
+    fn the_writer_answers_a_wal_restart_request_between_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = super::super::open_and_migrate(&path, super::super::Synchronous::Full).unwrap();
+        let (queue, rx) = WriteQueue::new(16, 1 << 20);
+        let restart = WalRestart::default();
+        let thread_restart = restart.clone();
+        let writer =
+            std::thread::spawn(move || run(conn, rx, broadcast::channel(4).0, thread_restart));
+        assert!(matches!(append(&queue, 1), AppendOutcome::Stored(_)));
+        restart.request();
+        std::thread::sleep(RESTART_RETRY + std::time::Duration::from_millis(20));
+        assert!(matches!(append(&queue, 2), AppendOutcome::Stored(_)));
+        // The answer goes out at commit; the checkpoint follows right after it.
+        let answered = std::time::Instant::now();
+        while restart.wanted() {
+            assert!(
+                answered.elapsed() < std::time::Duration::from_secs(5),
+                "the writer never checkpointed after the group"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(queue);
+        writer.join().unwrap();
+        let rows: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2);
+    }
+}
