@@ -25,8 +25,8 @@ const INTERVAL: Duration = Duration::from_millis(250);
 /// WAL size (in 4 KiB frames) past which the writer is asked to let the WAL start over.
 const RESTART_FRAMES: i64 = 4096;
 
-/// Raised by the checkpointer when the WAL should start over; lowered by the writer once its
-/// own checkpoint has copied every frame.
+/// Raised by the checkpointer when the WAL should start over; lowered by the writer when it
+/// runs its own checkpoint.
 #[derive(Clone, Default)]
 pub(super) struct WalRestart(Arc<AtomicBool>);
 
@@ -41,20 +41,23 @@ impl WalRestart {
 
     /// The writer's part: between two groups, copy the frames the checkpointer has not copied
     /// yet. Once every frame is in the database file, the writer's next transaction restarts the
-    /// WAL. A reader still on an older snapshot can keep frames uncopied; then this is tried
-    /// again after a later group.
+    /// WAL. If the checkpointer was mid-pass (busy), the request stays up and the writer tries
+    /// again after its next group, which costs nothing until the pass ends. Otherwise the
+    /// request is lowered even if a reader on an older snapshot kept frames uncopied: the
+    /// checkpointer's next pass finds the WAL still long and asks again, so those retries come
+    /// at the checkpointer's pace, never after every group.
     pub(super) fn checkpoint_from_writer(&self, conn: &Connection) {
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        }) {
-            Ok((frames, copied)) if copied >= frames => {
+        match checkpoint(conn, "PASSIVE") {
+            Ok(result) if result.busy => {}
+            Ok(result) => {
                 self.0.store(false, Ordering::Relaxed);
-                tracing::debug!(
-                    frames,
-                    "writer-side checkpoint copied the WAL; it will start over"
-                );
+                if result.copied >= result.frames {
+                    tracing::debug!(
+                        frames = result.frames,
+                        "writer-side checkpoint copied the WAL; it will start over"
+                    );
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "writer-side WAL checkpoint failed; will retry"),
         }
     }
@@ -76,7 +79,7 @@ impl Checkpointer {
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
                     match checkpoint(&conn, "PASSIVE") {
-                        Ok(frames) if frames >= RESTART_FRAMES => restart.request(),
+                        Ok(result) if result.frames >= RESTART_FRAMES => restart.request(),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
                     }
@@ -96,9 +99,24 @@ impl Checkpointer {
     }
 }
 
-/// Runs one checkpoint; returns the number of frames in the WAL before it.
-fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
-    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1))
+/// What one `PRAGMA wal_checkpoint` reported.
+struct Checkpointed {
+    /// Another checkpoint (or, for the stronger modes, the writer) was in the way.
+    busy: bool,
+    /// Frames in the WAL.
+    frames: i64,
+    /// Of those, how many are now in the database file.
+    copied: i64,
+}
+
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<Checkpointed> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok(Checkpointed {
+            busy: r.get::<_, i64>(0)? != 0,
+            frames: r.get(1)?,
+            copied: r.get(2)?,
+        })
+    })
 }
 
 #[cfg(test)]
@@ -107,7 +125,9 @@ mod tests {
 
     /// Frames now in the WAL, as a passive checkpoint from another connection reports them.
     fn wal_frames(path: &Path) -> i64 {
-        checkpoint(&Connection::open(path).unwrap(), "PASSIVE").unwrap()
+        checkpoint(&Connection::open(path).unwrap(), "PASSIVE")
+            .unwrap()
+            .frames
     }
 
     #[test]
