@@ -28,7 +28,8 @@ use rusqlite::ffi;
 /// The VFS's registered name.
 pub const NAME: &CStr = c"annals-wal-batch";
 
-/// Most bytes gathered before they are written anyway (a large batch's transaction).
+/// Most bytes gathered before they are written anyway (a large batch's transaction). SQLite's
+/// WAL writes are at most a page, so a write never exceeds it by much.
 const MAX_GATHERED: usize = 4 * 1024 * 1024;
 
 // The inner file follows WalFile directly, so WalFile must keep its alignment.
@@ -255,9 +256,6 @@ unsafe extern "C" fn write(
         if rc != ffi::SQLITE_OK {
             return rc;
         }
-    }
-    if len > MAX_GATHERED {
-        return unsafe { (wal.methods().xWrite.expect("xWrite"))(wal.inner, buf, amount, offset) };
     }
     if wal.gathered.is_empty() {
         wal.gathered_at = offset;
