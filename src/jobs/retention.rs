@@ -32,16 +32,7 @@ fn days_ago(days: u32) -> Timestamp {
 /// Deletes every audit record older than `days`, `batch` at a time; returns how many.
 pub async fn purge_audit(store: &dyn Store, days: u32, batch: usize) -> Result<u64, StoreError> {
     let cutoff = days_ago(days);
-    let mut total = 0;
-    loop {
-        let deleted = store.delete_audit_before(cutoff, batch).await?;
-        total += deleted;
-        if deleted < batch as u64 {
-            return Ok(total);
-        }
-        // Let other writers in between batches.
-        tokio::task::yield_now().await;
-    }
+    in_batches(batch, |limit| store.delete_audit_before(cutoff, limit)).await
 }
 
 /// Deletes every event received before `cutoff` (and its idempotency key), `batch` at a time,
@@ -51,14 +42,34 @@ pub async fn purge_events(
     cutoff: Timestamp,
     batch: usize,
 ) -> Result<u64, StoreError> {
+    in_batches(batch, |limit| store.delete_events_before(cutoff, limit)).await
+}
+
+/// Runs `delete` (at most `batch` rows per call) until a call deletes fewer than `batch`;
+/// returns the total.
+async fn in_batches<F, Fut>(batch: usize, mut delete: F) -> Result<u64, StoreError>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
     let mut total = 0;
     loop {
-        let deleted = store.delete_events_before(cutoff, batch).await?;
+        let deleted = delete(batch).await?;
         total += deleted;
         if deleted < batch as u64 {
             return Ok(total);
         }
+        // Let other writers in between batches.
         tokio::task::yield_now().await;
+    }
+}
+
+/// Logs what one purge did.
+fn report(what: &'static str, days: u32, result: Result<u64, StoreError>) {
+    match result {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, days, "{what} retention"),
+        Err(e) => tracing::warn!(error = %e, "{what} retention failed; will retry"),
     }
 }
 
@@ -72,22 +83,13 @@ pub fn spawn(store: Arc<dyn Store>, config: RetentionConfig) -> Option<JoinHandl
         loop {
             tick.tick().await;
             if config.audit_days > 0 {
-                match purge_audit(store.as_ref(), config.audit_days, BATCH).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(deleted = n, days = config.audit_days, "audit retention")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "audit retention failed; will retry"),
-                }
+                let result = purge_audit(store.as_ref(), config.audit_days, BATCH).await;
+                report("audit", config.audit_days, result);
             }
             if config.event_days > 0 {
-                match purge_events(store.as_ref(), days_ago(config.event_days), BATCH).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(deleted = n, days = config.event_days, "event retention")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "event retention failed; will retry"),
-                }
+                let cutoff = days_ago(config.event_days);
+                let result = purge_events(store.as_ref(), cutoff, BATCH).await;
+                report("event", config.event_days, result);
             }
         }
     }))
