@@ -124,40 +124,46 @@ impl Checker {
         }
     }
 
+    /// The JSON object at `path`. Absent or null is noted as a problem when `required`; any
+    /// other kind of value always is.
+    fn object<'v>(
+        &mut self,
+        value: Option<&'v Value>,
+        path: &str,
+        required: bool,
+    ) -> Option<&'v Map<String, Value>> {
+        match value {
+            None | Some(Value::Null) => {
+                if required {
+                    self.fail(path, "is required");
+                }
+                None
+            }
+            Some(Value::Object(map)) => Some(map),
+            Some(other) => {
+                self.fail(path, format!("must be an object, not {}", json_kind(other)));
+                None
+            }
+        }
+    }
+
     /// An optional JSON object of at most `MAX_BODY_BYTES`.
     fn body(&mut self, obj: &Map<String, Value>, name: &str, path: &str) {
-        match obj.get(name) {
-            None | Some(Value::Null) => {}
-            Some(value @ Value::Object(_)) => {
-                let size = serde_json::to_vec(value)
-                    .map(|v| v.len())
-                    .unwrap_or(usize::MAX);
-                if size > MAX_BODY_BYTES {
-                    self.fail(
-                        path,
-                        format!("is {size} bytes; the limit is {MAX_BODY_BYTES} (1 MB)"),
-                    );
-                }
+        if let Some(body) = self.object(obj.get(name), path, false) {
+            let size = serde_json::to_vec(body)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > MAX_BODY_BYTES {
+                self.fail(
+                    path,
+                    format!("is {size} bytes; the limit is {MAX_BODY_BYTES} (1 MB)"),
+                );
             }
-            Some(other) => self.fail(path, format!("must be an object, not {}", json_kind(other))),
         }
     }
 
     fn event_data(&mut self, value: Option<&Value>) -> Option<Map<String, Value>> {
-        let data = match value {
-            None | Some(Value::Null) => {
-                self.fail("eventData", "is required");
-                return None;
-            }
-            Some(Value::Object(data)) => data,
-            Some(other) => {
-                self.fail(
-                    "eventData",
-                    format!("must be an object, not {}", json_kind(other)),
-                );
-                return None;
-            }
-        };
+        let data = self.object(value, "eventData", true)?;
         self.string(data, "endpoint", "eventData.endpoint", 500, true);
         self.one_of(data, "method", "eventData.method", &METHODS);
         self.body(data, "requestBody", "eventData.requestBody");
@@ -179,17 +185,7 @@ impl Checker {
 
     /// Returns the context object with the user id and IP address it carries.
     fn user_context(&mut self, value: Option<&Value>) -> Option<UserContext> {
-        let context = match value {
-            None | Some(Value::Null) => return None,
-            Some(Value::Object(context)) => context,
-            Some(other) => {
-                self.fail(
-                    "userContext",
-                    format!("must be an object, not {}", json_kind(other)),
-                );
-                return None;
-            }
-        };
+        let context = self.object(value, "userContext", false)?;
         let user_id = self.string(context, "userId", "userContext.userId", 100, false);
         self.string(context, "clientId", "userContext.clientId", 100, false);
         let ip = self
