@@ -99,6 +99,20 @@ impl NewEvent {
     }
 }
 
+/// A valid envelope as an event of client `c` with the default rules, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn test_event(envelope: Value) -> NewEvent {
+    parse_event(
+        envelope,
+        &ClientId::parse("c").expect("valid client id"),
+        &EnvelopeRules {
+            max_event_bytes: 1 << 20,
+            mask: &MaskPolicy::default(),
+        },
+    )
+    .expect("a valid test envelope")
+}
+
 /// Parses one envelope. `default_client` is the calling key's client, used when the request
 /// does not name one; the caller checks the key may write for the client the event names.
 pub fn parse_event(

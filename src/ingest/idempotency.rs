@@ -104,22 +104,8 @@ pub fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::envelope::EnvelopeRules;
-    use crate::domain::masking::MaskPolicy;
-    use crate::domain::{ClientId, parse_event};
+    use crate::domain::envelope::test_event as ev;
     use serde_json::json;
-
-    fn ev(v: serde_json::Value) -> NewEvent {
-        parse_event(
-            v,
-            &ClientId::parse("c").unwrap(),
-            &EnvelopeRules {
-                max_event_bytes: 1 << 20,
-                mask: &MaskPolicy::default(),
-            },
-        )
-        .unwrap()
-    }
 
     #[test]
     fn plans_new_duplicate_repeat_and_conflict() {

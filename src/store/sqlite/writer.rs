@@ -286,27 +286,15 @@ fn apply_append(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::envelope::EnvelopeRules;
-    use crate::domain::masking::MaskPolicy;
-    use crate::domain::{ClientId, parse_event};
+    use crate::domain::envelope::test_event;
     use crate::ingest::queue::WriteQueue;
-
-    fn event(n: u64) -> NewEvent {
-        parse_event(
-            serde_json::json!({"event_type": "test.item.created", "data": {"n": n}}),
-            &ClientId::parse("c").unwrap(),
-            &EnvelopeRules {
-                max_event_bytes: 1 << 20,
-                mask: &MaskPolicy::default(),
-            },
-        )
-        .unwrap()
-    }
 
     /// Appends one event through the queue and waits for the writer's answer.
     fn append(queue: &WriteQueue<WriterCommand>, n: u64) -> AppendOutcome {
         let (reply, answer) = oneshot::channel();
-        let events = vec![event(n)];
+        let events = vec![test_event(
+            serde_json::json!({"event_type": "test.item.created", "data": {"n": n}}),
+        )];
         queue
             .try_submit(WriterCommand::Append { events, reply }, 100)
             .unwrap_or_else(|_| panic!("queue refused"));
