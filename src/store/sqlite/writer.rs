@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -141,19 +141,15 @@ fn commit_group(conn: &mut Connection, appends: Vec<PendingAppend>, last_seq: &m
     }
     let received_at = Timestamp::now();
     let mut seq = *last_seq;
-    let grouped = (|| -> anyhow::Result<Vec<AppendOutcome>> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let grouped = in_write_transaction(conn, |conn| {
         let mut outcomes = Vec::with_capacity(appends.len());
         for append in &appends {
-            outcomes.push(apply_append(&tx, &append.events, &mut seq, received_at)?);
+            outcomes.push(apply_append(conn, &append.events, &mut seq, received_at)?);
         }
-        tx.execute(
-            "UPDATE event_sequence SET last_seq = ?1 WHERE id = 1",
-            [seq],
-        )?;
-        tx.commit()?;
+        conn.prepare_cached("UPDATE event_sequence SET last_seq = ?1 WHERE id = 1")?
+            .execute([seq])?;
         Ok(outcomes)
-    })();
+    });
     match grouped {
         Ok(outcomes) => {
             *last_seq = seq;
@@ -181,6 +177,26 @@ fn commit_group(conn: &mut Connection, appends: Vec<PendingAppend>, last_seq: &m
     }
 }
 
+/// Runs `body` in one `BEGIN IMMEDIATE` … `COMMIT`, rolled back if the body or the commit
+/// fails. The three statements are prepared once per connection (rusqlite's `Transaction`
+/// parses `BEGIN`/`COMMIT` anew for every group, which the profile showed on every commit).
+fn in_write_transaction<T>(
+    conn: &Connection,
+    body: impl FnOnce(&Connection) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let result = body(conn).and_then(|value| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(value)
+    });
+    if result.is_err() && !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "rolling back a failed group failed");
+        }
+    }
+    result
+}
+
 /// Disk full, I/O error, locked database: the store can't take writes right now.
 fn is_storage_failure(e: &anyhow::Error) -> bool {
     use rusqlite::ErrorCode::*;
@@ -192,7 +208,7 @@ fn is_storage_failure(e: &anyhow::Error) -> bool {
 }
 
 fn apply_append(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     events: &[NewEvent],
     seq: &mut i64,
     received_at: Timestamp,
