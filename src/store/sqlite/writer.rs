@@ -189,10 +189,11 @@ fn in_write_transaction<T>(
         conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(value)
     });
-    if result.is_err() && !conn.is_autocommit() {
-        if let Err(e) = conn.execute_batch("ROLLBACK") {
-            tracing::error!(error = %e, "rolling back a failed group failed");
-        }
+    if result.is_err()
+        && !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %e, "rolling back a failed group failed");
     }
     result
 }
