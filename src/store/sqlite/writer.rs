@@ -319,6 +319,74 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_append_is_rolled_back_alone_and_the_rest_of_its_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let conn = super::super::open_and_migrate(&path, super::super::Synchronous::Full).unwrap();
+        // A storage-level failure in the middle of a group, after rows of the group were written.
+        conn.execute_batch(
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON events WHEN NEW.event_type = 'test.boom.failed' \
+             BEGIN SELECT RAISE(ABORT, 'boom'); END;",
+        )
+        .unwrap();
+        let (queue, rx) = WriteQueue::new(16, 1 << 20);
+        // All three are queued before the writer starts, so they form one group.
+        let answers: Vec<_> = ["test.a.created", "test.boom.failed", "test.b.created"]
+            .into_iter()
+            .map(|event_type| {
+                let (reply, answer) = oneshot::channel();
+                let events = vec![test_event(serde_json::json!({"event_type": event_type}))];
+                queue
+                    .try_submit(WriterCommand::Append { events, reply }, 100)
+                    .unwrap_or_else(|_| panic!("queue refused"));
+                answer
+            })
+            .collect();
+        let writer = std::thread::spawn(move || {
+            run(conn, rx, broadcast::channel(4).0, WalRestart::default())
+        });
+        let outcomes: Vec<_> = answers
+            .into_iter()
+            .map(|answer| answer.blocking_recv().unwrap())
+            .collect();
+        assert!(matches!(outcomes[0], Ok(AppendOutcome::Stored(_))));
+        assert!(
+            matches!(outcomes[1], Err(StoreError::Internal(_))),
+            "{:?}",
+            outcomes[1].as_ref().err()
+        );
+        assert!(matches!(outcomes[2], Ok(AppendOutcome::Stored(_))));
+        drop(queue);
+        writer.join().unwrap();
+
+        let check = Connection::open(&path).unwrap();
+        let rows: Vec<(i64, String)> = check
+            .prepare("SELECT seq, event_type FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, "test.a.created".to_string()),
+                (2, "test.b.created".to_string())
+            ],
+            "seqs stay gapless and nothing of the failed append remains"
+        );
+        let last_seq: i64 = check
+            .query_row(
+                "SELECT last_seq FROM event_sequence WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(last_seq, 2);
+        assert!(check.is_autocommit());
+    }
+
+    #[test]
     fn the_writer_answers_a_wal_restart_request_between_groups() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
