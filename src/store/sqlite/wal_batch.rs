@@ -230,7 +230,7 @@ impl WalFile {
 }
 
 /// Flushes, then runs `then` on the inner file unless the flush failed.
-fn flushed(file: *mut ffi::sqlite3_file, then: impl FnOnce(&WalFile) -> c_int) -> c_int {
+fn flushed(file: *mut ffi::sqlite3_file, then: impl FnOnce(&mut WalFile) -> c_int) -> c_int {
     // SAFETY: SQLite only calls these methods on handles `open` set up.
     let wal = unsafe { wal(file) };
     match wal.flush() {
@@ -297,18 +297,9 @@ unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_i
     })
 }
 
-/// `fdatasync` instead of the default VFS's `fsync` once the default sync has run (that first
-/// one also makes a new WAL's directory entry durable). The data and the file's size reach the
-/// disk either way; `fdatasync` only skips writing the inode for a changed modification time,
-/// which on a reused WAL is every commit's one extra disk write.
+/// The default VFS's sync the first time, `fdatasync` after that (see the module's invariants).
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    // SAFETY: SQLite only calls these methods on handles `open` set up.
-    let wal = unsafe { wal(file) };
-    let rc = wal.flush();
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match &wal.data_sync {
+    flushed(file, |wal| match &wal.data_sync {
         Some(file) if wal.synced_once => match file.sync_data() {
             Ok(()) => ffi::SQLITE_OK,
             Err(_) => ffi::SQLITE_IOERR_FSYNC,
@@ -318,7 +309,7 @@ unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
             wal.synced_once |= rc == ffi::SQLITE_OK;
             rc
         }
-    }
+    })
 }
 
 unsafe extern "C" fn file_size(

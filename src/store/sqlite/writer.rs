@@ -90,13 +90,13 @@ pub(super) fn run(
                     appends.push(PendingAppend { events, reply })
                 }
                 WriterCommand::Exec(job) => {
-                    commit_group(&mut conn, std::mem::take(&mut appends), &mut last_seq);
+                    commit_group(&conn, std::mem::take(&mut appends), &mut last_seq);
                     job(&mut conn);
                 }
                 WriterCommand::Shutdown => rx.close(),
             }
         }
-        commit_group(&mut conn, appends, &mut last_seq);
+        commit_group(&conn, appends, &mut last_seq);
         drop(reservations);
         if last_seq > before {
             // No subscriber is fine: the range is simply not heard.
@@ -135,7 +135,7 @@ fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
 /// touches). Appends check idempotency before inserting anything, so only a storage error can
 /// fail one midway; then the group is rolled back and retried one append per transaction, so
 /// the failure stays with the request that caused it.
-fn commit_group(conn: &mut Connection, appends: Vec<PendingAppend>, last_seq: &mut i64) {
+fn commit_group(conn: &Connection, appends: Vec<PendingAppend>, last_seq: &mut i64) {
     if appends.is_empty() {
         return;
     }
@@ -178,8 +178,8 @@ fn commit_group(conn: &mut Connection, appends: Vec<PendingAppend>, last_seq: &m
 }
 
 /// Runs `body` in one `BEGIN IMMEDIATE` … `COMMIT`, rolled back if the body or the commit
-/// fails. The three statements are prepared once per connection (rusqlite's `Transaction`
-/// parses `BEGIN`/`COMMIT` anew for every group, which the profile showed on every commit).
+/// fails. `BEGIN` and `COMMIT` are prepared once per connection (rusqlite's `Transaction`
+/// parses both anew for every group, which the profile showed on every commit).
 fn in_write_transaction<T>(
     conn: &Connection,
     body: impl FnOnce(&Connection) -> anyhow::Result<T>,
@@ -209,7 +209,7 @@ fn is_storage_failure(e: &anyhow::Error) -> bool {
 }
 
 fn apply_append(
-    tx: &Connection,
+    tx: &Connection, // inside the group's transaction
     events: &[NewEvent],
     seq: &mut i64,
     received_at: Timestamp,
