@@ -4,7 +4,12 @@
 //! - 1000-event batches vs raw batched SQLite inserts of the same rows (same schema, same
 //!   durability setting, no HTTP).
 //!
-//! It prints events/s and the ratios. It is a program, not a test: timings never gate CI.
+//! It prints events/s and the ratios, and next to each phase the CPU time it cost per event
+//! (this process: the servers, the in-process load, the raw ceilings; and apart, the `wrk`
+//! load generator). On a small machine the load generator and the server share the cores, so
+//! once both are CPU-bound the single-event ratio is close to the ratio of total CPU per
+//! event, ceiling over annals: the CPU columns explain the throughput ratio and, unlike it,
+//! barely move with a noisy VM. It is a program, not a test: timings never gate CI.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -55,28 +60,153 @@ pub struct BenchArgs {
     /// SQLite durability for both the server and the raw-insert ceiling.
     #[arg(long, value_enum, default_value = "full")]
     pub sqlite_synchronous: Synchronous,
-    /// Who sends the single events (for the no-op ceiling and annals alike): reqwest tasks in
-    /// this process, or `wrk` (must be on PATH) as a separate, lighter process.
-    #[arg(long, value_enum, default_value = "in-process")]
+    /// Who sends the single events (for the no-op ceiling and annals alike): `wrk` as a
+    /// separate, lighter process, or reqwest tasks in this process (sharing its runtime with
+    /// the server under test); `auto` takes `wrk` when it is on PATH.
+    #[arg(long, value_enum, default_value = "auto")]
     pub load_generator: LoadGenerator,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LoadGenerator {
+    Auto,
     InProcess,
     Wrk,
 }
 
-/// Single-event load from the chosen generator; returns events/s answered with 201.
+impl LoadGenerator {
+    /// `Auto` made concrete: `Wrk` if a `wrk` executable is on PATH.
+    fn resolve(self) -> Self {
+        let wrk_on_path = || {
+            std::env::var_os("PATH")
+                .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("wrk").is_file()))
+        };
+        match self {
+            Self::Auto if wrk_on_path() => Self::Wrk,
+            Self::Auto => Self::InProcess,
+            chosen => chosen,
+        }
+    }
+}
+
+/// CPU time used so far by this process and by its finished, waited-for children (`wrk`),
+/// from `/proc/self/stat` (Linux only; `None` elsewhere). Its unit is the 10 ms clock tick
+/// (`USER_HZ`, 100 on Linux), fine enough for phases of seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CpuTimes {
+    own: Duration,
+    children: Duration,
+}
+
+impl CpuTimes {
+    const TICK: Duration = Duration::from_millis(10);
+
+    fn now() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/self/stat").ok()?)
+    }
+
+    /// `utime stime cutime cstime` are fields 14–17; the command name (field 2) is in
+    /// parentheses and may hold spaces, so counting starts after its closing parenthesis.
+    fn parse(stat: &str) -> Option<Self> {
+        let after_name = stat.rsplit_once(')')?.1;
+        let ticks: Vec<u64> = after_name
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .map(|t| t.parse().ok())
+            .collect::<Option<_>>()?;
+        let [utime, stime, cutime, cstime] = ticks[..] else {
+            return None;
+        };
+        Some(Self {
+            own: Self::TICK * (utime + stime) as u32,
+            children: Self::TICK * (cutime + cstime) as u32,
+        })
+    }
+}
+
+/// One measured phase: its throughput and the CPU it cost per event.
+#[derive(Clone, Copy, Debug)]
+struct Phase {
+    events_per_sec: f64,
+    /// This process (server, in-process load, raw ceiling), µs per event.
+    own_us: Option<f64>,
+    /// The `wrk` load generator, µs per event (`None` for in-process load).
+    load_us: Option<f64>,
+}
+
+/// Wall clock and CPU clocks started together at the start of a timed section.
+struct Stopwatch {
+    started: Instant,
+    cpu: Option<CpuTimes>,
+}
+
+impl Stopwatch {
+    fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            cpu: CpuTimes::now(),
+        }
+    }
+
+    /// The phase that stored `events` since `start`.
+    fn stop(self, events: f64) -> Phase {
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.stop_with(events, seconds)
+    }
+
+    /// As `stop`, with the throughput's time measured elsewhere (by `wrk`).
+    fn stop_with(self, events: f64, seconds: f64) -> Phase {
+        let per_event = |d: Duration| (events > 0.0).then(|| d.as_secs_f64() * 1e6 / events);
+        let (own_us, load_us) = match (self.cpu, CpuTimes::now()) {
+            (Some(before), Some(after)) => (
+                per_event(after.own.saturating_sub(before.own)),
+                Some(after.children.saturating_sub(before.children))
+                    .filter(|d| !d.is_zero())
+                    .and_then(per_event),
+            ),
+            _ => (None, None),
+        };
+        Phase {
+            events_per_sec: if seconds > 0.0 { events / seconds } else { 0.0 },
+            own_us,
+            load_us,
+        }
+    }
+}
+
+impl Phase {
+    /// All the CPU one event cost on this machine: server, load generator, in-process load.
+    fn total_us(&self) -> Option<f64> {
+        Some(self.own_us? + self.load_us.unwrap_or(0.0))
+    }
+
+    /// `"42.0 + 10.5 wrk"`, `"42.0"`, or `"-"` where the platform gives no CPU times.
+    fn cpu_column(&self) -> String {
+        match (self.own_us, self.load_us) {
+            (Some(own), Some(load)) => format!("{own:.1} + {load:.1} wrk"),
+            (Some(own), None) => format!("{own:.1}"),
+            _ => String::from("-"),
+        }
+    }
+}
+
+/// The median phase by throughput.
+fn median_phase(phases: &mut [Phase]) -> Phase {
+    phases.sort_by(|a, b| a.events_per_sec.total_cmp(&b.events_per_sec));
+    phases[phases.len() / 2]
+}
+
+/// Single-event load from the chosen generator; events/s are the answers with 201.
 async fn single_load(
     generator: LoadGenerator,
     url: String,
     key: Option<String>,
     args: &BenchArgs,
-) -> anyhow::Result<f64> {
-    match generator {
-        LoadGenerator::InProcess => load_single(url, key, args.concurrency, args.seconds).await,
+) -> anyhow::Result<Phase> {
+    match generator.resolve() {
         LoadGenerator::Wrk => load_wrk(&url, key.as_deref(), args.concurrency, args.seconds).await,
+        _ => load_single(url, key, args.concurrency, args.seconds).await,
     }
 }
 
@@ -106,9 +236,10 @@ async fn load_wrk(
     key: Option<&str>,
     concurrency: usize,
     seconds: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Phase> {
     let script = tempfile::Builder::new().suffix(".lua").tempfile()?;
     std::fs::write(script.path(), wrk_script(key))?;
+    let clock = Stopwatch::start();
     let output = tokio::process::Command::new("wrk")
         .args([
             "-t1",
@@ -123,11 +254,13 @@ async fn load_wrk(
         .context("running wrk (install it, e.g. apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&output.stdout);
     anyhow::ensure!(output.status.success(), "wrk failed: {text}");
-    parse_wrk(&text).with_context(|| format!("unexpected wrk output: {text}"))
+    let (events, secs) =
+        parse_wrk(&text).with_context(|| format!("unexpected wrk output: {text}"))?;
+    Ok(clock.stop_with(events, secs))
 }
 
-/// `N requests in T s` minus `Non-2xx or 3xx responses: M`, per second.
-fn parse_wrk(text: &str) -> Option<f64> {
+/// `N requests in T s` minus `Non-2xx or 3xx responses: M`: the successes and `T` in seconds.
+fn parse_wrk(text: &str) -> Option<(f64, f64)> {
     let line = text.lines().find(|l| l.contains(" requests in "))?;
     let mut words = line.split_whitespace();
     let requests: f64 = words.next()?.parse().ok()?;
@@ -147,7 +280,7 @@ fn parse_wrk(text: &str) -> Option<f64> {
     if failed > 0.0 {
         eprintln!("  ({failed} requests failed)");
     }
-    Some((requests - failed) / secs)
+    Some((requests - failed, secs))
 }
 
 fn event_body(n: u64) -> Value {
@@ -166,7 +299,7 @@ async fn load_single(
     key: Option<String>,
     concurrency: usize,
     seconds: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Phase> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
@@ -174,7 +307,7 @@ async fn load_single(
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let counter = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
+    let clock = Stopwatch::start();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (client, url, key) = (client.clone(), url.clone(), key.clone());
@@ -203,19 +336,19 @@ async fn load_single(
     for t in tasks {
         t.await?;
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let phase = clock.stop(done.load(Ordering::Relaxed) as f64);
     let errors = errors.load(Ordering::Relaxed);
     if errors > 0 {
         eprintln!("  ({errors} requests failed)");
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / elapsed)
+    Ok(phase)
 }
 
 /// Sends `batches` batch requests over `concurrency` connections; returns events/s.
-async fn load_batches(url: String, key: String, args: &BenchArgs) -> anyhow::Result<f64> {
+async fn load_batches(url: String, key: String, args: &BenchArgs) -> anyhow::Result<Phase> {
     let client = reqwest::Client::new();
     let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
+    let clock = Stopwatch::start();
     let mut tasks = Vec::new();
     for _ in 0..args.batch_concurrency {
         let (client, url, key, next) = (client.clone(), url.clone(), key.clone(), next.clone());
@@ -250,7 +383,7 @@ async fn load_batches(url: String, key: String, args: &BenchArgs) -> anyhow::Res
     for t in tasks {
         stored += t.await??;
     }
-    Ok(stored as f64 / started.elapsed().as_secs_f64())
+    Ok(clock.stop(stored as f64))
 }
 
 /// The no-op ceiling: same runtime, same axum router and middleware layers, the same body read
@@ -282,7 +415,7 @@ fn raw_sqlite_inserts(
     total: usize,
     batch: usize,
     sync: Synchronous,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Phase> {
     let mut conn = open_and_migrate(path, sync)?;
     // Rows are built before the clock starts: the ceiling is SQLite's insert cost alone.
     let rows: Vec<(String, String, String)> = (0..total as u64)
@@ -292,7 +425,7 @@ fn raw_sqlite_inserts(
             (user, body["data"].to_string(), body["headers"].to_string())
         })
         .collect();
-    let started = Instant::now();
+    let clock = Stopwatch::start();
     let mut seq = 0i64;
     for chunk in rows.chunks(batch) {
         let tx = conn.transaction()?;
@@ -331,7 +464,7 @@ fn raw_sqlite_inserts(
         )?;
         tx.commit()?;
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    Ok(clock.stop(total as f64))
 }
 
 async fn start_server(
@@ -526,7 +659,7 @@ impl BenchDatabases {
 }
 
 /// The PostgreSQL storage ceiling: the same rows written by binary `COPY`, 1000 per statement.
-async fn raw_postgres_copy(url: &str, total: usize, batch: usize) -> anyhow::Result<f64> {
+async fn raw_postgres_copy(url: &str, total: usize, batch: usize) -> anyhow::Result<Phase> {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::{ToSql, Type};
     // Create the schema the way the server does, then write around it.
@@ -550,7 +683,7 @@ async fn raw_postgres_copy(url: &str, total: usize, batch: usize) -> anyhow::Res
             (user, body["data"].clone(), body["headers"].clone())
         })
         .collect();
-    let started = Instant::now();
+    let clock = Stopwatch::start();
     let mut seq = 0i64;
     for chunk in rows.chunks(batch) {
         let sink = client
@@ -592,7 +725,7 @@ async fn raw_postgres_copy(url: &str, total: usize, batch: usize) -> anyhow::Res
         }
         writer.finish().await?;
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    Ok(clock.stop(total as f64))
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -606,7 +739,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "annals bench ({store}): {} s single-event phases at {} connections ({:?} load); {} batches of {} events at {} connections; sqlite synchronous={:?}",
         args.seconds,
         args.concurrency,
-        args.load_generator,
+        args.load_generator.resolve(),
         args.batches,
         args.batch_size,
         args.batch_concurrency,
@@ -633,11 +766,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             server.stop().await?;
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (single, unaudited) = (median(&mut audited), median(&mut unaudited));
+    let (single, unaudited) = (median_phase(&mut audited), median_phase(&mut unaudited));
 
     let (server, key) = start_server(&dbs.fresh("batch").await?, args.sqlite_synchronous).await?;
     let batch = load_batches(
@@ -667,38 +796,56 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     println!();
-    println!("{:<44} {:>12}  {:>8}", "phase", "events/s", "ratio");
     println!(
-        "{:<44} {:>12.0}  {:>8}",
-        "ceiling: no-op handler, same body", noop, "1.00"
+        "{:<44} {:>10}  {:>6}  {:>20}",
+        "phase", "events/s", "ratio", "CPU µs/event"
     );
-    println!(
-        "{:<44} {:>12.0}  {:>8.2}",
+    let row = |name: &str, phase: &Phase, ratio: f64| {
+        println!(
+            "{:<44} {:>10.0}  {:>6.2}  {:>20}",
+            name,
+            phase.events_per_sec,
+            ratio,
+            phase.cpu_column()
+        );
+    };
+    row("ceiling: no-op handler, same body", &noop, 1.0);
+    let vs_noop = |p: &Phase| p.events_per_sec / noop.events_per_sec;
+    row(
         "annals: single events (POST /v1/events)",
-        single,
-        single / noop
+        &single,
+        vs_noop(&single),
     );
-    println!(
-        "{:<44} {:>12.0}  {:>8.2}",
+    row(
         "annals: single events, audit log off",
-        unaudited,
-        unaudited / noop
+        &unaudited,
+        vs_noop(&unaudited),
     );
     println!(
-        "{:<44} {:>12}  {:>8.2}",
+        "{:<44} {:>10}  {:>6.2}",
         "audit log on / off (single events)",
         "",
-        single / unaudited
+        single.events_per_sec / unaudited.events_per_sec
     );
-    println!("{:<44} {:>12.0}  {:>8}", raw_name, raw, "1.00");
-    println!(
-        "{:<44} {:>12.0}  {:>8.2}",
+    row(raw_name, &raw, 1.0);
+    row(
         "annals: batches (POST /v1/events/batch)",
-        batch,
-        batch / raw
+        &batch,
+        batch.events_per_sec / raw.events_per_sec,
     );
     println!();
     println!("targets: single >= 0.60 x no-op; batch >= 0.80 x raw writes; audit on/off >= 0.90");
+    if let (Some(ceiling), Some(annals)) = (noop.total_us(), single.total_us()) {
+        println!(
+            "CPU per single event, all processes: no-op {ceiling:.1} µs, annals {annals:.1} µs; \
+             when the {} CPUs are the limit, single events reach at most {:.2} of the no-op",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ceiling / annals
+        );
+    }
+    if args.postgres_url.is_some() {
+        println!("(CPU columns count this process only, not the PostgreSQL server's.)");
+    }
     if args.query_rows > 0 {
         println!();
         let url = dbs.fresh("query").await?;
@@ -717,10 +864,26 @@ mod tests {
         let out = "Running 3s test @ http://127.0.0.1:1/v1/events\n  1 threads and 64 connections\n\
                    90000 requests in 3.00s, 12.00MB read\n  Non-2xx or 3xx responses: 3000\n\
                    Requests/sec:  30000.00\n";
-        assert_eq!(parse_wrk(out), Some(29_000.0));
+        assert_eq!(parse_wrk(out), Some((87_000.0, 3.0)));
         let out = "  500 requests in 500.00ms, 1.00MB read\n";
-        assert_eq!(parse_wrk(out), Some(1000.0));
+        assert_eq!(parse_wrk(out), Some((500.0, 0.5)));
         assert_eq!(parse_wrk("garbage"), None);
+    }
+
+    #[test]
+    fn cpu_times_come_from_fields_14_to_17_after_the_command_name() {
+        // pid (comm with spaces and a ')') state ppid … utime stime cutime cstime …
+        let stat = "4242 (annals (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 \
+                    250 50 7 3 20 0 9 0 1000 200000000 5000";
+        assert_eq!(
+            CpuTimes::parse(stat),
+            Some(CpuTimes {
+                own: Duration::from_millis(3000),
+                children: Duration::from_millis(100),
+            })
+        );
+        assert_eq!(CpuTimes::parse("4242 (annals) S 1 2"), None);
+        assert!(CpuTimes::now().is_some(), "Linux has /proc/self/stat");
     }
 
     #[test]
