@@ -142,9 +142,10 @@ fn commit_group(conn: &Connection, appends: Vec<PendingAppend>, last_seq: &mut i
     let received_at = Timestamp::now();
     let mut seq = *last_seq;
     let grouped = in_write_transaction(conn, |conn| {
+        let mut statements = AppendStatements::prepare(conn)?;
         let mut outcomes = Vec::with_capacity(appends.len());
         for append in &appends {
-            outcomes.push(apply_append(conn, &append.events, &mut seq, received_at)?);
+            outcomes.push(statements.apply(&append.events, &mut seq, received_at)?);
         }
         conn.prepare_cached("UPDATE event_sequence SET last_seq = ?1 WHERE id = 1")?
             .execute([seq])?;
@@ -208,20 +209,44 @@ fn is_storage_failure(e: &anyhow::Error) -> bool {
     )
 }
 
-fn apply_append(
-    tx: &Connection, // inside the group's transaction
-    events: &[NewEvent],
-    seq: &mut i64,
-    received_at: Timestamp,
-) -> anyhow::Result<AppendOutcome> {
-    let mut stored = HashMap::new();
-    {
-        let mut lookup = tx.prepare_cached(
-            "SELECT event_uuid, content_hash FROM idempotency_keys \
-             WHERE client_id = ?1 AND source = ?2 AND event_id = ?3",
-        )?;
+/// The statements one append runs, taken from the cache once per group rather than once per
+/// append (each lookup hashes the whole SQL text).
+struct AppendStatements<'conn> {
+    lookup_key: rusqlite::CachedStatement<'conn>,
+    insert_event: rusqlite::CachedStatement<'conn>,
+    insert_key: rusqlite::CachedStatement<'conn>,
+}
+
+impl<'conn> AppendStatements<'conn> {
+    fn prepare(tx: &'conn Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            lookup_key: tx.prepare_cached(
+                "SELECT event_uuid, content_hash FROM idempotency_keys \
+                 WHERE client_id = ?1 AND source = ?2 AND event_id = ?3",
+            )?,
+            insert_event: tx.prepare_cached(
+                "INSERT INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
+                 correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers, format) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            )?,
+            insert_key: tx.prepare_cached(
+                "INSERT INTO idempotency_keys (client_id, source, event_id, event_uuid, event_seq, content_hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?,
+        })
+    }
+
+    /// Stores one append's events (inside the group's transaction), or reports its conflicts.
+    fn apply(
+        &mut self,
+        events: &[NewEvent],
+        seq: &mut i64,
+        received_at: Timestamp,
+    ) -> anyhow::Result<AppendOutcome> {
+        let mut stored = HashMap::new();
         for key in events.iter().filter_map(idempotency::key_of) {
-            let found: Option<(Vec<u8>, Vec<u8>)> = lookup
+            let found: Option<(Vec<u8>, Vec<u8>)> = self
+                .lookup_key
                 .query_row(params![key.0, key.1, key.2], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             if let Some((uuid, hash)) = found {
@@ -237,67 +262,58 @@ fn apply_append(
                 );
             }
         }
-    }
-    let plans = match idempotency::plan(events, &stored) {
-        Ok(plans) => plans,
-        Err(conflicts) => return Ok(AppendOutcome::Conflict(conflicts)),
-    };
-
-    let mut insert_event = tx.prepare_cached(
-        "INSERT INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
-         correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers, format) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-    )?;
-    let mut insert_key = tx.prepare_cached(
-        "INSERT INTO idempotency_keys (client_id, source, event_id, event_uuid, event_seq, content_hash) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    let mut items: Vec<AppendedItem> = Vec::with_capacity(events.len());
-    for (event, plan) in events.iter().zip(plans) {
-        let item = match plan.resolved(&items) {
-            Some(item) => item,
-            None => {
-                *seq += 1;
-                let id = Uuid::now_v7();
-                let occurred_at = event.occurred_at.unwrap_or(received_at);
-                insert_event.execute(params![
-                    *seq,
-                    id.as_bytes().as_slice(),
-                    event.client_id.as_str(),
-                    event.event_type.as_str(),
-                    event.user_id,
-                    event.event_id,
-                    event.source,
-                    event.subject,
-                    event.correlation_id,
-                    event.status,
-                    event.ip_address.map(|ip| ip.to_string()),
-                    event.partition_key,
-                    occurred_at.as_micros(),
-                    received_at.as_micros(),
-                    event.data,
-                    event.headers,
-                    event.format.code(),
-                ])?;
-                if let Some(event_id) = &event.event_id {
-                    insert_key.execute(params![
-                        event.client_id.as_str(),
-                        event.source.as_deref().unwrap_or(""),
-                        event_id,
-                        id.as_bytes().as_slice(),
-                        *seq,
-                        event.content_hash.as_slice(),
-                    ])?;
-                }
-                AppendedItem {
-                    id,
-                    duplicate: false,
-                }
-            }
+        let plans = match idempotency::plan(events, &stored) {
+            Ok(plans) => plans,
+            Err(conflicts) => return Ok(AppendOutcome::Conflict(conflicts)),
         };
-        items.push(item);
+
+        let mut items: Vec<AppendedItem> = Vec::with_capacity(events.len());
+        for (event, plan) in events.iter().zip(plans) {
+            let item = match plan.resolved(&items) {
+                Some(item) => item,
+                None => {
+                    *seq += 1;
+                    let id = Uuid::now_v7();
+                    let occurred_at = event.occurred_at.unwrap_or(received_at);
+                    self.insert_event.execute(params![
+                        *seq,
+                        id.as_bytes().as_slice(),
+                        event.client_id.as_str(),
+                        event.event_type.as_str(),
+                        event.user_id,
+                        event.event_id,
+                        event.source,
+                        event.subject,
+                        event.correlation_id,
+                        event.status,
+                        event.ip_address.map(|ip| ip.to_string()),
+                        event.partition_key,
+                        occurred_at.as_micros(),
+                        received_at.as_micros(),
+                        event.data,
+                        event.headers,
+                        event.format.code(),
+                    ])?;
+                    if let Some(event_id) = &event.event_id {
+                        self.insert_key.execute(params![
+                            event.client_id.as_str(),
+                            event.source.as_deref().unwrap_or(""),
+                            event_id,
+                            id.as_bytes().as_slice(),
+                            *seq,
+                            event.content_hash.as_slice(),
+                        ])?;
+                    }
+                    AppendedItem {
+                        id,
+                        duplicate: false,
+                    }
+                }
+            };
+            items.push(item);
+        }
+        Ok(AppendOutcome::Stored(items))
     }
-    Ok(AppendOutcome::Stored(items))
 }
 
 #[cfg(test)]
