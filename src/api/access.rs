@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -46,12 +46,14 @@ fn limit_for(principal: &Principal, default: u32) -> Option<u32> {
     }
 }
 
-/// Where a request came from, for security events.
+/// Where a request came from, for security events. Only the address is rendered for every
+/// request (it keys the failure limiter); the rest is kept as the request had it (cheap
+/// clones) and turned into text only when an incident is recorded.
 struct Origin {
     ip: String,
-    user_agent: Option<String>,
-    method: String,
-    path: String,
+    user_agent: Option<HeaderValue>,
+    method: Method,
+    uri: Uri,
 }
 
 impl Origin {
@@ -62,13 +64,9 @@ impl Origin {
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip().to_string())
                 .unwrap_or_default(),
-            user_agent: request
-                .headers()
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(String::from),
-            method: request.method().to_string(),
-            path: request.uri().path().to_string(),
+            user_agent: request.headers().get(header::USER_AGENT).cloned(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
         }
     }
 
@@ -87,9 +85,13 @@ impl Origin {
             subject,
             key_id,
             ip: Some(&self.ip),
-            user_agent: self.user_agent.as_deref(),
+            user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             requires_review,
-            details: json!({"reason": reason, "method": self.method, "path": self.path}),
+            details: json!({
+                "reason": reason,
+                "method": self.method.as_str(),
+                "path": self.uri.path(),
+            }),
         }
     }
 }

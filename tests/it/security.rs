@@ -43,6 +43,7 @@ async fn annals_records_its_own_security_events_aggregated(backend: Backend) {
     // admin's reads below come from 127.0.0.1 and are not refused
     let flooder = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .user_agent("flood-tester/1.0")
         .build()
         .unwrap();
     for _ in 0..20 {
@@ -72,6 +73,9 @@ async fn annals_records_its_own_security_events_aggregated(backend: Backend) {
     assert_eq!(failed[0]["count"], 5);
     assert_eq!(failed[0]["ip_address"], "127.0.0.2");
     assert_eq!(failed[0]["system"], true);
+    assert_eq!(failed[0]["user_agent"], "flood-tester/1.0");
+    assert_eq!(failed[0]["event_details"]["method"], "GET");
+    assert_eq!(failed[0]["event_details"]["path"], "/v1/events");
     let flood = rows
         .iter()
         .find(|r| r["event_type"] == "SUSPICIOUS_ACTIVITY")
@@ -87,6 +91,8 @@ async fn annals_records_its_own_security_events_aggregated(backend: Backend) {
         reader.contains(denied["user_id"].as_str().unwrap()),
         "the denied key is named"
     );
+    assert_eq!(denied["event_details"]["method"], "POST");
+    assert_eq!(denied["event_details"]["path"], "/v1/events");
 
     // filters
     let high = events_until(&app, "severity=HIGH", &admin, |r| !r.is_empty()).await;
