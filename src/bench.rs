@@ -91,19 +91,42 @@ impl LoadGenerator {
 }
 
 /// CPU time used so far by this process and by its finished, waited-for children (`wrk`),
-/// from `/proc/self/stat` (Linux only; `None` elsewhere). Its unit is the 10 ms clock tick
-/// (`USER_HZ`, 100 on Linux), fine enough for phases of seconds.
+/// from `/proc/self/stat` (Linux only; `None` elsewhere), and by the SQLite writer threads
+/// alive now. Its unit is the 10 ms clock tick (`USER_HZ`, 100 on Linux), fine enough for
+/// phases of seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct CpuTimes {
     own: Duration,
     children: Duration,
+    writer: Duration,
 }
 
 impl CpuTimes {
     const TICK: Duration = Duration::from_millis(10);
 
     fn now() -> Option<Self> {
-        Self::parse(&std::fs::read_to_string("/proc/self/stat").ok()?)
+        let process = Self::parse(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+        Some(Self {
+            writer: Self::threads_named(crate::store::sqlite::WRITER_THREAD),
+            ..process
+        })
+    }
+
+    /// CPU time of this process's live threads called `name`.
+    fn threads_named(name: &str) -> Duration {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Duration::ZERO;
+        };
+        tasks
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == name)
+            })
+            .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+            .filter_map(|stat| Self::parse(&stat))
+            .map(|thread| thread.own)
+            .sum()
     }
 
     /// `utime stime cutime cstime` are fields 14–17; the command name (field 2) is in
@@ -122,6 +145,7 @@ impl CpuTimes {
         Some(Self {
             own: Self::TICK * (utime + stime) as u32,
             children: Self::TICK * (cutime + cstime) as u32,
+            writer: Duration::ZERO,
         })
     }
 }
@@ -134,6 +158,8 @@ struct Phase {
     own_us: Option<f64>,
     /// The `wrk` load generator, µs per event (`None` for in-process load).
     load_us: Option<f64>,
+    /// Of `own_us`, the SQLite writer thread (`None` where there is none).
+    writer_us: Option<f64>,
 }
 
 /// Wall clock and CPU clocks started together at the start of a timed section.
@@ -159,19 +185,20 @@ impl Stopwatch {
     /// As `stop`, with the throughput's time measured elsewhere (by `wrk`).
     fn stop_with(self, events: f64, seconds: f64) -> Phase {
         let per_event = |d: Duration| (events > 0.0).then(|| d.as_secs_f64() * 1e6 / events);
-        let (own_us, load_us) = match (self.cpu, CpuTimes::now()) {
+        let nonzero = |d: Duration| Some(d).filter(|d| !d.is_zero()).and_then(per_event);
+        let (own_us, load_us, writer_us) = match (self.cpu, CpuTimes::now()) {
             (Some(before), Some(after)) => (
                 per_event(after.own.saturating_sub(before.own)),
-                Some(after.children.saturating_sub(before.children))
-                    .filter(|d| !d.is_zero())
-                    .and_then(per_event),
+                nonzero(after.children.saturating_sub(before.children)),
+                nonzero(after.writer.saturating_sub(before.writer)),
             ),
-            _ => (None, None),
+            _ => (None, None, None),
         };
         Phase {
             events_per_sec: if seconds > 0.0 { events / seconds } else { 0.0 },
             own_us,
             load_us,
+            writer_us,
         }
     }
 }
@@ -189,6 +216,13 @@ impl Phase {
             (Some(own), None) => format!("{own:.1}"),
             _ => String::from("-"),
         }
+    }
+
+    /// The writer thread's share, `"16.2"`, or empty.
+    fn writer_column(&self) -> String {
+        self.writer_us
+            .map(|us| format!("{us:.1}"))
+            .unwrap_or_default()
     }
 }
 
@@ -798,16 +832,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<44} {:>10}  {:>6}  {:>20}",
-        "phase", "events/s", "ratio", "CPU µs/event"
+        "{:<44} {:>10}  {:>6}  {:>20}  {:>8}",
+        "phase", "events/s", "ratio", "CPU µs/event", "(writer)"
     );
     let row = |name: &str, phase: &Phase, ratio: f64| {
         println!(
-            "{:<44} {:>10.0}  {:>6.2}  {:>20}",
+            "{:<44} {:>10.0}  {:>6.2}  {:>20}  {:>8}",
             name,
             phase.events_per_sec,
             ratio,
-            phase.cpu_column()
+            phase.cpu_column(),
+            phase.writer_column()
         );
     };
     row("ceiling: no-op handler, same body", &noop, 1.0);
@@ -889,10 +924,36 @@ mod tests {
             Some(CpuTimes {
                 own: Duration::from_millis(3000),
                 children: Duration::from_millis(100),
+                writer: Duration::ZERO,
             })
         );
         assert_eq!(CpuTimes::parse("4242 (annals) S 1 2"), None);
         assert!(CpuTimes::now().is_some(), "Linux has /proc/self/stat");
+        // A named thread burns two ticks of its own CPU, then waits; its time is found by name.
+        let name = "annals-bench-t";
+        let (burnt, wait) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let burner = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let own = || {
+                    std::fs::read_to_string("/proc/thread-self/stat")
+                        .ok()
+                        .and_then(|stat| CpuTimes::parse(&stat))
+                        .map_or(Duration::ZERO, |t| t.own)
+                };
+                while own() < CpuTimes::TICK * 2 {
+                    std::hint::spin_loop();
+                }
+                burnt.send(()).unwrap();
+                let _ = released.recv();
+            })
+            .unwrap();
+        wait.recv().unwrap();
+        assert!(CpuTimes::threads_named(name) >= CpuTimes::TICK * 2);
+        assert_eq!(CpuTimes::threads_named("no-such-thread"), Duration::ZERO);
+        drop(release);
+        burner.join().unwrap();
     }
 
     #[test]

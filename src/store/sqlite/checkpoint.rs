@@ -75,7 +75,7 @@ impl Checkpointer {
         conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
         let (stop, stopped) = mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
-            .name(String::from("annals-sqlite-checkpoint"))
+            .name(String::from("annals-checkpt")) // 15 characters at most
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
                     match checkpoint(&conn, "PASSIVE") {

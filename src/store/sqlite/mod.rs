@@ -122,6 +122,10 @@ pub struct SqliteStore {
     indexed_fields: Arc<[IndexedField]>,
 }
 
+/// The writer thread's name (within Linux's 15 characters, so `top`, `perf` and
+/// `/proc/*/task/*/comm` show it whole; the benchmark finds the writer's CPU time by it).
+pub const WRITER_THREAD: &str = "annals-writer";
+
 /// Opens (creating if needed) the database file and applies pending migrations.
 pub fn open_and_migrate(path: &Path, synchronous: Synchronous) -> anyhow::Result<Connection> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -220,7 +224,7 @@ impl SqliteStore {
         let (commits, _) = broadcast::channel(COMMIT_CHANNEL_CAPACITY);
         let writer_commits = commits.clone();
         let handle = std::thread::Builder::new()
-            .name(String::from("annals-sqlite-writer"))
+            .name(String::from(WRITER_THREAD))
             .spawn(move || writer::run(conn, rx, writer_commits, wal_restart))
             .context("starting the SQLite writer thread")?;
         Ok(Self {
