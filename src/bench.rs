@@ -232,16 +232,19 @@ fn median_phase(phases: &mut [Phase]) -> Phase {
     phases[phases.len() / 2]
 }
 
-/// Single-event load from the chosen generator; events/s are the answers with 201.
+/// Single-event load from `generator` (already resolved: `Auto` counts as in-process); events/s
+/// are the answers with 201.
 async fn single_load(
     generator: LoadGenerator,
     url: String,
     key: Option<String>,
     args: &BenchArgs,
 ) -> anyhow::Result<Phase> {
-    match generator.resolve() {
+    match generator {
         LoadGenerator::Wrk => load_wrk(&url, key.as_deref(), args.concurrency, args.seconds).await,
-        _ => load_single(url, key, args.concurrency, args.seconds).await,
+        LoadGenerator::InProcess | LoadGenerator::Auto => {
+            load_single(url, key, args.concurrency, args.seconds).await
+        }
     }
 }
 
@@ -770,11 +773,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         "sqlite"
     };
+    // Resolved once: the header names it, and every single-event phase uses the same one.
+    let generator = args.load_generator.resolve();
     println!(
         "annals bench ({store}): {} s single-event phases at {} connections ({:?} load); {} batches of {} events at {} connections; sqlite synchronous={:?}",
         args.seconds,
         args.concurrency,
-        args.load_generator.resolve(),
+        generator,
         args.batches,
         args.batch_size,
         args.batch_concurrency,
@@ -782,7 +787,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     let (noop_url, noop_task) = noop_server().await?;
-    let noop = single_load(args.load_generator, noop_url, None, &args).await?;
+    let noop = single_load(generator, noop_url, None, &args).await?;
     noop_task.abort();
 
     // Each phase gets a fresh database, so batch ingest and the raw-write ceiling write the
@@ -797,7 +802,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let (server, key) =
                 start_server_with(&dbs.fresh(&name).await?, args.sqlite_synchronous, audit).await?;
             let url = format!("http://{}/v1/events", server.addr);
-            out.push(single_load(args.load_generator, url, Some(key), &args).await?);
+            out.push(single_load(generator, url, Some(key), &args).await?);
             server.stop().await?;
         }
     }
@@ -876,19 +881,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     println!();
     println!("targets: single >= 0.60 x no-op; batch >= 0.80 x raw writes; audit on/off >= 0.90");
-    // On PostgreSQL the database server's CPU is not counted, so there is no such bound.
-    if let (Some(ceiling), Some(annals), None) =
-        (noop.total_us(), single.total_us(), &args.postgres_url)
-    {
+    if args.postgres_url.is_some() {
+        // The database server's CPU is not counted, so there is no CPU-bound limit to print.
+        println!("(CPU columns count this process only, not the PostgreSQL server's.)");
+    } else if let (Some(ceiling), Some(annals)) = (noop.total_us(), single.total_us()) {
         println!(
             "CPU per single event, all processes: no-op {ceiling:.1} µs, annals {annals:.1} µs; \
              when the {} CPUs are the limit, single events reach at most {:.2} of the no-op",
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             ceiling / annals
         );
-    }
-    if args.postgres_url.is_some() {
-        println!("(CPU columns count this process only, not the PostgreSQL server's.)");
     }
     if args.query_rows > 0 {
         println!();
@@ -929,6 +931,10 @@ mod tests {
         );
         assert_eq!(CpuTimes::parse("4242 (annals) S 1 2"), None);
         assert!(CpuTimes::now().is_some(), "Linux has /proc/self/stat");
+    }
+
+    #[test]
+    fn a_threads_cpu_time_is_found_by_its_name() {
         // A named thread burns two ticks of its own CPU, then waits; its time is found by name.
         let name = "annals-bench-t";
         let (burnt, wait) = std::sync::mpsc::channel();
