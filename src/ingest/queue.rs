@@ -91,6 +91,51 @@ pub fn next_group_blocking<T>(
     Some(group_after(first, rx, max_jobs))
 }
 
+/// What a writer thread waiting at most a while for work got.
+pub enum Waited<T> {
+    Group(Vec<Queued<T>>),
+    /// Nothing arrived in time.
+    Idle,
+    /// The queue is closed and empty.
+    Closed,
+}
+
+/// `next_group_blocking` that gives up after `idle` without work, so the writer can do
+/// deferred work while the queue is quiet.
+pub fn next_group_within<T>(
+    rx: &mut mpsc::Receiver<Queued<T>>,
+    max_jobs: usize,
+    idle: std::time::Duration,
+) -> Waited<T> {
+    use std::task::{Context, Poll, Wake, Waker};
+
+    /// Wakes the waiting thread when a job is sent.
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let deadline = std::time::Instant::now() + idle;
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match rx.poll_recv(&mut cx) {
+            Poll::Ready(Some(first)) => return Waited::Group(group_after(first, rx, max_jobs)),
+            Poll::Ready(None) => return Waited::Closed,
+            Poll::Pending => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Waited::Idle;
+                }
+                // Wakes early on unpark (a job) or spuriously; either way the loop polls again.
+                std::thread::park_timeout(left);
+            }
+        }
+    }
+}
+
 /// `next_group_blocking` for a writer task on the async runtime.
 pub async fn next_group<T>(
     rx: &mut mpsc::Receiver<Queued<T>>,
@@ -134,6 +179,33 @@ mod tests {
         assert_eq!(q.try_submit(5, 20), Err(QueueFull::Full), "bytes bound");
         drop(rx);
         assert_eq!(q.try_submit(6, 1), Err(QueueFull::Closed));
+    }
+
+    #[test]
+    fn a_wait_within_a_time_ends_with_a_job_idleness_or_a_closed_queue() {
+        let (q, mut rx) = WriteQueue::<u32>::new(8, 100);
+        let short = std::time::Duration::from_millis(20);
+        assert!(matches!(next_group_within(&mut rx, 8, short), Waited::Idle));
+        let sender = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                q.try_submit(7, 1).unwrap();
+            })
+        };
+        // A job sent while the writer waits wakes it before its (long) time is up.
+        match next_group_within(&mut rx, 8, std::time::Duration::from_secs(600)) {
+            Waited::Group(group) => {
+                assert_eq!(group.iter().map(|j| j.job).collect::<Vec<_>>(), [7])
+            }
+            _ => panic!("expected the job"),
+        }
+        sender.join().unwrap();
+        drop(q);
+        assert!(matches!(
+            next_group_within(&mut rx, 8, short),
+            Waited::Closed
+        ));
     }
 
     #[test]

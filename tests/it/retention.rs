@@ -15,7 +15,7 @@ async fn event_retention_deletes_only_old_events_and_their_keys(backend: Backend
         return;
     };
     let key = app.key("acme", "events:write,events:read").await;
-    let event = |id: &str, n: i32| json!({"event_type": "iam.user.created", "source": "iam", "event_id": id, "data": {"n": n}});
+    let event = |id: &str, n: i32| json!({"event_type": "iam.user.created", "source": "iam", "event_id": id, "user_id": format!("u{}", n % 2), "data": {"n": n}});
     for i in 0..30 {
         app.record(&key, event(&format!("old-{i}"), i)).await;
     }
@@ -27,6 +27,15 @@ async fn event_retention_deletes_only_old_events_and_their_keys(backend: Backend
     }
     // The job the server runs (30 days) has nothing to delete yet.
     assert_eq!(all_events(&app.http, &app.base, &key).await.len(), 35);
+    if backend == Backend::Sqlite {
+        // Once the idle writer has copied every event into the user index, retention must
+        // take the old ones' entries out of it too.
+        let waited = std::time::Instant::now();
+        while user_index_state(&app.db.url) != (35, 35) {
+            assert!(waited.elapsed() < std::time::Duration::from_secs(10));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 
     let deleted = purge_events(app.store.as_ref(), cutoff, 7).await.unwrap();
     assert_eq!(deleted, 30, "in batches of 7");
@@ -36,6 +45,24 @@ async fn event_retention_deletes_only_old_events_and_their_keys(backend: Backend
         .map(|e| e["event_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["new-0", "new-1", "new-2", "new-3", "new-4"]);
+    let by_user: Vec<serde_json::Value> = app
+        .get("/v1/events?user_id=u1&order=asc", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = by_user
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["new-1", "new-3"]);
+    if backend == Backend::Sqlite {
+        assert_eq!(
+            user_index_state(&app.db.url),
+            (5, 35),
+            "the old entries went"
+        );
+    }
     let seqs: Vec<i64> = kept.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(
         seqs,
@@ -100,3 +127,19 @@ async fn event_retention_deletes_only_old_events_and_their_keys(backend: Backend
 }
 
 conformance!(event_retention_deletes_only_old_events_and_their_keys);
+
+/// `(entries in user_index, user_index_progress.through_seq)` of a SQLite store.
+fn user_index_state(path: &str) -> (i64, i64) {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let entries = conn
+        .query_row("SELECT count(*) FROM user_index", [], |r| r.get(0))
+        .unwrap();
+    let through = conn
+        .query_row("SELECT through_seq FROM user_index_progress", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    (entries, through)
+}

@@ -716,6 +716,12 @@ impl Store for SqliteStore {
                 return Ok(0);
             };
             tx.execute("DELETE FROM idempotency_keys WHERE event_seq <= ?1", [last])?;
+            // Each entry by its key, from the events going (the index has no seq order).
+            tx.execute(
+                "DELETE FROM user_index WHERE (u_client, u_user, u_seq) IN \
+                 (SELECT client_id, user_id, seq FROM events WHERE seq <= ?1 AND user_id IS NOT NULL)",
+                [last],
+            )?;
             let n = tx.execute("DELETE FROM events WHERE seq <= ?1", [last])?;
             Ok(n as u64)
         })

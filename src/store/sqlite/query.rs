@@ -1,5 +1,10 @@
 //! Event queries as SQL for SQLite: filters become `WHERE` terms that the composite indexes
 //! `(client_id, <field>, seq)` serve; `data` filters use the JSON functions.
+//!
+//! A query by user reads two disjoint parts of the events in one statement, merged by seq:
+//! those `user_index` holds (through `user_index_progress.through_seq`), joined from it, and
+//! the tail above that, scanned. Both parts are read in the statement's one snapshot, so an
+//! event moving into the index between them can't be seen twice or missed.
 
 use rusqlite::types::Value as SqlValue;
 
@@ -7,9 +12,16 @@ use crate::domain::page::IdPage;
 use crate::store::indexed::{IndexedField, sqlite_candidates};
 use crate::store::{EventQuery, Order};
 
+/// The columns of an event read after `seq`, in the order `row_to_event` expects.
+macro_rules! columns_after_seq {
+    () => {
+        "id, client_id, event_type, user_id, data, event_id, source, subject, occurred_at, \
+         received_at, correlation_id, status, ip_address, headers, partition_key, format"
+    };
+}
+
 /// Column list every event read selects, in the order `row_to_event` expects.
-pub(super) const EVENT_COLUMNS: &str = "seq, id, client_id, event_type, user_id, data, event_id, \
-source, subject, occurred_at, received_at, correlation_id, status, ip_address, headers, partition_key, format";
+pub(super) const EVENT_COLUMNS: &str = concat!("seq, ", columns_after_seq!());
 
 /// Name of the SQL function registered on read connections that applies `TopicPattern::matches`.
 pub(super) const TOPIC_MATCH_FN: &str = "annals_topic_match";
@@ -63,97 +75,122 @@ impl Filters {
 
 /// Builds the page query: `limit + 1` rows so the caller can tell whether another page exists.
 pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Vec<SqlValue>) {
-    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1");
     let mut args: Vec<SqlValue> = Vec::new();
-    let mut eq = |sql: &mut String, column: &str, value: &Option<String>| {
-        if let Some(v) = value {
-            args.push(SqlValue::Text(v.clone()));
-            sql.push_str(&format!(" AND {column} = ?{}", args.len()));
-        }
+    let mut arg = |value: SqlValue| {
+        args.push(value);
+        format!("?{}", args.len())
     };
-    eq(
-        &mut sql,
-        "client_id",
-        &q.client_id.as_ref().map(|c| c.as_str().to_string()),
-    );
-    eq(&mut sql, "user_id", &q.user_id);
-    eq(&mut sql, "source", &q.source);
-    eq(&mut sql, "subject", &q.subject);
-    eq(&mut sql, "correlation_id", &q.correlation_id);
-    eq(&mut sql, "status", &q.status);
+    let client = q
+        .client_id
+        .as_ref()
+        .map(|c| arg(SqlValue::Text(c.as_str().to_string())));
+    let user = q.user_id.as_ref().map(|u| arg(SqlValue::Text(u.clone())));
 
+    // The terms both parts of a query by user share (they name only `events` columns).
+    let mut common = String::new();
+    for (column, value) in [
+        ("source", &q.source),
+        ("subject", &q.subject),
+        ("correlation_id", &q.correlation_id),
+        ("status", &q.status),
+    ] {
+        if let Some(v) = value {
+            common.push_str(&format!(
+                " AND {column} = {}",
+                arg(SqlValue::Text(v.clone()))
+            ));
+        }
+    }
     if let Some(pattern) = &q.event_type {
         if pattern.is_exact() {
-            args.push(SqlValue::Text(pattern.as_str().to_string()));
-            sql.push_str(&format!(" AND event_type = ?{}", args.len()));
+            let p = arg(SqlValue::Text(pattern.as_str().to_string()));
+            common.push_str(&format!(" AND event_type = {p}"));
         } else {
             let prefix = pattern.literal_prefix();
             if !prefix.is_empty() {
                 // Every allowed type character is below 0x7f, so this bounds the prefix range.
-                args.push(SqlValue::Text(prefix.clone()));
-                args.push(SqlValue::Text(format!("{prefix}\u{7f}")));
-                sql.push_str(&format!(
-                    " AND event_type >= ?{} AND event_type < ?{}",
-                    args.len() - 1,
-                    args.len()
-                ));
+                let low = arg(SqlValue::Text(prefix.clone()));
+                let high = arg(SqlValue::Text(format!("{prefix}\u{7f}")));
+                common.push_str(&format!(" AND event_type >= {low} AND event_type < {high}"));
             }
-            args.push(SqlValue::Text(pattern.as_str().to_string()));
-            sql.push_str(&format!(
-                " AND {TOPIC_MATCH_FN}(?{}, event_type)",
-                args.len()
-            ));
+            let p = arg(SqlValue::Text(pattern.as_str().to_string()));
+            common.push_str(&format!(" AND {TOPIC_MATCH_FN}({p}, event_type)"));
         }
     }
     if let Some(format) = q.format {
         // A literal, not a parameter: the planner can then use the partial format indexes.
-        sql.push_str(&format!(" AND format = {}", format.code()));
+        common.push_str(&format!(" AND format = {}", format.code()));
     }
     if let Some(from) = q.from {
-        args.push(SqlValue::Integer(from.as_micros()));
-        sql.push_str(&format!(" AND occurred_at >= ?{}", args.len()));
+        let p = arg(SqlValue::Integer(from.as_micros()));
+        common.push_str(&format!(" AND occurred_at >= {p}"));
     }
     if let Some(to) = q.to {
-        args.push(SqlValue::Integer(to.as_micros()));
-        sql.push_str(&format!(" AND occurred_at < ?{}", args.len()));
+        let p = arg(SqlValue::Integer(to.as_micros()));
+        common.push_str(&format!(" AND occurred_at < {p}"));
     }
     for filter in &q.data {
         if let Some(field) = indexed.iter().find(|f| f.serves(filter)) {
             // The index's own expression, so the planner can use it; the exact test follows.
-            let mut placeholders = Vec::new();
-            for candidate in sqlite_candidates(&filter.value) {
-                args.push(candidate);
-                placeholders.push(format!("?{}", args.len()));
-            }
-            sql.push_str(&format!(
+            let placeholders: Vec<String> = sqlite_candidates(&filter.value)
+                .into_iter()
+                .map(&mut arg)
+                .collect();
+            common.push_str(&format!(
                 " AND {} IN ({})",
                 field.sqlite_expr(),
                 placeholders.join(", ")
             ));
         }
-        args.push(SqlValue::Text(json_path(&filter.path)));
-        let p = args.len();
-        args.push(SqlValue::Text(filter.value.clone()));
-        let v = args.len();
-        sql.push_str(&format!(
-            " AND ((json_type(data, ?{p}) = 'text' AND json_extract(data, ?{p}) = ?{v}) \
-             OR (json_type(data, ?{p}) IN ('integer', 'real', 'true', 'false') AND (data -> ?{p}) = ?{v}))"
+        let p = arg(SqlValue::Text(json_path(&filter.path)));
+        let v = arg(SqlValue::Text(filter.value.clone()));
+        common.push_str(&format!(
+            " AND ((json_type(data, {p}) = 'text' AND json_extract(data, {p}) = {v}) \
+             OR (json_type(data, {p}) IN ('integer', 'real', 'true', 'false') AND (data -> {p}) = {v}))"
         ));
     }
-    if let Some(after) = q.after_seq {
-        args.push(SqlValue::Integer(after));
-        let op = match q.order {
-            Order::Desc => "<",
-            Order::Asc => ">",
-        };
-        sql.push_str(&format!(" AND seq {op} ?{}", args.len()));
-    }
-    let direction = match q.order {
-        Order::Desc => "DESC",
-        Order::Asc => "ASC",
+    let (op, direction) = match q.order {
+        Order::Desc => ("<", "DESC"),
+        Order::Asc => (">", "ASC"),
     };
-    args.push(SqlValue::Integer(q.limit as i64 + 1));
-    sql.push_str(&format!(" ORDER BY seq {direction} LIMIT ?{}", args.len()));
+    let after = q.after_seq.map(|a| arg(SqlValue::Integer(a)));
+    let limit = arg(SqlValue::Integer(q.limit as i64 + 1));
+
+    // `[AND <column> = <placeholder>]` and the cursor term, for either part.
+    let and_eq = |column: &str, placeholder: &Option<String>| {
+        placeholder
+            .as_ref()
+            .map(|p| format!(" AND {column} = {p}"))
+            .unwrap_or_default()
+    };
+    let cursor = |column: &str| {
+        after
+            .as_ref()
+            .map(|p| format!(" AND {column} {op} {p}"))
+            .unwrap_or_default()
+    };
+    let sql = match &user {
+        None => format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1{}{common}{} ORDER BY seq {direction} LIMIT {limit}",
+            and_eq("client_id", &client),
+            cursor("seq"),
+        ),
+        // CROSS JOIN keeps `user_index` the outer loop, so its key order is the seq order.
+        Some(user) => format!(
+            "SELECT u_seq, {} FROM user_index CROSS JOIN events ON seq = u_seq \
+             WHERE u_user = {user}{}{common}{} \
+             UNION ALL \
+             SELECT {EVENT_COLUMNS} FROM events \
+             WHERE seq > (SELECT through_seq FROM user_index_progress WHERE id = 1) \
+             AND user_id = {user}{}{common}{} \
+             ORDER BY 1 {direction} LIMIT {limit}",
+            columns_after_seq!(),
+            and_eq("u_client", &client),
+            cursor("u_seq"),
+            and_eq("client_id", &client),
+            cursor("seq"),
+        ),
+    };
     (sql, args)
 }
 
@@ -193,6 +230,135 @@ mod tests {
         assert_eq!(args[4], SqlValue::Text("$.\"a\".\"b\"".into()));
     }
 
+    /// The query plan of `q` on a fresh store, one line per step.
+    fn plan_of(conn: &rusqlite::Connection, q: &EventQuery, indexed: &[IndexedField]) -> String {
+        let (sql, args) = page_sql(q, indexed);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn a_query_by_user_reads_the_user_index_in_seq_order_and_the_tail_by_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::open_and_migrate(
+            &dir.path().join("t.db"),
+            crate::store::sqlite::Synchronous::Normal,
+        )
+        .unwrap();
+        for order in [Order::Desc, Order::Asc] {
+            let q = EventQuery {
+                client_id: Some(crate::domain::ClientId::parse("acme").unwrap()),
+                user_id: Some("user-42".into()),
+                event_type: Some(TopicPattern::parse("billing.invoice.paid").unwrap()),
+                after_seq: Some(1000),
+                order,
+                limit: 50,
+                ..Default::default()
+            };
+            let plan = plan_of(&conn, &q, &[]);
+            assert!(
+                plan.contains(
+                    "SEARCH user_index USING PRIMARY KEY (u_client=? AND u_user=? AND u_seq"
+                ),
+                "{plan}"
+            );
+            assert!(
+                plan.contains("SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
+                "{plan}"
+            );
+            assert!(plan.contains("MERGE (UNION ALL)"), "{plan}");
+            let tail = plan.split("RIGHT;").nth(1).unwrap();
+            assert!(
+                tail.contains("SEARCH events") && tail.contains("seq>?"),
+                "{plan}"
+            );
+            assert!(
+                !plan.contains("TEMP B-TREE"),
+                "no sort of the user's events: {plan}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_query_by_user_sees_each_event_once_wherever_the_user_index_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::open_and_migrate(
+            &dir.path().join("t.db"),
+            crate::store::sqlite::Synchronous::Normal,
+        )
+        .unwrap();
+        // 16 events: acme's users take turns (u0, u1, u2, no user), every fourth is globex's u1.
+        let mut insert = conn
+            .prepare(
+                "INSERT INTO events (seq, id, client_id, event_type, user_id, occurred_at, received_at, data, headers) \
+                 VALUES (?1, randomblob(16), ?2, 'test.item.created', ?3, ?1, ?1, '{}', '{}')",
+            )
+            .unwrap();
+        let users = [Some("u0"), Some("u1"), Some("u2"), None];
+        for seq in 1..=16i64 {
+            let (client, user) = match seq % 4 {
+                0 => ("globex", Some("u1")),
+                n => ("acme", users[n as usize - 1]),
+            };
+            insert
+                .execute(rusqlite::params![seq, client, user])
+                .unwrap();
+        }
+        drop(insert);
+        let acme_u1: Vec<i64> = vec![2, 6, 10, 14];
+        let all_u1: Vec<i64> = vec![2, 4, 6, 8, 10, 12, 14, 16];
+
+        // Every page of `q`, two events at a time, as the store pages them.
+        let pages = |client: Option<&str>, order: Order| {
+            let mut seqs: Vec<i64> = Vec::new();
+            let mut after = None;
+            loop {
+                let q = EventQuery {
+                    client_id: client.map(|c| crate::domain::ClientId::parse(c).unwrap()),
+                    user_id: Some("u1".into()),
+                    after_seq: after,
+                    order,
+                    limit: 2,
+                    ..Default::default()
+                };
+                let (sql, args) = page_sql(&q, &[]);
+                let mut stmt = conn.prepare(&sql).unwrap();
+                let page: Vec<i64> = stmt
+                    .query_map(rusqlite::params_from_iter(args), |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                seqs.extend(page.iter().take(2));
+                if page.len() <= 2 {
+                    return seqs;
+                }
+                after = Some(page[1]);
+            }
+        };
+        for through in 0..=16i64 {
+            conn.execute_batch(&format!(
+                "DELETE FROM user_index; \
+                 INSERT INTO user_index SELECT client_id, user_id, seq FROM events \
+                 WHERE seq <= {through} AND user_id IS NOT NULL; \
+                 UPDATE user_index_progress SET through_seq = {through};"
+            ))
+            .unwrap();
+            for (client, expected) in [(Some("acme"), &acme_u1), (None, &all_u1)] {
+                let ascending = pages(client, Order::Asc);
+                assert_eq!(&ascending, expected, "through {through}, client {client:?}");
+                let mut descending = pages(client, Order::Desc);
+                descending.reverse();
+                assert_eq!(
+                    &descending, expected,
+                    "through {through}, client {client:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn an_indexed_field_filter_uses_its_index() {
         let dir = tempfile::tempdir().unwrap();
@@ -213,12 +379,7 @@ mod tests {
                 limit: 100,
                 ..Default::default()
             };
-            let (sql, args) = page_sql(&q, indexed);
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
-                .unwrap();
-            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+            plan_of(&conn, &q, indexed)
         };
         for client in [true, false] {
             let with = plan(&fields, client);

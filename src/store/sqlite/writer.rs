@@ -12,6 +12,9 @@
 //!   WAL can start over.
 //! - `seq` is assigned here from `event_sequence`, which is updated in the same transaction, so
 //!   committed seqs are gapless and in commit order.
+//! - Events are indexed by user behind the commits (`UserIndex`): `user_index` holds every event
+//!   up to `user_index_progress.through_seq`, which moves in the transaction that copies them;
+//!   queries scan the events above it, so the lag is never visible, only bounded.
 
 use std::collections::HashMap;
 
@@ -23,13 +26,19 @@ use uuid::Uuid;
 use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, StoredKey};
-use crate::ingest::queue::next_group_blocking;
+use crate::ingest::queue::{Waited, next_group_blocking, next_group_within};
 
 use super::checkpoint::WalRestart;
 use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
 
 /// Most jobs committed in one transaction.
 const MAX_GROUP_JOBS: usize = 512;
+/// The user index is brought up to date once this many events are missing from it: large
+/// sorted batches let many events share each page they touch (see V5__user_index.sql), and
+/// queries by user scan at most about this many events beyond the index.
+const USER_INDEX_BATCH: i64 = 16_384;
+/// ... and also once no job has arrived for this long, so a quiet store's index is complete.
+const USER_INDEX_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
 /// How often planner statistics are refreshed (`PRAGMA optimize`). Without them SQLite can't
 /// skip-scan the `(client_id, …, seq)` indexes for admin queries that name no client.
 const OPTIMIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -72,11 +81,34 @@ pub(super) fn run(
             return;
         }
     };
+    let mut user_index = match UserIndex::load(&conn) {
+        Ok(index) => index,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "writer could not read the user index progress; stopping");
+            return;
+        }
+    };
+    user_index.catch_up(&conn, last_seq);
     optimize(&conn);
     let mut optimized_at = std::time::Instant::now();
     let mut optimized_seq = last_seq;
     let (mut groups, mut jobs) = (0u64, 0u64);
-    while let Some(group) = next_group_blocking(&mut rx, MAX_GROUP_JOBS) {
+    loop {
+        let group = if user_index.is_behind(last_seq) {
+            match next_group_within(&mut rx, MAX_GROUP_JOBS, USER_INDEX_IDLE) {
+                Waited::Group(group) => group,
+                Waited::Idle => {
+                    user_index.catch_up(&conn, last_seq);
+                    continue;
+                }
+                Waited::Closed => break,
+            }
+        } else {
+            match next_group_blocking(&mut rx, MAX_GROUP_JOBS) {
+                Some(group) => group,
+                None => break,
+            }
+        };
         let before = last_seq;
         groups += 1;
         jobs += group.len() as u64;
@@ -105,6 +137,9 @@ pub(super) fn run(
                 last: last_seq,
             });
         }
+        if last_seq - user_index.through_seq >= USER_INDEX_BATCH {
+            user_index.catch_up(&conn, last_seq);
+        }
         if wal_restart.wanted() {
             wal_restart.checkpoint_from_writer(&conn);
         }
@@ -117,7 +152,77 @@ pub(super) fn run(
             optimized_seq = last_seq;
         }
     }
+    // A stopped store leaves a complete index behind.
+    user_index.catch_up(&conn, last_seq);
     tracing::info!(groups, jobs, last_seq, "sqlite writer stopped");
+}
+
+/// The writer's side of `user_index`: which events it holds, and the batch copy that adds the
+/// rest. A failed copy is only logged: nothing is lost (queries scan what the index lacks) and
+/// the next copy retries from the same place.
+struct UserIndex {
+    through_seq: i64,
+    /// After a failed copy, no new attempt before this (a full disk would fail each one).
+    retry_at: Option<std::time::Instant>,
+}
+
+impl UserIndex {
+    fn load(conn: &Connection) -> anyhow::Result<Self> {
+        let through_seq = conn
+            .query_row(
+                "SELECT through_seq FROM user_index_progress WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .context("reading user_index_progress")?;
+        Ok(Self {
+            through_seq,
+            retry_at: None,
+        })
+    }
+
+    fn is_behind(&self, last_seq: i64) -> bool {
+        self.through_seq < last_seq
+    }
+
+    /// Copies the events in `(through_seq, last_seq]` into the index in one transaction, sorted
+    /// by the index's key so neighbouring entries are written together.
+    fn catch_up(&mut self, conn: &Connection, last_seq: i64) {
+        if !self.is_behind(last_seq)
+            || self
+                .retry_at
+                .is_some_and(|at| std::time::Instant::now() < at)
+        {
+            return;
+        }
+        let copied = in_write_transaction(conn, |conn| {
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO user_index (u_client, u_user, u_seq) \
+                     SELECT client_id, user_id, seq FROM events \
+                     WHERE seq > ?1 AND seq <= ?2 AND user_id IS NOT NULL ORDER BY 1, 2, 3",
+                )?
+                .execute([self.through_seq, last_seq])?;
+            conn.prepare_cached("UPDATE user_index_progress SET through_seq = ?1 WHERE id = 1")?
+                .execute([last_seq])?;
+            Ok(n)
+        });
+        match copied {
+            Ok(n) => {
+                tracing::debug!(
+                    events = n,
+                    through_seq = last_seq,
+                    "user index brought up to date"
+                );
+                self.through_seq = last_seq;
+                self.retry_at = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), through_seq = self.through_seq, "bringing the user index up to date failed; retrying in 5 s");
+                self.retry_at = Some(std::time::Instant::now() + std::time::Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
@@ -431,5 +536,82 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 2);
+    }
+
+    /// `(entries in user_index, user_index_progress.through_seq)`.
+    fn user_index_state(path: &std::path::Path) -> (i64, i64) {
+        let conn = Connection::open(path).unwrap();
+        let entries = conn
+            .query_row("SELECT count(*) FROM user_index", [], |r| r.get(0))
+            .unwrap();
+        let through = conn
+            .query_row("SELECT through_seq FROM user_index_progress", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        (entries, through)
+    }
+
+    #[test]
+    fn the_user_index_catches_up_when_idle_and_on_stop_and_resumes_from_its_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.db");
+        let start = |path: &std::path::Path| {
+            let conn =
+                super::super::open_and_migrate(path, super::super::Synchronous::Full).unwrap();
+            let (queue, rx) = WriteQueue::new(16, 1 << 20);
+            let writer = std::thread::spawn(move || {
+                run(conn, rx, broadcast::channel(4).0, WalRestart::default())
+            });
+            (queue, writer)
+        };
+        let append_for = |queue: &WriteQueue<WriterCommand>, users: &[Option<&str>]| {
+            let (reply, answer) = oneshot::channel();
+            let events = users
+                .iter()
+                .map(|user| {
+                    test_event(
+                        serde_json::json!({"event_type": "test.item.created", "user_id": user}),
+                    )
+                })
+                .collect();
+            queue
+                .try_submit(WriterCommand::Append { events, reply }, 100)
+                .unwrap_or_else(|_| panic!("queue refused"));
+            assert!(matches!(
+                answer.blocking_recv().unwrap().unwrap(),
+                AppendOutcome::Stored(_)
+            ));
+        };
+
+        // Idle: the writer copies the events once no job has come for a while.
+        let (queue, writer) = start(&path);
+        append_for(&queue, &[Some("u1"), None, Some("u2")]);
+        let appended = std::time::Instant::now();
+        while user_index_state(&path) != (2, 3) {
+            assert!(
+                appended.elapsed() < std::time::Duration::from_secs(10),
+                "the idle writer never copied the events: {:?}",
+                user_index_state(&path)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Stop: what is still missing is copied before the writer ends.
+        append_for(&queue, &[Some("u1"), Some("u3")]);
+        drop(queue);
+        writer.join().unwrap();
+        assert_eq!(user_index_state(&path), (4, 5));
+
+        // As a crash would leave it: the copy of seq 4 and 5 never committed.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM user_index WHERE u_seq > 3; UPDATE user_index_progress SET through_seq = 3;",
+        )
+        .unwrap();
+        drop(conn);
+        let (queue, writer) = start(&path);
+        drop(queue);
+        writer.join().unwrap();
+        assert_eq!(user_index_state(&path), (4, 5));
     }
 }
