@@ -447,7 +447,8 @@ async fn noop_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> 
     Ok((format!("http://{addr}/v1/events"), task))
 }
 
-/// The storage ceiling: the same rows inserted in 1000-row transactions straight into SQLite.
+/// The storage ceiling: the same rows inserted in 1000-row transactions straight into SQLite,
+/// each event with its `user_index` entry (annals stores both; it copies the entries later).
 fn raw_sqlite_inserts(
     path: &std::path::Path,
     total: usize,
@@ -473,6 +474,9 @@ fn raw_sqlite_inserts(
                  correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
+            let mut index = tx.prepare_cached(
+                "INSERT INTO user_index (u_client, u_user, u_seq) VALUES ('default', ?1, ?2)",
+            )?;
             let now = Timestamp::now().as_micros();
             for (user, data, headers) in chunk {
                 seq += 1;
@@ -494,6 +498,7 @@ fn raw_sqlite_inserts(
                     data,
                     headers,
                 ])?;
+                index.execute(params![user, seq])?;
             }
         }
         tx.execute(
