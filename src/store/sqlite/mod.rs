@@ -9,6 +9,7 @@
 
 mod checkpoint;
 mod query;
+mod user_index;
 mod wal_batch;
 mod writer;
 

@@ -2,8 +2,8 @@
 //! `(client_id, <field>, seq)` serve; `data` filters use the JSON functions.
 //!
 //! A query by user reads two disjoint parts of the events in one statement, merged by seq:
-//! those `user_index` holds (through `user_index_progress.through_seq`), joined from it, and
-//! the tail above that, scanned. Both parts are read in the statement's one snapshot, so an
+//! those up to `user_index_progress.through_seq`, found through `user_index`, and the tail
+//! above it, scanned. Both parts are read in the statement's one snapshot, so an
 //! event moving into the index between them can't be seen twice or missed.
 
 use rusqlite::types::Value as SqlValue;
@@ -169,6 +169,8 @@ pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Vec
             .map(|p| format!(" AND {column} {op} {p}"))
             .unwrap_or_default()
     };
+    // Entries above it may already be in `user_index` while a batch is being copied.
+    const THROUGH: &str = "SELECT through_seq FROM user_index_progress WHERE id = 1";
     let sql = match &user {
         None => format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1{}{common}{} ORDER BY seq {direction} LIMIT {limit}",
@@ -178,10 +180,10 @@ pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Vec
         // CROSS JOIN keeps `user_index` the outer loop, so its key order is the seq order.
         Some(user) => format!(
             "SELECT u_seq, {} FROM user_index CROSS JOIN events ON seq = u_seq \
-             WHERE u_user = {user}{}{common}{} \
+             WHERE u_user = {user}{} AND u_seq <= ({THROUGH}){common}{} \
              UNION ALL \
              SELECT {EVENT_COLUMNS} FROM events \
-             WHERE seq > (SELECT through_seq FROM user_index_progress WHERE id = 1) \
+             WHERE seq > ({THROUGH}) \
              AND user_id = {user}{}{common}{} \
              ORDER BY 1 {direction} LIMIT {limit}",
             columns_after_seq!(),
@@ -338,23 +340,24 @@ mod tests {
                 after = Some(page[1]);
             }
         };
+        // `copied`: entries in the index, some above `through` as while a batch is copied.
         for through in 0..=16i64 {
-            conn.execute_batch(&format!(
-                "DELETE FROM user_index; \
-                 INSERT INTO user_index SELECT client_id, user_id, seq FROM events \
-                 WHERE seq <= {through} AND user_id IS NOT NULL; \
-                 UPDATE user_index_progress SET through_seq = {through};"
-            ))
-            .unwrap();
-            for (client, expected) in [(Some("acme"), &acme_u1), (None, &all_u1)] {
-                let ascending = pages(client, Order::Asc);
-                assert_eq!(&ascending, expected, "through {through}, client {client:?}");
-                let mut descending = pages(client, Order::Desc);
-                descending.reverse();
-                assert_eq!(
-                    &descending, expected,
-                    "through {through}, client {client:?}"
-                );
+            for copied in [through, through + 3] {
+                conn.execute_batch(&format!(
+                    "DELETE FROM user_index; \
+                     INSERT INTO user_index SELECT client_id, user_id, seq FROM events \
+                     WHERE seq <= {copied} AND user_id IS NOT NULL; \
+                     UPDATE user_index_progress SET through_seq = {through};"
+                ))
+                .unwrap();
+                for (client, expected) in [(Some("acme"), &acme_u1), (None, &all_u1)] {
+                    let at = format!("through {through}, copied {copied}, client {client:?}");
+                    let ascending = pages(client, Order::Asc);
+                    assert_eq!(&ascending, expected, "{at}");
+                    let mut descending = pages(client, Order::Desc);
+                    descending.reverse();
+                    assert_eq!(&descending, expected, "{at}");
+                }
             }
         }
     }

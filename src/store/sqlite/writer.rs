@@ -12,9 +12,9 @@
 //!   WAL can start over.
 //! - `seq` is assigned here from `event_sequence`, which is updated in the same transaction, so
 //!   committed seqs are gapless and in commit order.
-//! - Events are indexed by user behind the commits (`UserIndex`): `user_index` holds every event
-//!   up to `user_index_progress.through_seq`, which moves in the transaction that copies them;
-//!   queries scan the events above it, so the lag is never visible, only bounded.
+//! - Events are indexed by user behind the commits (`user_index.rs`): each group's transaction
+//!   may carry a slice of that copy, but the group's own events are remembered for it only once
+//!   the group has committed.
 
 use std::collections::HashMap;
 
@@ -29,15 +29,13 @@ use crate::ingest::idempotency::{self, StoredKey};
 use crate::ingest::queue::{Waited, next_group_blocking, next_group_within};
 
 use super::checkpoint::WalRestart;
+use super::user_index::{Entry, UserIndex};
 use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
 
 /// Most jobs committed in one transaction.
 const MAX_GROUP_JOBS: usize = 512;
-/// The user index is brought up to date once this many events are missing from it: large
-/// sorted batches let many events share each page they touch (see V5__user_index.sql), and
-/// queries by user scan at most about this many events beyond the index.
-const USER_INDEX_BATCH: i64 = 16_384;
-/// ... and also once no job has arrived for this long, so a quiet store's index is complete.
+/// The user index is brought up to date once no job has arrived for this long, so a quiet
+/// store's index is complete.
 const USER_INDEX_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
 /// How often planner statistics are refreshed (`PRAGMA optimize`). Without them SQLite can't
 /// skip-scan the `(client_id, …, seq)` indexes for admin queries that name no client.
@@ -88,7 +86,7 @@ pub(super) fn run(
             return;
         }
     };
-    user_index.catch_up(&conn, last_seq);
+    user_index.copy_all(&conn, last_seq);
     optimize(&conn);
     let mut optimized_at = std::time::Instant::now();
     let mut optimized_seq = last_seq;
@@ -98,7 +96,7 @@ pub(super) fn run(
             match next_group_within(&mut rx, MAX_GROUP_JOBS, USER_INDEX_IDLE) {
                 Waited::Group(group) => group,
                 Waited::Idle => {
-                    user_index.catch_up(&conn, last_seq);
+                    user_index.copy_all(&conn, last_seq);
                     continue;
                 }
                 Waited::Closed => break,
@@ -122,13 +120,18 @@ pub(super) fn run(
                     appends.push(PendingAppend { events, reply })
                 }
                 WriterCommand::Exec(job) => {
-                    commit_group(&conn, std::mem::take(&mut appends), &mut last_seq);
+                    commit_group(
+                        &conn,
+                        std::mem::take(&mut appends),
+                        &mut last_seq,
+                        &mut user_index,
+                    );
                     job(&mut conn);
                 }
                 WriterCommand::Shutdown => rx.close(),
             }
         }
-        commit_group(&conn, appends, &mut last_seq);
+        commit_group(&conn, appends, &mut last_seq, &mut user_index);
         drop(reservations);
         if last_seq > before {
             // No subscriber is fine: the range is simply not heard.
@@ -136,9 +139,6 @@ pub(super) fn run(
                 first: before + 1,
                 last: last_seq,
             });
-        }
-        if last_seq - user_index.through_seq >= USER_INDEX_BATCH {
-            user_index.catch_up(&conn, last_seq);
         }
         if wal_restart.wanted() {
             wal_restart.checkpoint_from_writer(&conn);
@@ -153,76 +153,8 @@ pub(super) fn run(
         }
     }
     // A stopped store leaves a complete index behind.
-    user_index.catch_up(&conn, last_seq);
+    user_index.copy_all(&conn, last_seq);
     tracing::info!(groups, jobs, last_seq, "sqlite writer stopped");
-}
-
-/// The writer's side of `user_index`: which events it holds, and the batch copy that adds the
-/// rest. A failed copy is only logged: nothing is lost (queries scan what the index lacks) and
-/// the next copy retries from the same place.
-struct UserIndex {
-    through_seq: i64,
-    /// After a failed copy, no new attempt before this (a full disk would fail each one).
-    retry_at: Option<std::time::Instant>,
-}
-
-impl UserIndex {
-    fn load(conn: &Connection) -> anyhow::Result<Self> {
-        let through_seq = conn
-            .query_row(
-                "SELECT through_seq FROM user_index_progress WHERE id = 1",
-                [],
-                |r| r.get(0),
-            )
-            .context("reading user_index_progress")?;
-        Ok(Self {
-            through_seq,
-            retry_at: None,
-        })
-    }
-
-    fn is_behind(&self, last_seq: i64) -> bool {
-        self.through_seq < last_seq
-    }
-
-    /// Copies the events in `(through_seq, last_seq]` into the index in one transaction, sorted
-    /// by the index's key so neighbouring entries are written together.
-    fn catch_up(&mut self, conn: &Connection, last_seq: i64) {
-        if !self.is_behind(last_seq)
-            || self
-                .retry_at
-                .is_some_and(|at| std::time::Instant::now() < at)
-        {
-            return;
-        }
-        let copied = in_write_transaction(conn, |conn| {
-            let n = conn
-                .prepare_cached(
-                    "INSERT INTO user_index (u_client, u_user, u_seq) \
-                     SELECT client_id, user_id, seq FROM events \
-                     WHERE seq > ?1 AND seq <= ?2 AND user_id IS NOT NULL ORDER BY 1, 2, 3",
-                )?
-                .execute([self.through_seq, last_seq])?;
-            conn.prepare_cached("UPDATE user_index_progress SET through_seq = ?1 WHERE id = 1")?
-                .execute([last_seq])?;
-            Ok(n)
-        });
-        match copied {
-            Ok(n) => {
-                tracing::debug!(
-                    events = n,
-                    through_seq = last_seq,
-                    "user index brought up to date"
-                );
-                self.through_seq = last_seq;
-                self.retry_at = None;
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), through_seq = self.through_seq, "bringing the user index up to date failed; retrying in 5 s");
-                self.retry_at = Some(std::time::Instant::now() + std::time::Duration::from_secs(5));
-            }
-        }
-    }
 }
 
 fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
@@ -240,25 +172,34 @@ fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
 /// touches). Appends check idempotency before inserting anything, so only a storage error can
 /// fail one midway; then the group is rolled back and retried one append per transaction, so
 /// the failure stays with the request that caused it.
-fn commit_group(conn: &Connection, appends: Vec<PendingAppend>, last_seq: &mut i64) {
+fn commit_group(
+    conn: &Connection,
+    appends: Vec<PendingAppend>,
+    last_seq: &mut i64,
+    user_index: &mut UserIndex,
+) {
     if appends.is_empty() {
         return;
     }
     let received_at = Timestamp::now();
     let mut seq = *last_seq;
+    let mut entries = Vec::new();
     let grouped = in_write_transaction(conn, |conn| {
         let mut statements = AppendStatements::prepare(conn)?;
         let mut outcomes = Vec::with_capacity(appends.len());
         for append in &appends {
-            outcomes.push(statements.apply(&append.events, &mut seq, received_at)?);
+            outcomes.push(statements.apply(&append.events, &mut seq, received_at, &mut entries)?);
         }
         conn.prepare_cached("UPDATE event_sequence SET last_seq = ?1 WHERE id = 1")?
             .execute([seq])?;
-        Ok(outcomes)
+        let events = (seq - *last_seq) as usize;
+        Ok((outcomes, user_index.copy_slice(conn, *last_seq, events)))
     });
     match grouped {
-        Ok(outcomes) => {
+        Ok((outcomes, slice)) => {
             *last_seq = seq;
+            user_index.slice_committed(slice);
+            user_index.committed(entries);
             for (append, outcome) in appends.into_iter().zip(outcomes) {
                 let _ = append.reply.send(Ok(outcome));
             }
@@ -266,7 +207,7 @@ fn commit_group(conn: &Connection, appends: Vec<PendingAppend>, last_seq: &mut i
         Err(e) if appends.len() > 1 => {
             tracing::warn!(error = %format!("{e:#}"), jobs = appends.len(), "group commit failed; retrying its appends one by one");
             for append in appends {
-                commit_group(conn, vec![append], last_seq);
+                commit_group(conn, vec![append], last_seq, user_index);
             }
         }
         Err(e) => {
@@ -286,7 +227,7 @@ fn commit_group(conn: &Connection, appends: Vec<PendingAppend>, last_seq: &mut i
 /// Runs `body` in one `BEGIN IMMEDIATE` … `COMMIT`, rolled back if the body or the commit
 /// fails. `BEGIN` and `COMMIT` are prepared once per connection (rusqlite's `Transaction`
 /// parses both anew for every group, which the profile showed on every commit).
-fn in_write_transaction<T>(
+pub(super) fn in_write_transaction<T>(
     conn: &Connection,
     body: impl FnOnce(&Connection) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
@@ -347,6 +288,7 @@ impl<'conn> AppendStatements<'conn> {
         events: &[NewEvent],
         seq: &mut i64,
         received_at: Timestamp,
+        user_entries: &mut Vec<Entry>,
     ) -> anyhow::Result<AppendOutcome> {
         let mut stored = HashMap::new();
         for key in events.iter().filter_map(idempotency::key_of) {
@@ -399,6 +341,9 @@ impl<'conn> AppendStatements<'conn> {
                         event.headers,
                         event.format.code(),
                     ])?;
+                    if let Some(user) = &event.user_id {
+                        user_entries.push(Entry::new(event.client_id.as_str(), user, *seq));
+                    }
                     if let Some(event_id) = &event.event_id {
                         self.insert_key.execute(params![
                             event.client_id.as_str(),
@@ -602,10 +547,11 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(user_index_state(&path), (4, 5));
 
-        // As a crash would leave it: the copy of seq 4 and 5 never committed.
+        // As a crash can leave it: seq 4's entry copied in a slice, seq 5's not, and the
+        // progress still at 3.
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
-            "DELETE FROM user_index WHERE u_seq > 3; UPDATE user_index_progress SET through_seq = 3;",
+            "DELETE FROM user_index WHERE u_seq = 5; UPDATE user_index_progress SET through_seq = 3;",
         )
         .unwrap();
         drop(conn);
