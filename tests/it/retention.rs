@@ -130,16 +130,12 @@ conformance!(event_retention_deletes_only_old_events_and_their_keys);
 
 /// `(entries in user_index, user_index_progress.through_seq)` of a SQLite store.
 fn user_index_state(path: &str) -> (i64, i64) {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let entries = conn
-        .query_row("SELECT count(*) FROM user_index", [], |r| r.get(0))
-        .unwrap();
-    let through = conn
-        .query_row("SELECT through_seq FROM user_index_progress", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    (entries, through)
+    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap()
+        .query_row(
+            "SELECT (SELECT count(*) FROM user_index), through_seq FROM user_index_progress",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
 }

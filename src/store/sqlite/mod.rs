@@ -158,6 +158,26 @@ pub fn open_and_migrate(path: &Path, synchronous: Synchronous) -> anyhow::Result
     Ok(conn)
 }
 
+/// A fresh, migrated database in a temporary directory (removed when the directory drops).
+#[cfg(test)]
+pub(super) fn scratch_db() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = open_and_migrate(&dir.path().join("scratch.db"), Synchronous::Normal).unwrap();
+    (dir, conn)
+}
+
+/// Stores a minimal event row straight into `events` (seq doubles as both times), for tests.
+#[cfg(test)]
+pub(super) fn insert_test_event(conn: &Connection, seq: i64, client: &str, user: Option<&str>) {
+    conn.prepare_cached(
+        "INSERT INTO events (seq, id, client_id, event_type, user_id, occurred_at, received_at, data, headers) \
+         VALUES (?1, randomblob(16), ?2, 'test.item.created', ?3, ?1, ?1, '{}', '{}')",
+    )
+    .unwrap()
+    .execute(params![seq, client, user])
+    .unwrap();
+}
+
 /// Creates the expression index of each indexed data field (existing ones are kept).
 pub(super) fn create_field_indexes(
     conn: &Connection,

@@ -244,12 +244,7 @@ mod tests {
 
     #[test]
     fn a_query_by_user_reads_the_user_index_in_seq_order_and_the_tail_by_seq() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::open_and_migrate(
-            &dir.path().join("t.db"),
-            crate::store::sqlite::Synchronous::Normal,
-        )
-        .unwrap();
+        let (_dir, conn) = super::super::scratch_db();
         for order in [Order::Desc, Order::Asc] {
             let q = EventQuery {
                 client_id: Some(crate::domain::ClientId::parse("acme").unwrap()),
@@ -286,30 +281,16 @@ mod tests {
 
     #[test]
     fn a_query_by_user_sees_each_event_once_wherever_the_user_index_stops() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::open_and_migrate(
-            &dir.path().join("t.db"),
-            crate::store::sqlite::Synchronous::Normal,
-        )
-        .unwrap();
+        let (_dir, conn) = super::super::scratch_db();
         // 16 events: acme's users take turns (u0, u1, u2, no user), every fourth is globex's u1.
-        let mut insert = conn
-            .prepare(
-                "INSERT INTO events (seq, id, client_id, event_type, user_id, occurred_at, received_at, data, headers) \
-                 VALUES (?1, randomblob(16), ?2, 'test.item.created', ?3, ?1, ?1, '{}', '{}')",
-            )
-            .unwrap();
         let users = [Some("u0"), Some("u1"), Some("u2"), None];
         for seq in 1..=16i64 {
             let (client, user) = match seq % 4 {
                 0 => ("globex", Some("u1")),
                 n => ("acme", users[n as usize - 1]),
             };
-            insert
-                .execute(rusqlite::params![seq, client, user])
-                .unwrap();
+            super::super::insert_test_event(&conn, seq, client, user);
         }
-        drop(insert);
         let acme_u1: Vec<i64> = vec![2, 6, 10, 14];
         let all_u1: Vec<i64> = vec![2, 4, 6, 8, 10, 12, 14, 16];
 
@@ -364,12 +345,7 @@ mod tests {
 
     #[test]
     fn an_indexed_field_filter_uses_its_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::open_and_migrate(
-            &dir.path().join("t.db"),
-            crate::store::sqlite::Synchronous::Normal,
-        )
-        .unwrap();
+        let (_dir, conn) = super::super::scratch_db();
         let fields = crate::store::indexed::parse_indexed_fields("order_id").unwrap();
         super::super::create_field_indexes(&conn, &fields).unwrap();
         let plan = |indexed: &[IndexedField], client: bool| {

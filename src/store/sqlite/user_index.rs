@@ -215,41 +215,30 @@ fn set_through(tx: &Connection, seq: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `(entries in user_index, through_seq)`, for tests.
+#[cfg(test)]
+pub(super) fn state(conn: &Connection) -> (usize, i64) {
+    conn.query_row(
+        "SELECT (SELECT count(*) FROM user_index), through_seq FROM user_index_progress",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as usize, r.get(1)?)),
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::sqlite::writer::in_write_transaction;
 
-    /// `(entries in user_index, through_seq)`.
-    fn state(conn: &Connection) -> (usize, i64) {
-        conn.query_row(
-            "SELECT (SELECT count(*) FROM user_index), through_seq FROM user_index_progress",
-            [],
-            |r| Ok((r.get::<_, i64>(0)? as usize, r.get(1)?)),
-        )
-        .unwrap()
-    }
-
     #[test]
     fn a_sealed_batch_goes_in_sorted_slices_with_the_groups_and_through_moves_with_the_last() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::open_and_migrate(
-            &dir.path().join("u.db"),
-            super::super::Synchronous::Normal,
-        )
-        .unwrap();
+        let (_dir, conn) = super::super::scratch_db();
         // A full batch of events; every seventh has no user.
-        let mut insert = conn
-            .prepare(
-                "INSERT INTO events (seq, id, client_id, event_type, user_id, occurred_at, received_at, data, headers) \
-                 VALUES (?1, randomblob(16), 'acme', 'test.item.created', ?2, ?1, ?1, '{}', '{}')",
-            )
-            .unwrap();
         for seq in 1..=BATCH {
             let user = (seq % 7 != 0).then(|| format!("u{}", seq % 1000));
-            insert.execute(params![seq, user]).unwrap();
+            super::super::insert_test_event(&conn, seq, "acme", user.as_deref());
         }
-        drop(insert);
         let with_user = (1..=BATCH).filter(|s| s % 7 != 0).count();
         let mut index = UserIndex::load(&conn).unwrap();
         let group = |index: &mut UserIndex, last_seq: i64| {

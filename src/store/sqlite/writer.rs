@@ -483,18 +483,8 @@ mod tests {
         assert_eq!(rows, 2);
     }
 
-    /// `(entries in user_index, user_index_progress.through_seq)`.
-    fn user_index_state(path: &std::path::Path) -> (i64, i64) {
-        let conn = Connection::open(path).unwrap();
-        let entries = conn
-            .query_row("SELECT count(*) FROM user_index", [], |r| r.get(0))
-            .unwrap();
-        let through = conn
-            .query_row("SELECT through_seq FROM user_index_progress", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        (entries, through)
+    fn user_index_state(path: &std::path::Path) -> (usize, i64) {
+        super::super::user_index::state(&Connection::open(path).unwrap())
     }
 
     #[test]
