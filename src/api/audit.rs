@@ -139,7 +139,8 @@ fn header_text(request: &Request, name: header::HeaderName) -> Option<String> {
         .headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.chars().take(MAX_USER_AGENT).collect())
+        // `to_str` accepts visible ASCII only, so any byte is a char boundary.
+        .map(|v| v[..v.len().min(MAX_USER_AGENT)].to_string())
 }
 
 async fn list_logs(

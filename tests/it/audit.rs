@@ -48,8 +48,27 @@ async fn every_call_is_recorded_and_clients_see_only_their_own(backend: Backend)
         app.get("/nowhere", &admin).await.status(),
         StatusCode::NOT_FOUND
     );
+    let r = app
+        .http
+        .get(app.url("/v1/events"))
+        .header("x-api-key", &b)
+        .header("user-agent", "a".repeat(600))
+        .header("x-request-id", "req-long-agent")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 
-    let rows = logs_until(&app, "limit=1000", &admin, 5).await;
+    let rows = logs_until(&app, "limit=1000", &admin, 6).await;
+    let long = rows
+        .iter()
+        .find(|r| r["request_id"] == "req-long-agent")
+        .expect("the caller's request id is kept");
+    assert_eq!(
+        long["user_agent"].as_str().map(str::len),
+        Some(512),
+        "a long user agent is cut to 512 characters"
+    );
     let post = rows
         .iter()
         .find(|r| r["method"] == "POST" && r["endpoint"] == "/v1/events")
