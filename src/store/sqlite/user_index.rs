@@ -232,6 +232,47 @@ mod tests {
     use crate::store::sqlite::writer::in_write_transaction;
 
     #[test]
+    fn the_migration_copies_a_stores_events_into_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("old.db")).unwrap();
+        // The store as the version before the user index left `events` left it.
+        super::super::embedded::migrations::runner()
+            .set_target(refinery::Target::Version(4))
+            .run(&mut conn)
+            .unwrap();
+        for (seq, client, user) in [
+            (1, "acme", Some("u2")),
+            (2, "acme", None),
+            (3, "globex", Some("u1")),
+            (4, "acme", Some("u1")),
+        ] {
+            super::super::insert_test_event(&conn, seq, client, user);
+        }
+        conn.execute("UPDATE event_sequence SET last_seq = 4", [])
+            .unwrap();
+        super::super::embedded::migrations::runner()
+            .run(&mut conn)
+            .unwrap();
+        let entries: Vec<(String, String, i64)> = conn
+            .prepare("SELECT u_client, u_user, u_seq FROM user_index")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let entry = |c: &str, u: &str, s| (c.to_string(), u.to_string(), s);
+        assert_eq!(
+            entries,
+            [
+                entry("acme", "u1", 4),
+                entry("acme", "u2", 1),
+                entry("globex", "u1", 3)
+            ]
+        );
+        assert_eq!(state(&conn), (3, 4));
+    }
+
+    #[test]
     fn a_sealed_batch_goes_in_sorted_slices_with_the_groups_and_through_moves_with_the_last() {
         let (_dir, conn) = super::super::scratch_db();
         // A full batch of events; every seventh has no user.

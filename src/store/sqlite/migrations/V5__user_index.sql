@@ -19,8 +19,10 @@ CREATE TABLE user_index_progress (
     through_seq INTEGER NOT NULL
 );
 
+-- Read in key order from the old index itself: no sort, whatever the store's size.
 INSERT INTO user_index (u_client, u_user, u_seq)
-    SELECT client_id, user_id, seq FROM events WHERE user_id IS NOT NULL ORDER BY 1, 2, 3;
+    SELECT client_id, user_id, seq FROM events INDEXED BY events_client_user_seq
+    WHERE user_id IS NOT NULL ORDER BY 1, 2, 3;
 INSERT INTO user_index_progress (id, through_seq)
     SELECT 1, last_seq FROM event_sequence WHERE id = 1;
 DROP INDEX events_client_user_seq;
