@@ -81,31 +81,22 @@ impl<T> WriteQueue<T> {
     }
 }
 
-/// Blocks for the next job, then takes whatever else is already waiting, up to `max_jobs`.
-/// Returns `None` once the queue is closed and empty. For a writer running on its own thread.
-pub fn next_group_blocking<T>(
-    rx: &mut mpsc::Receiver<Queued<T>>,
-    max_jobs: usize,
-) -> Option<Vec<Queued<T>>> {
-    let first = rx.blocking_recv()?;
-    Some(group_after(first, rx, max_jobs))
-}
-
-/// What a writer thread waiting at most a while for work got.
+/// What a writer thread waiting for work got.
 pub enum Waited<T> {
     Group(Vec<Queued<T>>),
-    /// Nothing arrived in time.
+    /// Nothing arrived within the wait's time limit.
     Idle,
     /// The queue is closed and empty.
     Closed,
 }
 
-/// `next_group_blocking` that gives up after `idle` without work, so the writer can do
-/// deferred work while the queue is quiet.
-pub fn next_group_within<T>(
+/// Blocks for the next job, then takes whatever else is already waiting, up to `max_jobs`. For
+/// a writer running on its own thread. With `idle`, gives up after that long without work, so
+/// the writer can do deferred work while the queue is quiet.
+pub fn next_group_blocking<T>(
     rx: &mut mpsc::Receiver<Queued<T>>,
     max_jobs: usize,
-    idle: std::time::Duration,
+    idle: Option<std::time::Duration>,
 ) -> Waited<T> {
     use std::task::{Context, Poll, Wake, Waker};
 
@@ -117,21 +108,24 @@ pub fn next_group_within<T>(
         }
     }
 
-    let deadline = std::time::Instant::now() + idle;
+    let deadline = idle.map(|idle| std::time::Instant::now() + idle);
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     loop {
         match rx.poll_recv(&mut cx) {
             Poll::Ready(Some(first)) => return Waited::Group(group_after(first, rx, max_jobs)),
             Poll::Ready(None) => return Waited::Closed,
-            Poll::Pending => {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    return Waited::Idle;
+            // Parking wakes early on unpark (a job) or spuriously; either way the loop polls again.
+            Poll::Pending => match deadline {
+                None => std::thread::park(),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Waited::Idle;
+                    }
+                    std::thread::park_timeout(left);
                 }
-                // Wakes early on unpark (a job) or spuriously; either way the loop polls again.
-                std::thread::park_timeout(left);
-            }
+            },
         }
     }
 }
@@ -172,7 +166,9 @@ mod tests {
         assert_eq!(q.try_submit(1, 10), Ok(()));
         assert_eq!(q.try_submit(2, 10), Ok(()));
         assert_eq!(q.try_submit(3, 10), Err(QueueFull::Full));
-        let group = next_group_blocking(&mut rx, 10).unwrap();
+        let Waited::Group(group) = next_group_blocking(&mut rx, 10, None) else {
+            panic!("expected the two jobs");
+        };
         assert_eq!(group.iter().map(|j| j.job).collect::<Vec<_>>(), [1, 2]);
         drop(group);
         assert_eq!(q.try_submit(4, 90), Ok(()));
@@ -182,10 +178,13 @@ mod tests {
     }
 
     #[test]
-    fn a_wait_within_a_time_ends_with_a_job_idleness_or_a_closed_queue() {
+    fn a_thread_waits_until_a_job_its_time_limit_or_a_closed_queue() {
         let (q, mut rx) = WriteQueue::<u32>::new(8, 100);
         let short = std::time::Duration::from_millis(20);
-        assert!(matches!(next_group_within(&mut rx, 8, short), Waited::Idle));
+        assert!(matches!(
+            next_group_blocking(&mut rx, 8, Some(short)),
+            Waited::Idle
+        ));
         let sender = {
             let q = q.clone();
             std::thread::spawn(move || {
@@ -193,8 +192,8 @@ mod tests {
                 q.try_submit(7, 1).unwrap();
             })
         };
-        // A job sent while the writer waits wakes it before its (long) time is up.
-        match next_group_within(&mut rx, 8, std::time::Duration::from_secs(600)) {
+        // A job sent while the writer waits, without a time limit, wakes it.
+        match next_group_blocking(&mut rx, 8, None) {
             Waited::Group(group) => {
                 assert_eq!(group.iter().map(|j| j.job).collect::<Vec<_>>(), [7])
             }
@@ -203,7 +202,7 @@ mod tests {
         sender.join().unwrap();
         drop(q);
         assert!(matches!(
-            next_group_within(&mut rx, 8, short),
+            next_group_blocking(&mut rx, 8, Some(short)),
             Waited::Closed
         ));
     }

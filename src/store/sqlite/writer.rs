@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, StoredKey};
-use crate::ingest::queue::{Waited, next_group_blocking, next_group_within};
+use crate::ingest::queue::{Waited, next_group_blocking};
 
 use super::checkpoint::WalRestart;
 use super::user_index::{Entry, UserIndex};
@@ -92,20 +92,15 @@ pub(super) fn run(
     let mut optimized_seq = last_seq;
     let (mut groups, mut jobs) = (0u64, 0u64);
     loop {
-        let group = if user_index.is_behind(last_seq) {
-            match next_group_within(&mut rx, MAX_GROUP_JOBS, USER_INDEX_IDLE) {
-                Waited::Group(group) => group,
-                Waited::Idle => {
-                    user_index.copy_all(&conn, last_seq);
-                    continue;
-                }
-                Waited::Closed => break,
+        // While the user index is behind, the writer waits only so long before catching it up.
+        let idle = user_index.is_behind(last_seq).then_some(USER_INDEX_IDLE);
+        let group = match next_group_blocking(&mut rx, MAX_GROUP_JOBS, idle) {
+            Waited::Group(group) => group,
+            Waited::Idle => {
+                user_index.copy_all(&conn, last_seq);
+                continue;
             }
-        } else {
-            match next_group_blocking(&mut rx, MAX_GROUP_JOBS) {
-                Some(group) => group,
-                None => break,
-            }
+            Waited::Closed => break,
         };
         let before = last_seq;
         groups += 1;
