@@ -33,7 +33,7 @@ const MIN_SLICE: usize = 128;
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// One event of the index: its client, user and seq.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Entry {
     client: String,
     user: String,
@@ -51,7 +51,7 @@ impl Entry {
 }
 
 /// What a group's transaction copied; applied by `slice_committed` once the group commits.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Slice {
     /// `copied` after this slice.
     copied: usize,
@@ -138,18 +138,8 @@ impl UserIndex {
             return unchanged;
         }
         let end = (self.copied + MIN_SLICE.max(2 * group_events)).min(self.sealed.len());
-        let completes = end == self.sealed.len();
-        let copied = insert(tx, &self.sealed[self.copied..end]).and_then(|()| {
-            if completes {
-                set_through(tx, self.sealed_to)?;
-            }
-            Ok(())
-        });
-        match copied {
-            Ok(()) => Slice {
-                copied: end,
-                completes,
-            },
+        match self.copy(tx, end) {
+            Ok(slice) => slice,
             Err(e) => {
                 self.failed(e);
                 unchanged
@@ -175,17 +165,23 @@ impl UserIndex {
             return;
         }
         self.seal(last_seq);
-        let copied = super::writer::in_write_transaction(conn, |tx| {
-            insert(tx, &self.sealed[self.copied..])?;
-            set_through(tx, last_seq)
-        });
-        match copied {
-            Ok(()) => self.slice_committed(Slice {
-                copied: self.sealed.len(),
-                completes: true,
-            }),
+        match super::writer::in_write_transaction(conn, |tx| self.copy(tx, self.sealed.len())) {
+            Ok(slice) => self.slice_committed(slice),
             Err(e) => self.failed(e),
         }
+    }
+
+    /// In `tx`: copies `sealed[copied..end]`, and moves `through_seq` when that ends the batch.
+    fn copy(&self, tx: &Connection, end: usize) -> anyhow::Result<Slice> {
+        insert(tx, &self.sealed[self.copied..end])?;
+        let completes = end == self.sealed.len();
+        if completes {
+            set_through(tx, self.sealed_to)?;
+        }
+        Ok(Slice {
+            copied: end,
+            completes,
+        })
     }
 
     /// Makes the sealed batch everything not yet copied up to `last_seq`, sorted by key.
