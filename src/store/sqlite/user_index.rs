@@ -29,6 +29,9 @@ const BATCH: i64 = 16_384;
 /// Entries copied with each group at least; at least twice the group's own events, so the copy
 /// always outruns ingest.
 const MIN_SLICE: usize = 128;
+/// While the index is behind, a quiet queue for this long gets everything copied, so a quiet
+/// store's index is complete.
+const IDLE: Duration = Duration::from_millis(200);
 /// After a failed copy, no new attempt before this (a full disk would fail each one).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -102,8 +105,14 @@ impl UserIndex {
         })
     }
 
-    pub fn is_behind(&self, last_seq: i64) -> bool {
+    fn is_behind(&self, last_seq: i64) -> bool {
         self.through_seq < last_seq
+    }
+
+    /// How long the writer may wait for a job before `copy_all`: `None` (no limit) when the
+    /// index is complete.
+    pub fn idle_limit(&self, last_seq: i64) -> Option<Duration> {
+        self.is_behind(last_seq).then_some(IDLE)
     }
 
     /// Remembers the entries of a group that has committed.

@@ -34,9 +34,6 @@ use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
 
 /// Most jobs committed in one transaction.
 const MAX_GROUP_JOBS: usize = 512;
-/// The user index is brought up to date once no job has arrived for this long, so a quiet
-/// store's index is complete.
-const USER_INDEX_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
 /// How often planner statistics are refreshed (`PRAGMA optimize`). Without them SQLite can't
 /// skip-scan the `(client_id, …, seq)` indexes for admin queries that name no client.
 const OPTIMIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -92,8 +89,7 @@ pub(super) fn run(
     let mut optimized_seq = last_seq;
     let (mut groups, mut jobs) = (0u64, 0u64);
     loop {
-        // While the user index is behind, the writer waits only so long before catching it up.
-        let idle = user_index.is_behind(last_seq).then_some(USER_INDEX_IDLE);
+        let idle = user_index.idle_limit(last_seq);
         let group = match next_group_blocking(&mut rx, MAX_GROUP_JOBS, idle) {
             Waited::Group(group) => group,
             Waited::Idle => {
