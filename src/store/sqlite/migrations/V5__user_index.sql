@@ -3,7 +3,7 @@
 -- With many users every event lands on its own leaf of a `(client_id, user_id, seq)` index, so
 -- each group commit rewrote one random page per event; that was a third of the writer's work.
 -- The writer now appends events alone and copies their `(client_id, user_id, seq)` into
--- `user_index` in large sorted batches (writer.rs, `UserIndex`), where many events share a page.
+-- `user_index` in large sorted batches (user_index.rs), where many events share a page.
 -- `user_index_progress.through_seq` says how far the copy has got, in the same transaction as
 -- the copy: events above it (the tail) are found by scanning them, so no event is ever missing
 -- from a query by user.
