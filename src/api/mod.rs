@@ -103,9 +103,8 @@ pub fn router(state: AppState) -> Router {
             access::authenticate,
         ));
     // The audit layer wraps the JSON fallbacks too, so unknown paths are recorded.
-    let audited = json_fallbacks(authenticated.merge(health::router())).layer(
-        axum::middleware::from_fn_with_state(state.clone(), audit::record),
-    );
+    let audited = json_fallbacks(authenticated.merge(health::router()))
+        .layer(audit::AuditLayer::new(state.clone()));
     with_layers(audited.with_state(state))
 }
 
