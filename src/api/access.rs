@@ -102,13 +102,14 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let origin = Origin::of(&request);
-    let failures = format!("auth-failures:{}", origin.ip);
+    // The failure limiter is this node's own, so its buckets are the addresses themselves.
+    let failures = &origin.ip;
     let per_ip = state.access.failed_auth_per_minute;
     // Floods of bad keys are refused before any lookup.
     let peek = state
         .access
         .failure_limiter
-        .check(&failures, per_ip, false)
+        .check(failures, per_ip, false)
         .await;
     if !peek.allowed {
         state.security.record(origin.incident(
@@ -138,7 +139,7 @@ pub async fn authenticate(
                 state
                     .access
                     .failure_limiter
-                    .check(&failures, per_ip, true)
+                    .check(failures, per_ip, true)
                     .await;
                 state.security.record(origin.incident(
                     SecurityEventType::FailedLogin,
@@ -152,27 +153,21 @@ pub async fn authenticate(
             return error.into_response();
         }
     };
-    let identity = AuditIdentity {
-        client_id: principal.client_id.to_string(),
-        key_id: principal.key_id.clone(),
-    };
-    let key_id = principal
-        .key_id
-        .clone()
-        .unwrap_or_else(|| String::from("static"));
+    let identity = AuditIdentity(principal.clone());
+    let key_id = principal.key_label();
     let decision = match limit_for(&principal, state.access.default_rate_limit) {
         Some(limit) => {
             let d = state
                 .access
                 .limiter
-                .check(&format!("key:{key_id}"), limit, true)
+                .check(&principal.rate_bucket, limit, true)
                 .await;
             if !d.allowed {
                 state.security.record(origin.incident(
                     SecurityEventType::SuspiciousActivity,
                     Severity::Medium,
-                    &key_id,
-                    Some(&key_id),
+                    key_id,
+                    Some(key_id),
                     false,
                     "key over its rate limit",
                 ));
@@ -190,14 +185,15 @@ pub async fn authenticate(
         }
         None => None,
     };
-    request.extensions_mut().insert(principal);
+    request.extensions_mut().insert(principal.clone());
     let mut response = next.run(request).await;
     if response.status() == StatusCode::FORBIDDEN {
+        let key_id = principal.key_label();
         state.security.record(origin.incident(
             SecurityEventType::PermissionDenied,
             Severity::Medium,
-            &key_id,
-            Some(&key_id),
+            key_id,
+            Some(key_id),
             false,
             "the key lacks the scope or tenancy for this request",
         ));

@@ -19,16 +19,14 @@ use super::AppState;
 use super::extract::Auth;
 use super::query_params::{paged_json, parse_id_listing, parse_pairs};
 use crate::audit::bodies::{self, TeeBody};
+use crate::auth::Principal;
 use crate::domain::Timestamp;
 use crate::domain::audit::{AuditQuery, AuditRecord, MAX_USER_AGENT, StoredAudit};
 use crate::error::ApiError;
 
 /// Who a request acted as, left in the response by the access middleware for the audit record.
 #[derive(Clone, Debug)]
-pub struct AuditIdentity {
-    pub client_id: String,
-    pub key_id: Option<String>,
-}
+pub struct AuditIdentity(pub Principal);
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -197,8 +195,8 @@ impl Pending {
         let identity = response.extensions().get::<AuditIdentity>();
         AuditRecord {
             at: self.at,
-            client_id: identity.map(|i| i.client_id.clone()),
-            key_id: identity.and_then(|i| i.key_id.clone()),
+            client_id: identity.map(|i| i.0.client_id.to_string()),
+            key_id: identity.and_then(|i| i.0.key_id.clone()),
             method: self.method,
             route: self.route,
             path: self.path,

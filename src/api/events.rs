@@ -5,7 +5,7 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{OriginalUri, Path, RawQuery, State};
+use axum::extract::{OriginalUri, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -57,27 +57,29 @@ fn wire_mode(headers: &HeaderMap) -> WireMode {
 async fn create_event(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsWrite)?;
-    match wire_mode(&headers) {
-        WireMode::Envelope => ingest_json(&state, &principal, &headers, body, parse_event).await,
+    // The headers are borrowed from the request (a `HeaderMap` extractor copies them all).
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    match wire_mode(headers) {
+        WireMode::Envelope => ingest_json(&state, &principal, headers, body, parse_event).await,
         WireMode::CloudEvent => {
             ingest_json(
                 &state,
                 &principal,
-                &headers,
+                headers,
                 body,
                 cloudevents::parse_structured,
             )
             .await
         }
         WireMode::CloudEventBatch => {
-            create_cloudevent_batch(&state, &principal, &headers, body).await
+            create_cloudevent_batch(&state, &principal, headers, body).await
         }
         WireMode::CloudEventBinary => {
-            let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
+            let bytes = read_body(headers, body, state.limits.max_body_bytes).await?;
             let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
@@ -90,7 +92,7 @@ async fn create_event(
                 ));
             }
             let structured = cloudevents::binary_to_structured(
-                binary_attributes(&headers)?,
+                binary_attributes(headers)?,
                 content_type,
                 &bytes,
             )

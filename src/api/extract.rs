@@ -64,7 +64,7 @@ fn is_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// The essence (`type/subtype`, lower-case, without parameters) of the request's Content-Type.
-pub fn content_type_essence(headers: &HeaderMap) -> Option<String> {
+pub fn content_type_essence(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
     let text = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     Some(crate::domain::cloudevents::media_essence(text))
 }

@@ -66,9 +66,18 @@ pub struct IssuedKey {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     static_key_hash: Option<[u8; 32]>,
-    static_client: ClientId,
-    static_rate_limit: Option<u32>,
-    cache: RwLock<HashMap<String, (Instant, Option<KeyRecord>)>>,
+    /// The principal `ANNALS_API_KEY` acts as.
+    static_principal: Principal,
+    cache: RwLock<HashMap<String, CacheEntry>>,
+}
+
+/// When a key id was looked up, and what was found (`None`: no such key).
+type CacheEntry = (Instant, Option<Arc<CachedKey>>);
+
+/// A stored key as the cache holds it, with the principal it authenticates as, built once.
+struct CachedKey {
+    record: KeyRecord,
+    principal: Principal,
 }
 
 impl Authenticator {
@@ -82,8 +91,13 @@ impl Authenticator {
         Self {
             store,
             static_key_hash: static_key.map(|k| sha256(k.as_bytes())),
-            static_client,
-            static_rate_limit,
+            static_principal: Principal::new(
+                None,
+                String::from("ANNALS_API_KEY"),
+                static_client,
+                Scopes::new(Scope::ALL.to_vec()),
+                static_rate_limit,
+            ),
             cache: RwLock::new(HashMap::new()),
         }
     }
@@ -97,17 +111,12 @@ impl Authenticator {
         if let Some(expected) = &self.static_key_hash
             && bool::from(sha256(presented.as_bytes()).ct_eq(expected))
         {
-            return Ok(Principal {
-                key_id: None,
-                key_name: String::from("ANNALS_API_KEY"),
-                client_id: self.static_client.clone(),
-                scopes: Scopes::new(Scope::ALL.to_vec()),
-                rate_limit: self.static_rate_limit,
-            });
+            return Ok(self.static_principal.clone());
         }
         let invalid = || ApiError::unauthorized("the API key is not valid");
         let (key_id, secret) = split_key(presented).ok_or_else(invalid)?;
-        let record = self.lookup(key_id).await?.ok_or_else(invalid)?;
+        let cached = self.lookup(key_id).await?.ok_or_else(invalid)?;
+        let record = &cached.record;
         if !bool::from(sha256(secret.as_bytes()).ct_eq(&record.secret_hash)) {
             return Err(invalid());
         }
@@ -117,16 +126,10 @@ impl Authenticator {
         if record.expires_at.is_some_and(|t| t <= Timestamp::now()) {
             return Err(ApiError::unauthorized("the API key has expired"));
         }
-        Ok(Principal {
-            key_id: Some(record.key_id),
-            key_name: record.name,
-            client_id: record.client_id,
-            scopes: record.scopes,
-            rate_limit: record.rate_limit,
-        })
+        Ok(cached.principal.clone())
     }
 
-    async fn lookup(&self, key_id: &str) -> Result<Option<KeyRecord>, ApiError> {
+    async fn lookup(&self, key_id: &str) -> Result<Option<Arc<CachedKey>>, ApiError> {
         if let Some((at, record)) = self.cache.read().expect("key cache lock").get(key_id)
             && at.elapsed() < CACHE_TTL
         {
@@ -136,7 +139,17 @@ impl Authenticator {
             .store
             .find_key(key_id.to_string())
             .await
-            .map_err(ApiError::from_store)?;
+            .map_err(ApiError::from_store)?
+            .map(|record| {
+                let principal = Principal::new(
+                    Some(record.key_id.clone()),
+                    record.name.clone(),
+                    record.client_id.clone(),
+                    record.scopes.clone(),
+                    record.rate_limit,
+                );
+                Arc::new(CachedKey { record, principal })
+            });
         let mut cache = self.cache.write().expect("key cache lock");
         if cache.len() >= CACHE_MAX_ENTRIES {
             cache.clear();

@@ -11,22 +11,61 @@ pub mod rate_limit;
 
 pub use keys::{Authenticator, IssuedKey, KeyService, NewKeyRequest};
 
+use std::sync::Arc;
+
 use crate::domain::ClientId;
 use crate::domain::access::{Scope, Scopes};
 use crate::error::ApiError;
 
-/// Who is calling: the key's client and scopes.
+/// Who is calling: the key's client and scopes. Built once per key and shared (an `Arc`), so
+/// handing it to a request, a handler and the audit record copies nothing.
 #[derive(Clone, Debug)]
-pub struct Principal {
+pub struct Principal(Arc<Caller>);
+
+/// What a `Principal` knows about its key.
+#[derive(Debug)]
+pub struct Caller {
     /// `None` for the static `ANNALS_API_KEY`.
     pub key_id: Option<String>,
     pub key_name: String,
     pub client_id: ClientId,
     pub scopes: Scopes,
     pub rate_limit: Option<u32>,
+    /// The key's rate-limit bucket: `key:<key id>`, `key:static` for `ANNALS_API_KEY`.
+    pub rate_bucket: String,
+}
+
+impl std::ops::Deref for Principal {
+    type Target = Caller;
+    fn deref(&self) -> &Caller {
+        &self.0
+    }
 }
 
 impl Principal {
+    pub fn new(
+        key_id: Option<String>,
+        key_name: String,
+        client_id: ClientId,
+        scopes: Scopes,
+        rate_limit: Option<u32>,
+    ) -> Self {
+        let rate_bucket = format!("key:{}", key_id.as_deref().unwrap_or("static"));
+        Self(Arc::new(Caller {
+            key_id,
+            key_name,
+            client_id,
+            scopes,
+            rate_limit,
+            rate_bucket,
+        }))
+    }
+
+    /// The key id as security events name it (`static` for `ANNALS_API_KEY`).
+    pub fn key_label(&self) -> &str {
+        self.key_id.as_deref().unwrap_or("static")
+    }
+
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.scopes.allows(scope) {
             Ok(())

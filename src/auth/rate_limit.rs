@@ -88,11 +88,21 @@ impl RateLimiter for MemoryRateLimiter {
         let now = now_ms();
         let window = now / WINDOW_MS;
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        if buckets.len() >= MEMORY_MAX_BUCKETS && !buckets.contains_key(bucket) {
-            // Forget buckets idle for more than a window; they count nothing any more.
-            buckets.retain(|_, (w, _, _)| *w + 1 >= window);
+        // Looked up by `&str` first: only a new bucket costs an allocation.
+        if !buckets.contains_key(bucket) {
+            if !count {
+                // A look that counts nothing leaves no bucket behind.
+                return decide(limit, now, 0, 0);
+            }
+            if buckets.len() >= MEMORY_MAX_BUCKETS {
+                // Forget buckets idle for more than a window; they count nothing any more.
+                buckets.retain(|_, (w, _, _)| *w + 1 >= window);
+            }
+            buckets.insert(bucket.to_string(), (window, 0, 0));
         }
-        let entry = buckets.entry(bucket.to_string()).or_insert((window, 0, 0));
+        let Some(entry) = buckets.get_mut(bucket) else {
+            unreachable!("the bucket was just found or inserted")
+        };
         if entry.0 != window {
             let previous = if entry.0 + 1 == window { entry.1 } else { 0 };
             *entry = (window, 0, previous);
@@ -212,5 +222,14 @@ mod tests {
             limiter.check("other", 3, true).await.allowed,
             "buckets are separate"
         );
+        let peeked = limiter.check("peeked", 3, false).await;
+        assert!(peeked.allowed);
+        assert_eq!(
+            peeked.remaining, 2,
+            "a fresh bucket's peek sees the whole limit"
+        );
+        let buckets = limiter.buckets.lock().unwrap();
+        assert!(!buckets.contains_key("peeked"), "a peek leaves no bucket");
+        assert_eq!(buckets.len(), 2);
     }
 }

@@ -30,14 +30,15 @@ pub const SPEC_VERSION: &str = "1.0";
 /// Extension names may be longer than the spec's recommended 20 characters, but not unbounded.
 const MAX_EXTENSION_NAME: usize = 64;
 
-/// The essence of a media type: `type/subtype`, lower-case, without parameters.
-pub fn media_essence(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+/// The essence of a media type: `type/subtype`, lower-case, without parameters. Borrowed
+/// when the type is already lower-case (nearly always: it is read for every ingested event).
+pub fn media_essence(content_type: &str) -> std::borrow::Cow<'_, str> {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(essence.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(essence)
+    }
 }
 
 /// Is `content_type` (a media type, parameters allowed) JSON, so `data` is a JSON value?
@@ -56,7 +57,7 @@ fn is_text_media_type(content_type: &str) -> bool {
     essence.starts_with("text/")
         || essence.ends_with("+xml")
         || matches!(
-            essence.as_str(),
+            essence.as_ref(),
             "application/xml" | "application/javascript" | "application/x-www-form-urlencoded"
         )
 }

@@ -4,7 +4,8 @@
 //! Invariants of a `NewEvent`: `data` and `headers` are serialized JSON objects whose combined
 //! size is within the configured limit; `headers` never holds a name the server sets itself;
 //! `content_hash` is the SHA-256 of the request object as the client sent it (after the
-//! `payload` → `data` alias, before any server default), which is what idempotency compares.
+//! `payload` → `data` alias, before any server default), which is what idempotency compares;
+//! an envelope without `event_id` has no idempotency key, so its hash is left all zeros.
 
 use std::net::IpAddr;
 
@@ -89,6 +90,7 @@ pub struct NewEvent {
     pub partition_key: Option<String>,
     /// The wire format it came in (read-back shape).
     pub format: EventFormat,
+    /// Compared only between events with the same idempotency key (see the module's invariants).
     pub content_hash: [u8; 32],
 }
 
@@ -138,7 +140,12 @@ pub fn parse_event(
             map.insert(String::from("data"), payload);
         }
     }
-    let content_hash = hash_json(&map);
+    // Only an event with an idempotency key is ever compared by its hash.
+    let content_hash = if map.contains_key("event_id") {
+        hash_json(&map)
+    } else {
+        [0; 32]
+    };
 
     let mut event_type = None;
     let mut user_id = None;
@@ -226,8 +233,9 @@ pub fn parse_event(
     limits.mask.mask(&mut data);
     limits.mask.mask(&mut headers);
     let ip_address = ip_address.map(|ip| limits.mask.ip(ip));
-    let data_text = data.to_string();
-    let headers_text = headers.to_string();
+    // Straight into a buffer: `Display` would pass every piece through a `fmt::Formatter`.
+    let data_text = serde_json::to_string(&data).expect("a JSON value always serializes");
+    let headers_text = serde_json::to_string(&headers).expect("a JSON value always serializes");
     if data_text.len() + headers_text.len() > limits.max_event_bytes {
         return Err(Rejected {
             errors: vec![FieldError::new(
@@ -370,12 +378,20 @@ mod tests {
 
     #[test]
     fn payload_is_an_alias_of_data_and_hashes_the_same() {
-        let a = parse(json!({"event_type": "t", "payload": {"x": 1}})).unwrap();
-        let b = parse(json!({"event_type": "t", "data": {"x": 1}})).unwrap();
+        let a = parse(json!({"event_type": "t", "event_id": "e", "payload": {"x": 1}})).unwrap();
+        let b = parse(json!({"event_type": "t", "event_id": "e", "data": {"x": 1}})).unwrap();
         assert_eq!(a.data, r#"{"x":1}"#);
         assert_eq!(a.content_hash, b.content_hash);
-        let c = parse(json!({"event_type": "t", "data": {"x": 2}})).unwrap();
+        let c = parse(json!({"event_type": "t", "event_id": "e", "data": {"x": 2}})).unwrap();
         assert_ne!(a.content_hash, c.content_hash);
+    }
+
+    #[test]
+    fn only_an_event_with_an_idempotency_key_is_hashed() {
+        let keyed = parse(json!({"event_type": "t", "event_id": "e"})).unwrap();
+        assert_ne!(keyed.content_hash, [0; 32]);
+        let unkeyed = parse(json!({"event_type": "t", "data": {"x": 1}})).unwrap();
+        assert_eq!(unkeyed.content_hash, [0; 32]);
     }
 
     #[test]
