@@ -39,7 +39,7 @@ impl MaskPolicy {
         match value {
             Value::Object(map) => {
                 for (key, inner) in map.iter_mut() {
-                    if self.fields.contains(&key.to_lowercase()) {
+                    if self.is_masked(key) {
                         *inner = Value::String(String::from(MASKED));
                     } else {
                         self.mask(inner);
@@ -48,6 +48,16 @@ impl MaskPolicy {
             }
             Value::Array(items) => items.iter_mut().for_each(|item| self.mask(item)),
             _ => {}
+        }
+    }
+
+    /// Is `key` a masked name? Lower-cased only if it needs it: it runs on every key of every
+    /// ingested event.
+    fn is_masked(&self, key: &str) -> bool {
+        if key.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+            self.fields.contains(key)
+        } else {
+            self.fields.contains(&key.to_lowercase())
         }
     }
 

@@ -10,13 +10,14 @@
 //! Seed-000 ApiEvents are exempt: their types are the seed's fixed REQUEST/RESPONSE/ERROR.
 
 /// Irregular past participles accepted as the last segment (English verbs whose past
-/// participle does not end in `ed`, plus their common prefixed forms).
+/// participle does not end in `ed`, plus their common prefixed forms). Sorted: it is
+/// binary-searched for every ingested event.
 pub const IRREGULAR_PAST: &[&str] = &[
     "arisen",
     "awoken",
-    "been",
     "beaten",
     "become",
+    "been",
     "begun",
     "bent",
     "bet",
@@ -114,8 +115,8 @@ pub const IRREGULAR_PAST: &[&str] = &[
     "repaid",
     "reread",
     "rerun",
-    "reset",
     "resent",
+    "reset",
     "retaken",
     "rewound",
     "rewritten",
@@ -158,8 +159,8 @@ pub const IRREGULAR_PAST: &[&str] = &[
     "sung",
     "sunk",
     "swept",
-    "sworn",
     "swollen",
+    "sworn",
     "swum",
     "swung",
     "taken",
@@ -168,19 +169,19 @@ pub const IRREGULAR_PAST: &[&str] = &[
     "thrown",
     "told",
     "torn",
+    "unbound",
     "undergone",
     "understood",
     "undertaken",
     "undone",
-    "unbound",
     "unset",
     "unwound",
     "upheld",
     "upset",
     "withdrawn",
     "withheld",
-    "won",
     "woken",
+    "won",
     "worn",
     "wound",
     "woven",
@@ -252,7 +253,7 @@ pub fn convention_problem(event_type: &str) -> Option<String> {
     }
     let last = event_type.rsplit('.').next().unwrap_or(event_type);
     let verb = last.rsplit('_').next().unwrap_or(last);
-    if verb.ends_with("ed") || IRREGULAR_PAST.contains(&verb) {
+    if verb.ends_with("ed") || IRREGULAR_PAST.binary_search(&verb).is_ok() {
         None
     } else {
         Some(format!(
@@ -264,6 +265,11 @@ pub fn convention_problem(event_type: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_irregular_verbs_are_sorted_for_binary_search() {
+        assert!(IRREGULAR_PAST.is_sorted_by(|a, b| a < b));
+    }
 
     #[test]
     fn the_seed_examples_follow_the_convention() {
