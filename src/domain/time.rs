@@ -9,8 +9,14 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 pub struct Timestamp(i64);
 
 impl Timestamp {
+    /// The clock read straight as microseconds (every request takes one for its audit record):
+    /// `chrono::Utc::now()` would build a calendar date and take it apart again.
     pub fn now() -> Self {
-        Self(Utc::now().timestamp_micros())
+        use std::time::{SystemTime, UNIX_EPOCH};
+        Self(match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(since) => since.as_micros() as i64,
+            Err(before) => -(before.duration().as_micros() as i64),
+        })
     }
 
     pub fn from_micros(micros: i64) -> Self {
@@ -88,6 +94,17 @@ pub fn truncate_for_message(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn now_agrees_with_chrono() {
+        let before = Utc::now().timestamp_micros();
+        let now = Timestamp::now().as_micros();
+        let after = Utc::now().timestamp_micros();
+        assert!(
+            (before..=after).contains(&now),
+            "{before} <= {now} <= {after}"
+        );
+    }
 
     #[test]
     fn round_trips_with_offsets_and_fractions() {
