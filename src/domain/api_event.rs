@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::StoredEvent;
-use super::envelope::{EnvelopeRules, FieldError, NewEvent, Rejected, hash_json, json_kind};
+use super::envelope::{EnvelopeRules, FieldError, NewEvent, Rejected, content_hash, json_kind};
 use super::format::EventFormat;
 use super::names::{ClientId, EventType};
 use super::time::Timestamp;
@@ -223,7 +223,8 @@ pub fn parse_api_event(
     // The server's timestamps replace the client's; they take no part in idempotency.
     obj.remove("created_at");
     obj.remove("updated_at");
-    let content_hash = hash_json(&obj);
+    // A client `id` is the idempotency key.
+    let content_hash = content_hash(&obj, "id");
     let mut check = Checker { errors: Vec::new() };
 
     for name in obj.keys() {

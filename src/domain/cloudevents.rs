@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::StoredEvent;
 use super::envelope::{
-    EnvelopeRules, FieldError, MAX_ID_LEN, MAX_SUBJECT_LEN, NewEvent, Rejected, hash_json,
+    EnvelopeRules, FieldError, MAX_ID_LEN, MAX_SUBJECT_LEN, NewEvent, Rejected, content_hash,
     json_kind, string,
 };
 use super::format::EventFormat;
@@ -132,7 +132,7 @@ pub fn parse_structured(
             too_large: false,
         });
     };
-    let content_hash = hash_json(&map);
+    let content_hash = content_hash(&map, "id");
     let mut errors = Vec::new();
     let mut event_type = None;
     let mut event_id = None;

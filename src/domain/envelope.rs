@@ -5,7 +5,8 @@
 //! size is within the configured limit; `headers` never holds a name the server sets itself;
 //! `content_hash` is the SHA-256 of the request object as the client sent it (after the
 //! `payload` → `data` alias, before any server default), which is what idempotency compares;
-//! an envelope without `event_id` has no idempotency key, so its hash is left all zeros.
+//! an event without an idempotency key is never compared, so its hash is left all zeros
+//! (`content_hash`, shared by every wire format).
 
 use std::net::IpAddr;
 
@@ -140,12 +141,7 @@ pub fn parse_event(
             map.insert(String::from("data"), payload);
         }
     }
-    // Only an event with an idempotency key is ever compared by its hash.
-    let content_hash = if map.contains_key("event_id") {
-        hash_json(&map)
-    } else {
-        [0; 32]
-    };
+    let content_hash = content_hash(&map, "event_id");
 
     let mut event_type = None;
     let mut user_id = None;
@@ -278,9 +274,20 @@ pub fn parse_event(
     }
 }
 
+/// The hash idempotency compares (see the module's invariants): `hash_json` of the request
+/// object when it carries its format's idempotency key `key_field`, else all zeros, since an
+/// event without a key is never compared. Every wire format's parser takes it from here.
+pub(crate) fn content_hash(map: &Map<String, Value>, key_field: &str) -> [u8; 32] {
+    if map.contains_key(key_field) {
+        hash_json(map)
+    } else {
+        [0; 32]
+    }
+}
+
 /// SHA-256 of the canonical serialization (keys sorted: `serde_json::Map` is a B-tree), streamed
 /// into the hasher without building the text.
-pub(crate) fn hash_json(map: &Map<String, Value>) -> [u8; 32] {
+fn hash_json(map: &Map<String, Value>) -> [u8; 32] {
     struct HashWriter(Sha256);
     impl std::io::Write for HashWriter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
