@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+
+use crate::domain::Timestamp;
 
 const WINDOW_MS: u64 = 60_000;
 
@@ -62,10 +63,7 @@ pub fn decide(limit: u32, now_ms: u64, current: u64, previous: u64) -> Decision 
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    u64::try_from(Timestamp::now().as_micros() / 1000).unwrap_or(0)
 }
 
 #[async_trait]
@@ -88,31 +86,38 @@ impl RateLimiter for MemoryRateLimiter {
         let now = now_ms();
         let window = now / WINDOW_MS;
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        // Looked up by `&str` first: only a new bucket costs an allocation.
-        if !buckets.contains_key(bucket) {
-            if !count {
-                // A look that counts nothing leaves no bucket behind.
-                return decide(limit, now, 0, 0);
-            }
-            if buckets.len() >= MEMORY_MAX_BUCKETS {
-                // Forget buckets idle for more than a window; they count nothing any more.
-                buckets.retain(|_, (w, _, _)| *w + 1 >= window);
-            }
-            buckets.insert(bucket.to_string(), (window, 0, 0));
+        // Looked up by `&str`: only a new bucket costs an allocation.
+        if let Some(counts) = buckets.get_mut(bucket) {
+            return counted(counts, limit, now, count);
         }
-        let Some(entry) = buckets.get_mut(bucket) else {
-            unreachable!("the bucket was just found or inserted")
-        };
-        if entry.0 != window {
-            let previous = if entry.0 + 1 == window { entry.1 } else { 0 };
-            *entry = (window, 0, previous);
+        if !count {
+            // A look that counts nothing leaves no bucket behind.
+            return decide(limit, now, 0, 0);
         }
-        let decision = decide(limit, now, entry.1, entry.2);
-        if decision.allowed && count {
-            entry.1 += 1;
+        if buckets.len() >= MEMORY_MAX_BUCKETS {
+            // Forget buckets idle for more than a window; they count nothing any more.
+            buckets.retain(|_, (w, _, _)| *w + 1 >= window);
         }
+        let mut counts = (window, 0, 0);
+        let decision = counted(&mut counts, limit, now, count);
+        buckets.insert(bucket.to_string(), counts);
         decision
     }
+}
+
+/// Decides for one bucket's `(window index, current, previous)` counts, moving them to the
+/// current window first, and counts the request if it is allowed and `count` says so.
+fn counted(counts: &mut (u64, u64, u64), limit: u32, now: u64, count: bool) -> Decision {
+    let window = now / WINDOW_MS;
+    if counts.0 != window {
+        let previous = if counts.0 + 1 == window { counts.1 } else { 0 };
+        *counts = (window, 0, previous);
+    }
+    let decision = decide(limit, now, counts.1, counts.2);
+    if decision.allowed && count {
+        counts.1 += 1;
+    }
+    decision
 }
 
 /// Counters in Redis, shared by every node: `annals:rl:<bucket>:<window>`, expiring after two
