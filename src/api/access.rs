@@ -5,9 +5,7 @@
 //! `audit::security`): invalid keys, scope denials, floods from one address, keys hammering
 //! their limit.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,7 +13,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::audit::AuditIdentity;
-use super::extract::presented_key;
+use super::extract::{client_ip, presented_key};
 use crate::audit::security::Incident;
 use crate::auth::Principal;
 use crate::auth::rate_limit::Decision;
@@ -59,11 +57,7 @@ struct Origin {
 impl Origin {
     fn of(request: &Request) -> Self {
         Self {
-            ip: request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string())
-                .unwrap_or_default(),
+            ip: client_ip(request).unwrap_or_default(),
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
             method: request.method().clone(),
             uri: request.uri().clone(),

@@ -1,22 +1,21 @@
-//! The audit middleware (every request becomes an audit record, rejected ones included) and
+//! The audit layer (every request becomes an audit record, rejected ones included) and
 //! `GET /v1/audit/logs` (a client sees its own records, admin all; reading is itself audited).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
-use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, RawQuery, Request, State};
+use axum::extract::{MatchedPath, OriginalUri, RawQuery, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower::{Layer, Service};
 
 use super::AppState;
-use super::extract::Auth;
+use super::extract::{Auth, client_ip};
 use super::query_params::{paged_json, parse_id_listing, parse_pairs};
 use crate::audit::bodies::{self, TeeBody};
 use crate::auth::Principal;
@@ -176,10 +175,7 @@ impl Pending {
                 .extensions()
                 .get::<MatchedPath>()
                 .map(|m| m.as_str().to_string()),
-            ip: request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
+            ip: client_ip(request),
             user_agent: header_text(request, header::USER_AGENT),
             request_id: header_text(request, header::HeaderName::from_static("x-request-id")),
         }

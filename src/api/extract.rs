@@ -1,8 +1,10 @@
 //! Request extraction shared by the handlers: the calling key (`Auth`) and JSON bodies read
 //! within the size, depth and content-type rules, each failure a JSON `ApiError`.
 
+use std::net::SocketAddr;
+
 use axum::body::Body;
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::{HeaderMap, header, request::Parts};
 use serde_json::Value;
 
@@ -14,6 +16,14 @@ use crate::error::ApiError;
 /// The authenticated caller, as found by the access middleware (which runs before the handler,
 /// so unauthenticated requests never have their bodies read).
 pub struct Auth(pub Principal);
+
+/// The caller's address as text (the socket's peer), if the server recorded it.
+pub fn client_ip(request: &Request) -> Option<String> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+}
 
 /// The key text a request presents: `X-API-Key`, else `Authorization: Bearer`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
