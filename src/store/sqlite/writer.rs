@@ -69,6 +69,8 @@ pub(super) fn run(
     commits: broadcast::Sender<CommittedRange>,
     wal_restart: WalRestart,
 ) {
+    // The group's statements (one `INSERT` per `ROW_CHUNKS` size among them) stay prepared.
+    conn.set_prepared_statement_cache_capacity(64);
     let mut last_seq = match load_last_seq(&conn) {
         Ok(seq) => seq,
         Err(e) => {
@@ -178,9 +180,11 @@ fn commit_group(
     let grouped = in_write_transaction(conn, |conn| {
         let mut statements = AppendStatements::prepare(conn)?;
         let mut outcomes = Vec::with_capacity(appends.len());
+        let mut rows = Vec::new();
         for append in &appends {
-            outcomes.push(statements.apply(&append.events, &mut seq, received_at, &mut entries)?);
+            outcomes.push(statements.apply(&append.events, &mut seq, &mut rows, &mut entries)?);
         }
+        insert_events(conn, &rows, received_at)?;
         conn.prepare_cached("UPDATE event_sequence SET last_seq = ?1 WHERE id = 1")?
             .execute([seq])?;
         let events = (seq - *last_seq) as usize;
@@ -250,8 +254,103 @@ fn is_storage_failure(e: &anyhow::Error) -> bool {
 /// append (each lookup hashes the whole SQL text).
 struct AppendStatements<'conn> {
     lookup_key: rusqlite::CachedStatement<'conn>,
-    insert_event: rusqlite::CachedStatement<'conn>,
     insert_key: rusqlite::CachedStatement<'conn>,
+}
+
+/// An event given its `seq` and `id`, waiting for the group's `INSERT`s (`insert_events`).
+struct EventRow<'a> {
+    event: &'a NewEvent,
+    seq: i64,
+    id: Uuid,
+}
+
+/// Columns of `events` an `EventRow` fills, in `insert_events_sql` order.
+const EVENT_COLUMNS: usize = 17;
+/// Rows per multi-row `INSERT`, largest first. Within one statement SQLite keeps its cursor on
+/// each index; a key that sorts after the index's last entry (a new `seq`, a UUIDv7 `id`, a
+/// recent time) is then placed without a descent from the root, which one `INSERT` per event
+/// pays for every index.
+const ROW_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+
+/// `INSERT INTO events … VALUES (…), (…)` for `rows` rows, one text per `ROW_CHUNKS` size.
+fn insert_events_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        ROW_CHUNKS
+            .iter()
+            .map(|&n| {
+                let values: Vec<String> = (0..n)
+                    .map(|row| {
+                        let params: Vec<String> = (1..=EVENT_COLUMNS)
+                            .map(|c| format!("?{}", row * EVENT_COLUMNS + c))
+                            .collect();
+                        format!("({})", params.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
+                     correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers, format) \
+                     VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    let at = ROW_CHUNKS
+        .iter()
+        .position(|&n| n == rows)
+        .expect("a ROW_CHUNKS size");
+    &SQL[at]
+}
+
+/// Inserts the group's events in as few statements as `ROW_CHUNKS` allows.
+fn insert_events(
+    conn: &Connection,
+    rows: &[EventRow<'_>],
+    received_at: Timestamp,
+) -> rusqlite::Result<()> {
+    let mut rest = rows;
+    for &size in &ROW_CHUNKS {
+        while rest.len() >= size {
+            let (chunk, tail) = rest.split_at(size);
+            let mut insert = conn.prepare_cached(insert_events_sql(size))?;
+            for (n, row) in chunk.iter().enumerate() {
+                row.bind(&mut insert, n * EVENT_COLUMNS, received_at)?;
+            }
+            insert.raw_execute()?;
+            rest = tail;
+        }
+    }
+    Ok(())
+}
+
+impl EventRow<'_> {
+    /// Binds this row's columns after the first `offset` parameters.
+    fn bind(
+        &self,
+        insert: &mut rusqlite::Statement<'_>,
+        offset: usize,
+        received_at: Timestamp,
+    ) -> rusqlite::Result<()> {
+        let e = self.event;
+        let occurred_at = e.occurred_at.unwrap_or(received_at);
+        insert.raw_bind_parameter(offset + 1, self.seq)?;
+        insert.raw_bind_parameter(offset + 2, self.id.as_bytes().as_slice())?;
+        insert.raw_bind_parameter(offset + 3, e.client_id.as_str())?;
+        insert.raw_bind_parameter(offset + 4, e.event_type.as_str())?;
+        insert.raw_bind_parameter(offset + 5, &e.user_id)?;
+        insert.raw_bind_parameter(offset + 6, &e.event_id)?;
+        insert.raw_bind_parameter(offset + 7, &e.source)?;
+        insert.raw_bind_parameter(offset + 8, &e.subject)?;
+        insert.raw_bind_parameter(offset + 9, &e.correlation_id)?;
+        insert.raw_bind_parameter(offset + 10, &e.status)?;
+        insert.raw_bind_parameter(offset + 11, e.ip_address.map(|ip| ip.to_string()))?;
+        insert.raw_bind_parameter(offset + 12, &e.partition_key)?;
+        insert.raw_bind_parameter(offset + 13, occurred_at.as_micros())?;
+        insert.raw_bind_parameter(offset + 14, received_at.as_micros())?;
+        insert.raw_bind_parameter(offset + 15, &e.data)?;
+        insert.raw_bind_parameter(offset + 16, &e.headers)?;
+        insert.raw_bind_parameter(offset + 17, e.format.code())
+    }
 }
 
 impl<'conn> AppendStatements<'conn> {
@@ -261,11 +360,6 @@ impl<'conn> AppendStatements<'conn> {
                 "SELECT event_uuid, content_hash FROM idempotency_keys \
                  WHERE client_id = ?1 AND source = ?2 AND event_id = ?3",
             )?,
-            insert_event: tx.prepare_cached(
-                "INSERT INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
-                 correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers, format) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-            )?,
             insert_key: tx.prepare_cached(
                 "INSERT INTO idempotency_keys (client_id, source, event_id, event_uuid, event_seq, content_hash) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -273,12 +367,15 @@ impl<'conn> AppendStatements<'conn> {
         })
     }
 
-    /// Stores one append's events (inside the group's transaction), or reports its conflicts.
-    fn apply(
+    /// Plans one append's events (inside the group's transaction): new ones get their `seq`
+    /// and `id` and join `rows` (inserted for the whole group by `insert_events`), their
+    /// idempotency keys are stored at once so later appends of the group see them; or reports
+    /// the append's conflicts and stores nothing.
+    fn apply<'a>(
         &mut self,
-        events: &[NewEvent],
+        events: &'a [NewEvent],
         seq: &mut i64,
-        received_at: Timestamp,
+        rows: &mut Vec<EventRow<'a>>,
         user_entries: &mut Vec<Entry>,
     ) -> anyhow::Result<AppendOutcome> {
         let mut stored = HashMap::new();
@@ -312,26 +409,11 @@ impl<'conn> AppendStatements<'conn> {
                 None => {
                     *seq += 1;
                     let id = Uuid::now_v7();
-                    let occurred_at = event.occurred_at.unwrap_or(received_at);
-                    self.insert_event.execute(params![
-                        *seq,
-                        id.as_bytes().as_slice(),
-                        event.client_id.as_str(),
-                        event.event_type.as_str(),
-                        event.user_id,
-                        event.event_id,
-                        event.source,
-                        event.subject,
-                        event.correlation_id,
-                        event.status,
-                        event.ip_address.map(|ip| ip.to_string()),
-                        event.partition_key,
-                        occurred_at.as_micros(),
-                        received_at.as_micros(),
-                        event.data,
-                        event.headers,
-                        event.format.code(),
-                    ])?;
+                    rows.push(EventRow {
+                        event,
+                        seq: *seq,
+                        id,
+                    });
                     if let Some(user) = &event.user_id {
                         user_entries.push(Entry::new(event.client_id.as_str(), user, *seq));
                     }
@@ -373,6 +455,121 @@ mod tests {
             .try_submit(WriterCommand::Append { events, reply }, 100)
             .unwrap_or_else(|_| panic!("queue refused"));
         answer.blocking_recv().unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_group_is_inserted_in_multi_row_statements_with_every_column_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let conn = super::super::open_and_migrate(&path, super::super::Synchronous::Full).unwrap();
+        let (queue, rx) = WriteQueue::new(512, 1 << 24);
+        // 100 one-event appends and one of three: 103 rows = 64 + 32 + 4 + 2 + 1, all one group.
+        let mut answers = Vec::new();
+        let mut submit = |events: Vec<NewEvent>| {
+            let (reply, answer) = oneshot::channel();
+            queue
+                .try_submit(WriterCommand::Append { events, reply }, 100)
+                .unwrap_or_else(|_| panic!("queue refused"));
+            answers.push(answer);
+        };
+        for n in 0..100 {
+            let mut event = test_event(serde_json::json!({
+                "event_type": format!("test.t{}.created", n % 7),
+                "user_id": format!("u{}", n % 5),
+                "event_id": format!("e{n}"),
+                "source": "s",
+                "subject": format!("sub{n}"),
+                "correlation_id": format!("c{n}"),
+                "status": "ok",
+                "occurred_at": "2026-01-02T03:04:05Z",
+                "data": {"n": n},
+                "headers": {"h": n},
+            }));
+            event.ip_address = Some(std::net::IpAddr::from([10, 0, 0, n as u8]));
+            event.partition_key = Some(format!("p{n}"));
+            submit(vec![event]);
+        }
+        submit(
+            (100..103)
+                .map(|n| {
+                    test_event(
+                        serde_json::json!({"event_type": "test.x.created", "data": {"n": n}}),
+                    )
+                })
+                .collect(),
+        );
+        let writer = std::thread::spawn(move || {
+            run(conn, rx, broadcast::channel(4).0, WalRestart::default())
+        });
+        let ids: Vec<Uuid> = answers
+            .into_iter()
+            .flat_map(|answer| match answer.blocking_recv().unwrap().unwrap() {
+                AppendOutcome::Stored(items) => items.into_iter().map(|i| i.id),
+                AppendOutcome::Conflict(c) => panic!("unexpected conflict {c:?}"),
+            })
+            .collect();
+        drop(queue);
+        writer.join().unwrap();
+
+        let check = Connection::open(&path).unwrap();
+        let mut rows = check
+            .prepare(
+                "SELECT seq, id, client_id, event_type, user_id, event_id, source, subject, \
+                 correlation_id, status, ip_address, partition_key, occurred_at, data, headers \
+                 FROM events ORDER BY seq",
+            )
+            .unwrap();
+        let rows: Vec<Vec<rusqlite::types::Value>> = rows
+            .query_map([], |r| (0..15).map(|i| r.get(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.len(), 103);
+        use rusqlite::types::Value::{Blob, Integer, Null, Text};
+        let text = |s: String| Text(s);
+        for (n, row) in rows.iter().enumerate() {
+            assert_eq!(
+                row[0],
+                Integer(n as i64 + 1),
+                "gapless seq in submission order"
+            );
+            assert_eq!(
+                row[1],
+                Blob(ids[n].as_bytes().to_vec()),
+                "the id the append was given"
+            );
+            assert_eq!(row[13], text(format!("{{\"n\":{n}}}")));
+        }
+        let n = 42;
+        assert_eq!(
+            rows[n][2..13],
+            [
+                text("c".into()),
+                text(format!("test.t{}.created", n % 7)),
+                text(format!("u{}", n % 5)),
+                text(format!("e{n}")),
+                text("s".into()),
+                text(format!("sub{n}")),
+                text(format!("c{n}")),
+                text("ok".into()),
+                text(format!("10.0.0.{n}")),
+                text(format!("p{n}")),
+                Integer(
+                    Timestamp::parse_rfc3339("2026-01-02T03:04:05Z")
+                        .unwrap()
+                        .as_micros()
+                ),
+            ]
+        );
+        assert_eq!(rows[n][14], text(format!("{{\"h\":{n}}}")));
+        assert_eq!(
+            rows[101][4..12],
+            [Null, Null, Null, Null, Null, Null, Null, Null]
+        );
+        let keys: i64 = check
+            .query_row("SELECT count(*) FROM idempotency_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(keys, 100);
     }
 
     #[test]
