@@ -1,15 +1,19 @@
-//! The access middleware in front of every authenticated route: per-IP refusal after repeated
+//! The access layer in front of every authenticated route: per-IP refusal after repeated
 //! failed logins, key authentication, and the per-key rate limit with its `RateLimit-*` headers
 //! (on every answer, refused or not). The `Principal` it finds is handed to handlers through the
 //! request extensions (`extract::Auth`). Failures become security events (aggregated, see
 //! `audit::security`): invalid keys, scope denials, floods from one address, keys hammering
 //! their limit.
 
-use axum::extract::{Request, State};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tower::{Layer, Service};
 
 use super::AppState;
 use super::audit::AuditIdentity;
@@ -90,111 +94,303 @@ impl Origin {
     }
 }
 
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let origin = Origin::of(&request);
+/// The access layer in front of every authenticated route. Hand-written rather than `from_fn`,
+/// which boxed every request's future and cloned the route behind it: when the key is the
+/// static one or cached and the per-key limiter is in this process, the whole check is made in
+/// `call` and the route's own future is returned, wrapped but not boxed. Only a check that has
+/// to wait (a key read from the store, counters in Redis) runs in a boxed future.
+#[derive(Clone)]
+pub struct AccessLayer {
+    state: AppState,
+}
+
+impl AccessLayer {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for AccessLayer {
+    type Service = Access<S>;
+
+    fn layer(&self, inner: S) -> Access<S> {
+        Access {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// A route behind the access layer.
+#[derive(Clone)]
+pub struct Access<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> Service<Request> for Access<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = AccessFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let state = &self.state;
+        let origin = Origin::of(&request);
+        if let Some(refused) = refuse_flood(state, &origin) {
+            return AccessFuture::answered(refused);
+        }
+        let principal = match state
+            .auth
+            .authenticate_now(presented_key(request.headers()))
+        {
+            Some(Ok(principal)) => principal,
+            Some(Err(error)) => return AccessFuture::answered(refuse_key(state, &origin, error)),
+            None => return self.wait(origin, request, None),
+        };
+        let decision = match limit_for(&principal, state.access.default_rate_limit) {
+            None => None,
+            Some(limit) => {
+                let bucket = &principal.rate_bucket;
+                match state.access.limiter.check_now(bucket, limit, true) {
+                    Some(d) => match within_limit(state, &origin, &principal, limit, d) {
+                        Ok(d) => Some(d),
+                        Err(refused) => return AccessFuture::answered(refused),
+                    },
+                    None => return self.wait(origin, request, Some(principal)),
+                }
+            }
+        };
+        request.extensions_mut().insert(principal.clone());
+        AccessFuture::Admitted {
+            inner: self.inner.call(request),
+            admitted: Some(Admitted {
+                state: state.clone(),
+                origin,
+                principal,
+                decision,
+            }),
+        }
+    }
+}
+
+impl<S> Access<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// The same check as `call`, for when it has to wait: `known` is the caller when the key
+    /// has been verified already. The route that was made ready goes with the future; this
+    /// service keeps a clone.
+    fn wait(
+        &mut self,
+        origin: Origin,
+        mut request: Request,
+        known: Option<Principal>,
+    ) -> AccessFuture<S::Future> {
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let state = self.state.clone();
+        AccessFuture::Waiting {
+            future: Box::pin(async move {
+                let principal = match known {
+                    Some(principal) => principal,
+                    None => match state
+                        .auth
+                        .authenticate(presented_key(request.headers()))
+                        .await
+                    {
+                        Ok(principal) => principal,
+                        Err(error) => return Ok(refuse_key(&state, &origin, error)),
+                    },
+                };
+                let decision = match limit_for(&principal, state.access.default_rate_limit) {
+                    None => None,
+                    Some(limit) => {
+                        let bucket = &principal.rate_bucket;
+                        let d = state.access.limiter.check(bucket, limit, true).await;
+                        match within_limit(&state, &origin, &principal, limit, d) {
+                            Ok(d) => Some(d),
+                            Err(refused) => return Ok(refused),
+                        }
+                    }
+                };
+                request.extensions_mut().insert(principal.clone());
+                let Ok(mut response) = inner.call(request).await;
+                Admitted {
+                    state,
+                    origin,
+                    principal,
+                    decision,
+                }
+                .finish(&mut response);
+                Ok(response)
+            }),
+        }
+    }
+}
+
+/// Floods of bad keys from one address are refused before any lookup.
+fn refuse_flood(state: &AppState, origin: &Origin) -> Option<Response> {
     // The failure limiter is this node's own, so its buckets are the addresses themselves.
-    let failures = &origin.ip;
-    let per_ip = state.access.failed_auth_per_minute;
-    // Floods of bad keys are refused before any lookup.
-    let peek = state
-        .access
-        .failure_limiter
-        .check(failures, per_ip, false)
-        .await;
-    if !peek.allowed {
-        state.security.record(origin.incident(
-            SecurityEventType::SuspiciousActivity,
-            Severity::High,
-            "repeated-failed-authentication",
-            None,
+    let peek = state.access.failure_limiter.check_local(
+        &origin.ip,
+        state.access.failed_auth_per_minute,
+        false,
+    );
+    if peek.allowed {
+        return None;
+    }
+    state.security.record(origin.incident(
+        SecurityEventType::SuspiciousActivity,
+        Severity::High,
+        "repeated-failed-authentication",
+        None,
+        true,
+        "repeated failed authentication from one address",
+    ));
+    Some(too_many(
+        format!(
+            "too many failed authentications from this address; retry after {} s",
+            peek.retry_after_secs
+        ),
+        &peek,
+    ))
+}
+
+/// The answer to a key that did not authenticate; a wrong or missing key counts against its
+/// address.
+fn refuse_key(state: &AppState, origin: &Origin, error: ApiError) -> Response {
+    if error.status == StatusCode::UNAUTHORIZED {
+        state.access.failure_limiter.check_local(
+            &origin.ip,
+            state.access.failed_auth_per_minute,
             true,
-            "repeated failed authentication from one address",
-        ));
-        return too_many(
-            format!(
-                "too many failed authentications from this address; retry after {} s",
-                peek.retry_after_secs
-            ),
-            &peek,
         );
-    }
-    let principal = match state
-        .auth
-        .authenticate(presented_key(request.headers()))
-        .await
-    {
-        Ok(p) => p,
-        Err(error) => {
-            if error.status == StatusCode::UNAUTHORIZED {
-                state
-                    .access
-                    .failure_limiter
-                    .check(failures, per_ip, true)
-                    .await;
-                state.security.record(origin.incident(
-                    SecurityEventType::FailedLogin,
-                    Severity::Medium,
-                    "invalid-key",
-                    None,
-                    false,
-                    &error.message,
-                ));
-            }
-            return error.into_response();
-        }
-    };
-    let identity = AuditIdentity(principal.clone());
-    let key_id = principal.key_label();
-    let decision = match limit_for(&principal, state.access.default_rate_limit) {
-        Some(limit) => {
-            let d = state
-                .access
-                .limiter
-                .check(&principal.rate_bucket, limit, true)
-                .await;
-            if !d.allowed {
-                state.security.record(origin.incident(
-                    SecurityEventType::SuspiciousActivity,
-                    Severity::Medium,
-                    key_id,
-                    Some(key_id),
-                    false,
-                    "key over its rate limit",
-                ));
-                let mut response = too_many(
-                    format!(
-                        "rate limit of {limit} requests per minute exceeded; retry after {} s",
-                        d.retry_after_secs
-                    ),
-                    &d,
-                );
-                response.extensions_mut().insert(identity);
-                return response;
-            }
-            Some(d)
-        }
-        None => None,
-    };
-    request.extensions_mut().insert(principal.clone());
-    let mut response = next.run(request).await;
-    if response.status() == StatusCode::FORBIDDEN {
-        let key_id = principal.key_label();
         state.security.record(origin.incident(
-            SecurityEventType::PermissionDenied,
+            SecurityEventType::FailedLogin,
             Severity::Medium,
-            key_id,
-            Some(key_id),
+            "invalid-key",
+            None,
             false,
-            "the key lacks the scope or tenancy for this request",
+            &error.message,
         ));
     }
-    if let Some(d) = decision {
-        set_rate_headers(response.headers_mut(), &d);
+    error.into_response()
+}
+
+/// `d` for a request under its key's limit, or the 429 for one over it.
+fn within_limit(
+    state: &AppState,
+    origin: &Origin,
+    principal: &Principal,
+    limit: u32,
+    d: Decision,
+) -> Result<Decision, Response> {
+    if d.allowed {
+        return Ok(d);
     }
-    response.extensions_mut().insert(identity);
+    let key_id = principal.key_label();
+    state.security.record(origin.incident(
+        SecurityEventType::SuspiciousActivity,
+        Severity::Medium,
+        key_id,
+        Some(key_id),
+        false,
+        "key over its rate limit",
+    ));
+    let mut response = too_many(
+        format!(
+            "rate limit of {limit} requests per minute exceeded; retry after {} s",
+            d.retry_after_secs
+        ),
+        &d,
+    );
     response
+        .extensions_mut()
+        .insert(AuditIdentity(principal.clone()));
+    Err(response)
+}
+
+/// A request let through to its route, and what its answer gets afterwards.
+struct Admitted {
+    state: AppState,
+    origin: Origin,
+    principal: Principal,
+    decision: Option<Decision>,
+}
+
+impl Admitted {
+    /// A 403 from the route is a security event; the answer carries the rate-limit headers and
+    /// the caller for the audit record.
+    fn finish(self, response: &mut Response) {
+        if response.status() == StatusCode::FORBIDDEN {
+            let key_id = self.principal.key_label();
+            self.state.security.record(self.origin.incident(
+                SecurityEventType::PermissionDenied,
+                Severity::Medium,
+                key_id,
+                Some(key_id),
+                false,
+                "the key lacks the scope or tenancy for this request",
+            ));
+        }
+        if let Some(d) = &self.decision {
+            set_rate_headers(response.headers_mut(), d);
+        }
+        response
+            .extensions_mut()
+            .insert(AuditIdentity(self.principal));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer through the access layer.
+    #[project = AccessFutureProj]
+    pub enum AccessFuture<F> {
+        /// Checked in `call`: the route's future.
+        Admitted { #[pin] inner: F, admitted: Option<Admitted> },
+        /// Refused in `call`.
+        Answered { response: Option<Response> },
+        /// The check had to wait (`Access::wait`).
+        Waiting { future: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> },
+    }
+}
+
+impl<F> AccessFuture<F> {
+    fn answered(response: Response) -> Self {
+        Self::Answered {
+            response: Some(response),
+        }
+    }
+}
+
+impl<F> Future for AccessFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AccessFutureProj::Admitted { inner, admitted } => {
+                let Ok(mut response) = std::task::ready!(inner.poll(cx));
+                if let Some(admitted) = admitted.take() {
+                    admitted.finish(&mut response);
+                }
+                Poll::Ready(Ok(response))
+            }
+            AccessFutureProj::Answered { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("an answered access future is polled once"))),
+            AccessFutureProj::Waiting { future } => future.as_mut().poll(cx),
+        }
+    }
 }

@@ -23,7 +23,7 @@ use crate::domain::Timestamp;
 use crate::domain::audit::{AuditQuery, AuditRecord, MAX_USER_AGENT, StoredAudit};
 use crate::error::ApiError;
 
-/// Who a request acted as, left in the response by the access middleware for the audit record.
+/// Who a request acted as, left in the response by the access layer for the audit record.
 #[derive(Clone, Debug)]
 pub struct AuditIdentity(pub Principal);
 
@@ -181,7 +181,7 @@ impl Pending {
         }
     }
 
-    /// The record, with who the access middleware found the caller to be.
+    /// The record, with who the access layer found the caller to be.
     fn finish(
         self,
         response: &Response,

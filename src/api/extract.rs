@@ -13,7 +13,7 @@ use crate::auth::Principal;
 use crate::domain::json_depth::{MAX_JSON_DEPTH, depth_exceeds};
 use crate::error::ApiError;
 
-/// The authenticated caller, as found by the access middleware (which runs before the handler,
+/// The authenticated caller, as found by the access layer (which runs before the handler,
 /// so unauthenticated requests never have their bodies read).
 pub struct Auth(pub Principal);
 
@@ -45,7 +45,7 @@ impl FromRequestParts<AppState> for Auth {
             .cloned()
             .map(Auth)
             .ok_or_else(|| {
-                ApiError::internal("a handler that needs a key is not behind the access middleware")
+                ApiError::internal("a handler that needs a key is not behind the access layer")
             })
     }
 }

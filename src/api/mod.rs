@@ -31,7 +31,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::audit::AuditLog;
 use crate::audit::security::SecurityRecorder;
-use crate::auth::rate_limit::RateLimiter;
+use crate::auth::rate_limit::{MemoryRateLimiter, RateLimiter};
 use crate::auth::{Authenticator, KeyService};
 use crate::config::Limits;
 use crate::domain::masking::MaskPolicy;
@@ -73,7 +73,7 @@ pub struct Services {
     pub audit_bodies: bool,
 }
 
-/// Rate limits applied by the access middleware.
+/// Rate limits applied by the access layer.
 #[derive(Clone)]
 pub struct AccessLimits {
     /// Per-key limits (in memory, or shared through Redis).
@@ -82,7 +82,7 @@ pub struct AccessLimits {
     pub default_rate_limit: u32,
     /// Failed authentications per minute from one address before it is refused; counted per
     /// node, in memory, so a flood costs no round trip anywhere.
-    pub failure_limiter: Arc<dyn RateLimiter>,
+    pub failure_limiter: Arc<MemoryRateLimiter>,
     pub failed_auth_per_minute: u32,
 }
 
@@ -98,10 +98,7 @@ pub fn router(state: AppState) -> Router {
         .merge(keys::router())
         .merge(audit::router())
         .merge(security::router())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            access::authenticate,
-        ));
+        .route_layer(access::AccessLayer::new(state.clone()));
     // The audit layer wraps the JSON fallbacks too, so unknown paths are recorded.
     let audited = json_fallbacks(authenticated.merge(health::router()))
         .layer(audit::AuditLayer::new(state.clone()));

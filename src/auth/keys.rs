@@ -80,6 +80,32 @@ struct CachedKey {
     principal: Principal,
 }
 
+/// How presented key text is answered: already known, or after reading its key id.
+enum Answer<'k> {
+    Known(Result<Principal, ApiError>),
+    Lookup { key_id: &'k str, secret: &'k str },
+}
+
+fn invalid_key() -> ApiError {
+    ApiError::unauthorized("the API key is not valid")
+}
+
+/// Checks `secret` against the key found for its id (`None`: no such key).
+fn verify(found: Option<&CachedKey>, secret: &str) -> Result<Principal, ApiError> {
+    let found = found.ok_or_else(invalid_key)?;
+    let record = &found.record;
+    if !bool::from(sha256(secret.as_bytes()).ct_eq(&record.secret_hash)) {
+        return Err(invalid_key());
+    }
+    if !record.is_active {
+        return Err(ApiError::unauthorized("the API key is disabled"));
+    }
+    if record.expires_at.is_some_and(|t| t <= Timestamp::now()) {
+        return Err(ApiError::unauthorized("the API key has expired"));
+    }
+    Ok(found.principal.clone())
+}
+
 impl Authenticator {
     /// `static_key` is `ANNALS_API_KEY`: an admin key for `static_client`.
     pub fn new(
@@ -103,38 +129,47 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal, ApiError> {
+        match self.answer_now(presented) {
+            Answer::Known(result) => result,
+            Answer::Lookup { key_id, secret } => {
+                verify(self.load(key_id).await?.as_deref(), secret)
+            }
+        }
+    }
+
+    /// As `authenticate` when the answer needs no store read (the static key, a cached key,
+    /// malformed text); `None` when the key must be looked up first.
+    pub fn authenticate_now(&self, presented: Option<&str>) -> Option<Result<Principal, ApiError>> {
+        match self.answer_now(presented) {
+            Answer::Known(result) => Some(result),
+            Answer::Lookup { .. } => None,
+        }
+    }
+
+    fn answer_now<'k>(&self, presented: Option<&'k str>) -> Answer<'k> {
         let Some(presented) = presented.filter(|k| !k.is_empty()) else {
-            return Err(ApiError::unauthorized(
+            return Answer::Known(Err(ApiError::unauthorized(
                 "an API key is required: send it as X-API-Key or Authorization: Bearer",
-            ));
+            )));
         };
         if let Some(expected) = &self.static_key_hash
             && bool::from(sha256(presented.as_bytes()).ct_eq(expected))
         {
-            return Ok(self.static_principal.clone());
+            return Answer::Known(Ok(self.static_principal.clone()));
         }
-        let invalid = || ApiError::unauthorized("the API key is not valid");
-        let (key_id, secret) = split_key(presented).ok_or_else(invalid)?;
-        let cached = self.lookup(key_id).await?.ok_or_else(invalid)?;
-        let record = &cached.record;
-        if !bool::from(sha256(secret.as_bytes()).ct_eq(&record.secret_hash)) {
-            return Err(invalid());
+        let Some((key_id, secret)) = split_key(presented) else {
+            return Answer::Known(Err(invalid_key()));
+        };
+        match self.cache.read().expect("key cache lock").get(key_id) {
+            Some((at, cached)) if at.elapsed() < CACHE_TTL => {
+                Answer::Known(verify(cached.as_deref(), secret))
+            }
+            _ => Answer::Lookup { key_id, secret },
         }
-        if !record.is_active {
-            return Err(ApiError::unauthorized("the API key is disabled"));
-        }
-        if record.expires_at.is_some_and(|t| t <= Timestamp::now()) {
-            return Err(ApiError::unauthorized("the API key has expired"));
-        }
-        Ok(cached.principal.clone())
     }
 
-    async fn lookup(&self, key_id: &str) -> Result<Option<Arc<CachedKey>>, ApiError> {
-        if let Some((at, record)) = self.cache.read().expect("key cache lock").get(key_id)
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(record.clone());
-        }
+    /// Reads a key from the store into the cache.
+    async fn load(&self, key_id: &str) -> Result<Option<Arc<CachedKey>>, ApiError> {
         let record = self
             .store
             .find_key(key_id.to_string())

@@ -70,6 +70,12 @@ fn now_ms() -> u64 {
 pub trait RateLimiter: Send + Sync {
     /// Checks `bucket` against `limit` per minute; an allowed request is counted when `count`.
     async fn check(&self, bucket: &str, limit: u32, count: bool) -> Decision;
+
+    /// As `check`, when the counters are in this process and the answer needs no waiting;
+    /// `None` when only `check` can answer.
+    fn check_now(&self, _bucket: &str, _limit: u32, _count: bool) -> Option<Decision> {
+        None
+    }
 }
 
 /// Counters in this process only.
@@ -83,6 +89,17 @@ const MEMORY_MAX_BUCKETS: usize = 100_000;
 #[async_trait]
 impl RateLimiter for MemoryRateLimiter {
     async fn check(&self, bucket: &str, limit: u32, count: bool) -> Decision {
+        self.check_local(bucket, limit, count)
+    }
+
+    fn check_now(&self, bucket: &str, limit: u32, count: bool) -> Option<Decision> {
+        Some(self.check_local(bucket, limit, count))
+    }
+}
+
+impl MemoryRateLimiter {
+    /// `RateLimiter::check`, answered at once.
+    pub fn check_local(&self, bucket: &str, limit: u32, count: bool) -> Decision {
         let now = now_ms();
         let window = now / WINDOW_MS;
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
