@@ -159,13 +159,13 @@ where
             None => None,
             Some(limit) => {
                 let bucket = &principal.rate_bucket;
-                match state.access.limiter.check_now(bucket, limit, true) {
-                    Some(d) => match within_limit(state, &origin, &principal, limit, d) {
-                        Ok(d) => Some(d),
-                        Err(refused) => return AccessFuture::answered(refused),
-                    },
-                    None => return self.wait(origin, request, Some(principal)),
+                let Some(d) = state.access.limiter.check_now(bucket, limit, true) else {
+                    return self.wait(origin, request, Some(principal));
+                };
+                if let Some(refused) = refuse_over_limit(state, &origin, &principal, limit, &d) {
+                    return AccessFuture::answered(refused);
                 }
+                Some(d)
             }
         };
         request.extensions_mut().insert(principal.clone());
@@ -216,10 +216,12 @@ where
                     Some(limit) => {
                         let bucket = &principal.rate_bucket;
                         let d = state.access.limiter.check(bucket, limit, true).await;
-                        match within_limit(&state, &origin, &principal, limit, d) {
-                            Ok(d) => Some(d),
-                            Err(refused) => return Ok(refused),
+                        if let Some(refused) =
+                            refuse_over_limit(&state, &origin, &principal, limit, &d)
+                        {
+                            return Ok(refused);
                         }
+                        Some(d)
                     }
                 };
                 request.extensions_mut().insert(principal.clone());
@@ -286,16 +288,16 @@ fn refuse_key(state: &AppState, origin: &Origin, error: ApiError) -> Response {
     error.into_response()
 }
 
-/// `d` for a request under its key's limit, or the 429 for one over it.
-fn within_limit(
+/// The 429 for a request over its key's limit; `None` for one under it.
+fn refuse_over_limit(
     state: &AppState,
     origin: &Origin,
     principal: &Principal,
     limit: u32,
-    d: Decision,
-) -> Result<Decision, Response> {
+    d: &Decision,
+) -> Option<Response> {
     if d.allowed {
-        return Ok(d);
+        return None;
     }
     let key_id = principal.key_label();
     state.security.record(origin.incident(
@@ -311,12 +313,12 @@ fn within_limit(
             "rate limit of {limit} requests per minute exceeded; retry after {} s",
             d.retry_after_secs
         ),
-        &d,
+        d,
     );
     response
         .extensions_mut()
         .insert(AuditIdentity(principal.clone()));
-    Err(response)
+    Some(response)
 }
 
 /// A request let through to its route, and what its answer gets afterwards.
