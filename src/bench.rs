@@ -38,8 +38,8 @@ pub struct BenchArgs {
     /// Concurrent connections for single-event ingest.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// How many times the single-event phases (audit on, audit off) run, alternately; medians
-    /// are reported (one pair is at the mercy of a noisy neighbour).
+    /// How many times the single-event phases (the no-op ceiling, audit on, audit off) run, in
+    /// turn; medians are reported (one run is at the mercy of a noisy neighbour).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Events per batch request.
@@ -791,17 +791,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.sqlite_synchronous
     );
 
-    let (noop_url, noop_task) = noop_server().await?;
-    let noop = single_load(generator, noop_url, None, &args).await?;
-    noop_task.abort();
-
     // Each phase gets a fresh database, so batch ingest and the raw-write ceiling write the
     // same rows into tables of the same size.
-    // Single events with the audit log on, then off (what auditing every call costs), `rounds`
-    // times alternately; the medians are reported.
+    // The no-op ceiling, then single events with the audit log on, then off (what auditing
+    // every call costs), `rounds` times in turn; the medians are reported. The ceiling is
+    // measured in every round like the phases compared with it, so a machine that speeds up
+    // or slows down during the run moves both alike.
+    let mut noops = Vec::new();
     let mut audited = Vec::new();
     let mut unaudited = Vec::new();
     for round in 0..args.rounds.max(1) {
+        let (noop_url, noop_task) = noop_server().await?;
+        noops.push(single_load(generator, noop_url, None, &args).await?);
+        noop_task.abort();
         for (audit, out) in [(true, &mut audited), (false, &mut unaudited)] {
             let name = format!("single{round}{}", if audit { "a" } else { "u" });
             let (server, key) =
@@ -811,7 +813,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             server.stop().await?;
         }
     }
-    let (single, unaudited) = (median_phase(&mut audited), median_phase(&mut unaudited));
+    let (noop, single, unaudited) = (
+        median_phase(&mut noops),
+        median_phase(&mut audited),
+        median_phase(&mut unaudited),
+    );
 
     let (server, key) = start_server(&dbs.fresh("batch").await?, args.sqlite_synchronous).await?;
     let batch = load_batches(
