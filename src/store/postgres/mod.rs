@@ -168,7 +168,18 @@ impl PostgresStore {
         migrate(&config, &options.indexed_fields).await?;
         let (commits, _) = broadcast::channel(COMMIT_CHANNEL_CAPACITY);
         let (key_changes, _) = broadcast::channel(16);
-        let listener = tokio::spawn(listen(config.clone(), commits.clone(), key_changes.clone()));
+        let (listening, heard) = tokio::sync::oneshot::channel();
+        let listener = tokio::spawn(listen(
+            config.clone(),
+            commits.clone(),
+            key_changes.clone(),
+            listening,
+        ));
+        // Commits made before this node listens are not heard by its subscribers; wait for the
+        // `LISTEN` (bounded: a slow database only delays what the listener reports anyway).
+        if tokio::time::timeout(LISTEN_WAIT, heard).await.is_err() {
+            tracing::warn!("not yet listening for commits; starting anyway");
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -213,15 +224,21 @@ impl PostgresStore {
     }
 }
 
+/// How long opening the store waits for its first `LISTEN`.
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+
 /// Listens on `annals_events` (every node's commits, this one's included) and republishes the
-/// ranges. Reconnects after a second when the connection drops; ranges committed meanwhile are
-/// not heard, so subscribers re-read from their last seq after a gap.
+/// ranges; `listening` is told once the first `LISTEN` is in place. Reconnects after a second
+/// when the connection drops; ranges committed meanwhile are not heard, so subscribers re-read
+/// from their last seq after a gap.
 async fn listen(
     config: tokio_postgres::Config,
     commits: broadcast::Sender<CommittedRange>,
     key_changes: broadcast::Sender<()>,
+    listening: tokio::sync::oneshot::Sender<()>,
 ) {
     use futures_util::StreamExt;
+    let mut listening = Some(listening);
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
@@ -257,6 +274,9 @@ async fn listen(
                     tracing::warn!(error = %e, "LISTEN failed");
                     driver.abort();
                 } else {
+                    if let Some(listening) = listening.take() {
+                        let _ = listening.send(());
+                    }
                     // Changes made while not listening were missed: drop every cached key.
                     let _ = key_changes.send(());
                     let _ = driver.await;
