@@ -19,6 +19,7 @@ mod security;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::handler::Handler;
 use axum::http::{Method, Request, Uri};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
@@ -91,6 +92,9 @@ const REQUEST_ID: &str = "x-request-id";
 const COMPRESS_ABOVE_BYTES: u16 = 1024;
 
 pub fn router(state: AppState) -> Router {
+    let audit = audit::AuditLayer::new(state.clone());
+    // Every layer given to a router wraps each route in one more boxed service, which axum
+    // clones for every request; so the audit and access layers go on in one `route_layer`.
     let authenticated = Router::new()
         .merge(events::router())
         .merge(api_events::router())
@@ -98,11 +102,18 @@ pub fn router(state: AppState) -> Router {
         .merge(keys::router())
         .merge(audit::router())
         .merge(security::router())
-        .route_layer(access::AccessLayer::new(state.clone()));
-    // The audit layer wraps the JSON fallbacks too, so unknown paths are recorded.
-    let audited = json_fallbacks(authenticated.merge(health::router()))
-        .layer(audit::AuditLayer::new(state.clone()));
-    with_layers(audited.with_state(state))
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(audit.clone())
+                .layer(access::AccessLayer::new(state.clone())),
+        );
+    let public = health::router().route_layer(audit.clone());
+    // Requests no route takes are recorded too: an unknown path, an unknown method.
+    let routes = authenticated
+        .merge(public)
+        .fallback(not_found.layer(audit.clone()))
+        .method_not_allowed_fallback(method_not_allowed.layer(audit));
+    with_layers(routes.with_state(state))
 }
 
 /// JSON bodies for unknown paths (404) and methods (405).
