@@ -629,7 +629,8 @@ impl Store for SqliteStore {
         self.write_audit(move |tx| {
             // Multi-row statements: a batch of thousands costs a few dozen statement runs.
             const ROWS: usize = 64;
-            const COLUMNS: &str = "INSERT INTO audit_logs (at, client_id, key_id, method, route, path, \
+            // `OR ROLLBACK`: a failure drops the batch anyway, so SQLite needs no statement journal.
+            const COLUMNS: &str = "INSERT OR ROLLBACK INTO audit_logs (at, client_id, key_id, method, route, path, \
                 status, latency_us, ip, user_agent, request_id, request_body, response_body) VALUES ";
             let sql_for = |rows: usize| {
                 let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";

@@ -269,7 +269,9 @@ const EVENT_COLUMNS: usize = 17;
 /// Rows per multi-row `INSERT`, largest first. Within one statement SQLite keeps its cursor on
 /// each index; a key that sorts after the index's last entry (a new `seq`, a UUIDv7 `id`, a
 /// recent time) is then placed without a descent from the root, which one `INSERT` per event
-/// pays for every index.
+/// pays for every index. The statements are `OR ROLLBACK`: a failed row fails the whole group
+/// (which `commit_group` then retries append by append), so SQLite keeps no statement journal,
+/// which for an `OR ABORT` statement of many rows copies every page it touches.
 const ROW_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
 /// `INSERT INTO events … VALUES (…), (…)` for `rows` rows, one text per `ROW_CHUNKS` size.
@@ -287,7 +289,7 @@ fn insert_events_sql(rows: usize) -> &'static str {
                     })
                     .collect();
                 format!(
-                    "INSERT INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
+                    "INSERT OR ROLLBACK INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
                      correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers, format) \
                      VALUES {}",
                     values.join(", ")
@@ -574,28 +576,48 @@ mod tests {
 
     #[test]
     fn a_failing_append_is_rolled_back_alone_and_the_rest_of_its_group_commits() {
+        // A failure that aborts the statement (the transaction stays open).
+        a_failing_append_in_a_group(
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON events WHEN NEW.event_type = 'test.boom.failed' \
+             BEGIN SELECT RAISE(ABORT, 'boom'); END;",
+        );
+    }
+
+    #[test]
+    fn a_constraint_failure_rolls_the_group_back_and_the_rest_of_it_commits() {
+        // `INSERT OR ROLLBACK`: SQLite ends the transaction itself; the appends are retried.
+        a_failing_append_in_a_group(
+            "CREATE UNIQUE INDEX boom_once ON events (event_type) WHERE event_type = 'test.boom.failed';",
+        );
+    }
+
+    /// Three appends in one group, the middle one of two `test.boom.failed` events, which
+    /// `failure_sql` makes fail in the middle of the group's `INSERT`.
+    fn a_failing_append_in_a_group(failure_sql: &str) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.db");
         let conn = super::super::open_and_migrate(&path, super::super::Synchronous::Full).unwrap();
-        // A storage-level failure in the middle of a group, after rows of the group were written.
-        conn.execute_batch(
-            "CREATE TRIGGER refuse_boom BEFORE INSERT ON events WHEN NEW.event_type = 'test.boom.failed' \
-             BEGIN SELECT RAISE(ABORT, 'boom'); END;",
-        )
-        .unwrap();
+        conn.execute_batch(failure_sql).unwrap();
         let (queue, rx) = WriteQueue::new(16, 1 << 20);
         // All three are queued before the writer starts, so they form one group.
-        let answers: Vec<_> = ["test.a.created", "test.boom.failed", "test.b.created"]
-            .into_iter()
-            .map(|event_type| {
-                let (reply, answer) = oneshot::channel();
-                let events = vec![test_event(serde_json::json!({"event_type": event_type}))];
-                queue
-                    .try_submit(WriterCommand::Append { events, reply }, 100)
-                    .unwrap_or_else(|_| panic!("queue refused"));
-                answer
-            })
-            .collect();
+        let answers: Vec<_> = [
+            &["test.a.created"][..],
+            &["test.boom.failed"; 2],
+            &["test.b.created"],
+        ]
+        .into_iter()
+        .map(|types| {
+            let (reply, answer) = oneshot::channel();
+            let events = types
+                .iter()
+                .map(|event_type| test_event(serde_json::json!({"event_type": event_type})))
+                .collect();
+            queue
+                .try_submit(WriterCommand::Append { events, reply }, 100)
+                .unwrap_or_else(|_| panic!("queue refused"));
+            answer
+        })
+        .collect();
         let writer = std::thread::spawn(move || {
             run(conn, rx, broadcast::channel(4).0, WalRestart::default())
         });
