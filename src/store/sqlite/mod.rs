@@ -8,6 +8,7 @@
 //! - `synchronous=FULL` (the default) makes each group commit durable before replies are sent.
 
 mod checkpoint;
+mod multi_row;
 mod query;
 mod user_index;
 mod wal_batch;

@@ -21,7 +21,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
+
+use super::multi_row::MultiRowInsert;
 
 /// Events past the index before a batch is sealed; queries by user scan at most about this
 /// many events (plus the time a sealed batch takes to copy) beyond the index.
@@ -205,12 +207,17 @@ impl UserIndex {
 }
 
 fn insert(tx: &Connection, entries: &[Entry]) -> anyhow::Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT OR IGNORE INTO user_index (u_client, u_user, u_seq) VALUES (?1, ?2, ?3)",
-    )?;
-    for e in entries {
-        stmt.execute(params![e.client, e.user, e.seq])?;
-    }
+    static INSERT: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock::new(|| {
+        MultiRowInsert::new(
+            "INSERT OR IGNORE INTO user_index (u_client, u_user, u_seq)",
+            3,
+        )
+    });
+    INSERT.run(tx, entries, |stmt, offset, e| {
+        stmt.raw_bind_parameter(offset + 1, &e.client)?;
+        stmt.raw_bind_parameter(offset + 2, &e.user)?;
+        stmt.raw_bind_parameter(offset + 3, e.seq)
+    })?;
     Ok(())
 }
 

@@ -29,6 +29,7 @@ use crate::ingest::idempotency::{self, StoredKey};
 use crate::ingest::queue::{Waited, next_group_blocking};
 
 use super::checkpoint::WalRestart;
+use super::multi_row::MultiRowInsert;
 use super::user_index::{Entry, UserIndex};
 use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
 
@@ -69,7 +70,8 @@ pub(super) fn run(
     commits: broadcast::Sender<CommittedRange>,
     wal_restart: WalRestart,
 ) {
-    // The group's statements (one `INSERT` per `ROW_CHUNKS` size among them) stay prepared.
+    // The group's statements (the multi-row `INSERT`s in every chunk size among them) stay
+    // prepared.
     conn.set_prepared_statement_cache_capacity(64);
     let mut last_seq = match load_last_seq(&conn) {
         Ok(seq) => seq,
@@ -264,65 +266,26 @@ struct EventRow<'a> {
     id: Uuid,
 }
 
-/// Columns of `events` an `EventRow` fills, in `insert_events_sql` order.
-const EVENT_COLUMNS: usize = 17;
-/// Rows per multi-row `INSERT`, largest first. Within one statement SQLite keeps its cursor on
-/// each index; a key that sorts after the index's last entry (a new `seq`, a UUIDv7 `id`, a
-/// recent time) is then placed without a descent from the root, which one `INSERT` per event
-/// pays for every index. The statements are `OR ROLLBACK`: a failed row fails the whole group
-/// (which `commit_group` then retries append by append), so SQLite keeps no statement journal,
-/// which for an `OR ABORT` statement of many rows copies every page it touches.
-const ROW_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+/// The group's events, in multi-row statements (see `multi_row` for why they are
+/// `OR ROLLBACK`: a failed row fails the group, which `commit_group` retries append by append).
+static INSERT_EVENTS: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock::new(|| {
+    MultiRowInsert::new(
+        "INSERT OR ROLLBACK INTO events (seq, id, client_id, event_type, user_id, event_id, source, \
+         subject, correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, \
+         headers, format)",
+        17,
+    )
+});
 
-/// `INSERT INTO events … VALUES (…), (…)` for `rows` rows, one text per `ROW_CHUNKS` size.
-fn insert_events_sql(rows: usize) -> &'static str {
-    static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        ROW_CHUNKS
-            .iter()
-            .map(|&n| {
-                let values: Vec<String> = (0..n)
-                    .map(|row| {
-                        let params: Vec<String> = (1..=EVENT_COLUMNS)
-                            .map(|c| format!("?{}", row * EVENT_COLUMNS + c))
-                            .collect();
-                        format!("({})", params.join(", "))
-                    })
-                    .collect();
-                format!(
-                    "INSERT OR ROLLBACK INTO events (seq, id, client_id, event_type, user_id, event_id, source, subject, \
-                     correlation_id, status, ip_address, partition_key, occurred_at, received_at, data, headers, format) \
-                     VALUES {}",
-                    values.join(", ")
-                )
-            })
-            .collect()
-    });
-    let at = ROW_CHUNKS
-        .iter()
-        .position(|&n| n == rows)
-        .expect("a ROW_CHUNKS size");
-    &SQL[at]
-}
-
-/// Inserts the group's events in as few statements as `ROW_CHUNKS` allows.
+/// Inserts the group's events.
 fn insert_events(
     conn: &Connection,
     rows: &[EventRow<'_>],
     received_at: Timestamp,
 ) -> rusqlite::Result<()> {
-    let mut rest = rows;
-    for &size in &ROW_CHUNKS {
-        while rest.len() >= size {
-            let (chunk, tail) = rest.split_at(size);
-            let mut insert = conn.prepare_cached(insert_events_sql(size))?;
-            for (n, row) in chunk.iter().enumerate() {
-                row.bind(&mut insert, n * EVENT_COLUMNS, received_at)?;
-            }
-            insert.raw_execute()?;
-            rest = tail;
-        }
-    }
-    Ok(())
+    INSERT_EVENTS.run(conn, rows, |insert, offset, row| {
+        row.bind(insert, offset, received_at)
+    })
 }
 
 impl EventRow<'_> {
