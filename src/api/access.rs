@@ -6,6 +6,7 @@
 //! their limit.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -48,11 +49,10 @@ fn limit_for(principal: &Principal, default: u32) -> Option<u32> {
     }
 }
 
-/// Where a request came from, for security events. Only the address is rendered for every
-/// request (it keys the failure limiter); the rest is kept as the request had it (cheap
-/// clones) and turned into text only when an incident is recorded.
+/// Where a request came from, for security events: kept as the request had it (the address,
+/// cheap clones of the rest) and turned into text only when an incident is recorded.
 struct Origin {
-    ip: String,
+    ip: Option<IpAddr>,
     user_agent: Option<HeaderValue>,
     method: Method,
     uri: Uri,
@@ -61,7 +61,7 @@ struct Origin {
 impl Origin {
     fn of(request: &Request) -> Self {
         Self {
-            ip: client_ip(request).unwrap_or_default(),
+            ip: client_ip(request),
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -82,7 +82,7 @@ impl Origin {
             severity,
             subject,
             key_id,
-            ip: Some(&self.ip),
+            ip: self.ip,
             user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             requires_review,
             details: json!({

@@ -175,7 +175,7 @@ impl Pending {
                 .extensions()
                 .get::<MatchedPath>()
                 .map(|m| m.as_str().to_string()),
-            ip: client_ip(request),
+            ip: client_ip(request).map(|ip| ip.to_string()),
             user_agent: header_text(request, header::USER_AGENT),
             request_id: header_text(request, header::HeaderName::from_static("x-request-id")),
         }

@@ -1,7 +1,7 @@
 //! Request extraction shared by the handlers: the calling key (`Auth`) and JSON bodies read
 //! within the size, depth and content-type rules, each failure a JSON `ApiError`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
@@ -17,12 +17,12 @@ use crate::error::ApiError;
 /// so unauthenticated requests never have their bodies read).
 pub struct Auth(pub Principal);
 
-/// The caller's address as text (the socket's peer), if the server recorded it.
-pub fn client_ip(request: &Request) -> Option<String> {
+/// The caller's address (the socket's peer), if the server recorded it.
+pub fn client_ip(request: &Request) -> Option<IpAddr> {
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+        .map(|c| c.0.ip())
 }
 
 /// The key text a request presents: `X-API-Key`, else `Authorization: Bearer`.

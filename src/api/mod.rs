@@ -16,6 +16,7 @@ mod keys;
 mod query_params;
 mod security;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -83,7 +84,7 @@ pub struct AccessLimits {
     pub default_rate_limit: u32,
     /// Failed authentications per minute from one address before it is refused; counted per
     /// node, in memory, so a flood costs no round trip anywhere.
-    pub failure_limiter: Arc<MemoryRateLimiter>,
+    pub failure_limiter: Arc<MemoryRateLimiter<Option<IpAddr>>>,
     pub failed_auth_per_minute: u32,
 }
 

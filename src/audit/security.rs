@@ -3,6 +3,7 @@
 //! costs one row per (minute, kind, address or key) with a count — never one write per request.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ pub struct Incident<'a> {
     /// What the row is about besides the address: a key id, a reason.
     pub subject: &'a str,
     pub key_id: Option<&'a str>,
-    pub ip: Option<&'a str>,
+    pub ip: Option<IpAddr>,
     pub user_agent: Option<&'a str>,
     pub requires_review: bool,
     pub details: Value,
@@ -54,10 +55,11 @@ impl SecurityRecorder {
     pub fn record(&self, incident: Incident<'_>) {
         let now = Timestamp::now();
         let minute = now.as_micros() / 60_000_000;
+        let ip = incident.ip.map(|ip| ip.to_string());
         let key = format!(
             "{minute}:{}:{}:{}",
             incident.event_type.as_str(),
-            incident.ip.unwrap_or("-"),
+            ip.as_deref().unwrap_or("-"),
             incident.subject
         );
         let mut pending = self.pending.lock().expect("security recorder lock");
@@ -75,7 +77,7 @@ impl SecurityRecorder {
                 event_type: incident.event_type,
                 severity: incident.severity,
                 user_id: incident.key_id.map(String::from),
-                ip_address: incident.ip.map(String::from),
+                ip_address: ip,
                 user_agent: incident.user_agent.map(|u| u.chars().take(512).collect()),
                 details: incident.details.to_string(),
                 requires_review: incident.requires_review,

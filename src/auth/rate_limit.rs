@@ -6,7 +6,9 @@
 //! counters per bucket. Both backends feed the same `decide` so they answer identically.
 //! A Redis failure lets requests through (logged): losing the limiter must not take ingest down.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -78,10 +80,18 @@ pub trait RateLimiter: Send + Sync {
     }
 }
 
-/// Counters in this process only.
-#[derive(Default)]
-pub struct MemoryRateLimiter {
-    buckets: Mutex<HashMap<String, (u64, u64, u64)>>, // window index, current, previous
+/// Counters in this process only, one bucket per `K` (key buckets are strings; the failed-login
+/// limiter counts per address).
+pub struct MemoryRateLimiter<K = String> {
+    buckets: Mutex<HashMap<K, (u64, u64, u64)>>, // window index, current, previous
+}
+
+impl<K> Default for MemoryRateLimiter<K> {
+    fn default() -> Self {
+        Self {
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 const MEMORY_MAX_BUCKETS: usize = 100_000;
@@ -97,13 +107,17 @@ impl RateLimiter for MemoryRateLimiter {
     }
 }
 
-impl MemoryRateLimiter {
+impl<K: Hash + Eq> MemoryRateLimiter<K> {
     /// `RateLimiter::check`, answered at once.
-    pub fn check_local(&self, bucket: &str, limit: u32, count: bool) -> Decision {
+    pub fn check_local<Q>(&self, bucket: &Q, limit: u32, count: bool) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let now = now_ms();
         let window = now / WINDOW_MS;
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        // Looked up by `&str`: only a new bucket costs an allocation.
+        // Looked up by reference: only a new bucket costs an allocation.
         if let Some(counts) = buckets.get_mut(bucket) {
             return counted(counts, limit, now, count);
         }
@@ -117,7 +131,7 @@ impl MemoryRateLimiter {
         }
         let mut counts = (window, 0, 0);
         let decision = counted(&mut counts, limit, now, count);
-        buckets.insert(bucket.to_string(), counts);
+        buckets.insert(bucket.to_owned(), counts);
         decision
     }
 }
