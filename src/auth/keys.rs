@@ -321,4 +321,56 @@ mod tests {
         assert_eq!(split_key("0123456789abcdef_secret"), None);
         assert_eq!(split_key("ank_0123456789abcdef_"), None);
     }
+
+    #[tokio::test]
+    async fn only_a_key_not_yet_cached_needs_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(crate::store::sqlite::SqliteOptions::new(
+                dir.path().join("k.db"),
+            ))
+            .unwrap(),
+        );
+        let static_key = "static-key-0123456789abcdef";
+        let auth = Arc::new(Authenticator::new(
+            store.clone(),
+            Some(static_key),
+            ClientId::parse("default").unwrap(),
+            None,
+        ));
+        let keys = KeyService::new(store.clone(), Some(auth.clone()));
+        let issued = keys
+            .create(NewKeyRequest {
+                client_id: ClientId::parse("c1").unwrap(),
+                name: String::from("k"),
+                scopes: Scopes::parse_list("events:write").unwrap(),
+                rate_limit: None,
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        let unauthorized = |answer: Option<Result<Principal, ApiError>>| matches!(answer, Some(Err(e)) if e.status == axum::http::StatusCode::UNAUTHORIZED);
+        // Answered at once: the static key, no key, malformed text.
+        assert!(matches!(
+            auth.authenticate_now(Some(static_key)),
+            Some(Ok(_))
+        ));
+        assert!(unauthorized(auth.authenticate_now(None)));
+        assert!(unauthorized(auth.authenticate_now(Some("ank_nonsense"))));
+        // An issued key is read from the store once, then answered from the cache.
+        assert!(auth.authenticate_now(Some(&issued.key)).is_none());
+        let principal = auth.authenticate(Some(&issued.key)).await.unwrap();
+        assert_eq!(principal.client_id.as_str(), "c1");
+        let cached = auth.authenticate_now(Some(&issued.key));
+        assert!(matches!(cached, Some(Ok(p)) if p.client_id.as_str() == "c1"));
+        // The cached record still checks the secret.
+        let wrong = format!("ank_{}_wrong-secret", issued.record.key_id);
+        assert!(unauthorized(auth.authenticate_now(Some(&wrong))));
+        // An unknown key id is remembered as unknown, so a flood of them reads the store once.
+        let unknown = "ank_0123456789abcdef_secret";
+        assert!(auth.authenticate_now(Some(unknown)).is_none());
+        assert!(auth.authenticate(Some(unknown)).await.is_err());
+        assert!(unauthorized(auth.authenticate_now(Some(unknown))));
+        store.shutdown().await;
+    }
 }
