@@ -4,35 +4,48 @@
 /// Default maximum nesting of objects and arrays in a request body.
 pub const MAX_JSON_DEPTH: usize = 64;
 
-/// Returns the deepest nesting level in `bytes`, stopping early once `limit` is exceeded.
-/// Brackets inside strings (including escaped quotes) are ignored. Malformed JSON is not
-/// detected here; the parser reports it.
+/// What `depth_exceeds` looks for outside strings (`OTHER`: nothing).
+const OTHER: u8 = 0;
+const QUOTE: u8 = 1;
+const OPEN: u8 = 2;
+const CLOSE: u8 = 3;
+/// Every byte's class, so the scan skips the bytes between brackets and quotes with one table
+/// lookup each (it runs on every request body).
+const CLASS: [u8; 256] = {
+    let mut class = [OTHER; 256];
+    class[b'"' as usize] = QUOTE;
+    class[b'{' as usize] = OPEN;
+    class[b'[' as usize] = OPEN;
+    class[b'}' as usize] = CLOSE;
+    class[b']' as usize] = CLOSE;
+    class
+};
+
+/// Returns whether the nesting of objects and arrays in `bytes` goes deeper than `limit`,
+/// stopping as soon as it does. Brackets inside strings (including escaped quotes) are ignored.
+/// Malformed JSON is not detected here; the parser reports it.
 pub fn depth_exceeds(bytes: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match CLASS[bytes[i] as usize] {
+            OTHER => {}
+            QUOTE => {
+                // To the closing quote; a backslash escapes the byte after it.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
+            OPEN => {
                 depth += 1;
                 if depth > limit {
                     return true;
                 }
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
+            _ => depth = depth.saturating_sub(1),
         }
+        i += 1;
     }
     false
 }
@@ -48,5 +61,20 @@ mod tests {
         assert!(!depth_exceeds(br#"{"a":"[[[[[[\"{{{{"}"#, 1));
         let deep = "[".repeat(65) + &"]".repeat(65);
         assert!(depth_exceeds(deep.as_bytes(), MAX_JSON_DEPTH));
+    }
+
+    #[test]
+    fn escapes_and_unterminated_strings_do_not_confuse_the_count() {
+        // An escaped backslash ends before the quote, which then closes the string.
+        assert!(depth_exceeds(br#"{"a":"\\","b":[[1]]}"#, 2));
+        assert!(!depth_exceeds(br#"{"a":"\\","b":[[1]]}"#, 3));
+        // An escaped quote does not close the string: the brackets after it are text.
+        assert!(!depth_exceeds(br#"{"a":"\"[[[[","b":1}"#, 1));
+        // A trailing backslash or an unterminated string stops the scan without a panic.
+        assert!(!depth_exceeds(br#"{"a":"\"#, 1));
+        assert!(!depth_exceeds(br#"{"a":"[[[["#, 1));
+        assert!(depth_exceeds(b"[[", 1));
+        assert!(!depth_exceeds(b"]]]][", 1));
+        assert!(!depth_exceeds(b"", 0));
     }
 }
