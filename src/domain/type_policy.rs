@@ -234,17 +234,19 @@ impl EventTypePolicy {
 /// Why `event_type` breaks the convention, or `None` when it follows it.
 /// Runs on every ingested event, so it allocates only to explain a problem.
 pub fn convention_problem(event_type: &str) -> Option<String> {
-    let count = event_type.split('.').count();
+    // Byte by byte: a well-formed name is ASCII, and any other byte fails the segment check.
+    let count = event_type.bytes().filter(|&b| b == b'.').count() + 1;
     if count < 3 {
         return Some(format!(
             "it has {count} dot-separated segment(s); at least 3 are needed, e.g. billing.invoice.paid"
         ));
     }
     for segment in event_type.split('.') {
-        let well_formed = segment.starts_with(|c: char| c.is_ascii_lowercase())
-            && segment
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let bytes = segment.as_bytes();
+        let well_formed = bytes.first().is_some_and(u8::is_ascii_lowercase)
+            && bytes
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !well_formed {
             return Some(format!(
                 "segment '{segment}' must be lower-case letters, digits and _, starting with a letter"
@@ -296,6 +298,10 @@ mod tests {
             ("billing.invoice.2paid", "lower-case"),
             ("billing..paid", "lower-case"),
             ("ns:billing.invoice.paid", "lower-case"),
+            ("billing.invoice.päid", "lower-case"),
+            ("billing.invoice.paid.", "lower-case"),
+            ("", "1 dot-separated segment(s)"),
+            ("a.b", "2 dot-separated segment(s)"),
         ] {
             let problem = convention_problem(bad).unwrap_or_default();
             assert!(problem.contains(why), "{bad}: {problem}");
