@@ -155,28 +155,23 @@ where
             Some(Err(error)) => return AccessFuture::answered(refuse_key(state, &origin, error)),
             None => return self.wait(origin, request, None),
         };
-        let decision = match limit_for(&principal, state.access.default_rate_limit) {
+        let checked = match limit_for(&principal, state.access.default_rate_limit) {
             None => None,
-            Some(limit) => {
-                let bucket = &principal.rate_bucket;
-                let Some(d) = state.access.limiter.check_now(bucket, limit, true) else {
-                    return self.wait(origin, request, Some(principal));
-                };
-                if let Some(refused) = refuse_over_limit(state, &origin, &principal, limit, &d) {
-                    return AccessFuture::answered(refused);
-                }
-                Some(d)
-            }
+            Some(limit) => match state
+                .access
+                .limiter
+                .check_now(&principal.rate_bucket, limit, true)
+            {
+                Some(d) => Some((limit, d)),
+                None => return self.wait(origin, request, Some(principal)),
+            },
         };
-        request.extensions_mut().insert(principal.clone());
-        AccessFuture::Admitted {
-            inner: self.inner.call(request),
-            admitted: Some(Admitted {
-                state: state.clone(),
-                origin,
-                principal,
-                decision,
-            }),
+        match admit(state, origin, principal, checked, &mut request) {
+            Admission::Refused(refused) => AccessFuture::answered(refused),
+            Admission::Admitted(admitted) => AccessFuture::Admitted {
+                inner: self.inner.call(request),
+                admitted: Some(admitted),
+            },
         }
     }
 }
@@ -211,28 +206,19 @@ where
                         Err(error) => return Ok(refuse_key(&state, &origin, error)),
                     },
                 };
-                let decision = match limit_for(&principal, state.access.default_rate_limit) {
+                let checked = match limit_for(&principal, state.access.default_rate_limit) {
                     None => None,
                     Some(limit) => {
                         let bucket = &principal.rate_bucket;
-                        let d = state.access.limiter.check(bucket, limit, true).await;
-                        if let Some(refused) =
-                            refuse_over_limit(&state, &origin, &principal, limit, &d)
-                        {
-                            return Ok(refused);
-                        }
-                        Some(d)
+                        Some((limit, state.access.limiter.check(bucket, limit, true).await))
                     }
                 };
-                request.extensions_mut().insert(principal.clone());
+                let admitted = match admit(&state, origin, principal, checked, &mut request) {
+                    Admission::Refused(refused) => return Ok(refused),
+                    Admission::Admitted(admitted) => admitted,
+                };
                 let Ok(mut response) = inner.call(request).await;
-                Admitted {
-                    state,
-                    origin,
-                    principal,
-                    decision,
-                }
-                .finish(&mut response);
+                admitted.finish(&mut response);
                 Ok(response)
             }),
         }
@@ -288,17 +274,32 @@ fn refuse_key(state: &AppState, origin: &Origin, error: ApiError) -> Response {
     error.into_response()
 }
 
-/// The 429 for a request over its key's limit; `None` for one under it.
-fn refuse_over_limit(
+/// What the access check made of a request whose key authenticated.
+enum Admission {
+    /// Let through: the caller is in the request, and the answer gets `Admitted::finish`.
+    Admitted(Admitted),
+    /// Over its key's limit: the 429.
+    Refused(Response),
+}
+
+/// Lets a request with a verified key through, or refuses it over its key's limit. `checked`
+/// is the key's limit with the limiter's decision; `None` for a key without a limit.
+fn admit(
     state: &AppState,
-    origin: &Origin,
-    principal: &Principal,
-    limit: u32,
-    d: &Decision,
-) -> Option<Response> {
-    if d.allowed {
-        return None;
-    }
+    origin: Origin,
+    principal: Principal,
+    checked: Option<(u32, Decision)>,
+    request: &mut Request,
+) -> Admission {
+    let Some((limit, d)) = checked.filter(|(_, d)| !d.allowed) else {
+        request.extensions_mut().insert(principal.clone());
+        return Admission::Admitted(Admitted {
+            state: state.clone(),
+            origin,
+            principal,
+            decision: checked.map(|(_, d)| d),
+        });
+    };
     let key_id = principal.key_label();
     state.security.record(origin.incident(
         SecurityEventType::SuspiciousActivity,
@@ -313,12 +314,10 @@ fn refuse_over_limit(
             "rate limit of {limit} requests per minute exceeded; retry after {} s",
             d.retry_after_secs
         ),
-        d,
+        &d,
     );
-    response
-        .extensions_mut()
-        .insert(AuditIdentity(principal.clone()));
-    Some(response)
+    response.extensions_mut().insert(AuditIdentity(principal));
+    Admission::Refused(response)
 }
 
 /// A request let through to its route, and what its answer gets afterwards.

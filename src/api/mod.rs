@@ -117,7 +117,8 @@ pub fn router(state: AppState) -> Router {
     with_layers(routes.with_state(state))
 }
 
-/// JSON bodies for unknown paths (404) and methods (405).
+/// JSON bodies for unknown paths (404) and methods (405), not audited: the benchmark's no-op
+/// uses them as they are; `router` puts the same handlers behind the audit layer.
 pub fn json_fallbacks<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
     routes
         .fallback(not_found)
