@@ -27,6 +27,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
+use self::multi_row::MultiRowInsert;
 use self::query::{EVENT_COLUMNS, Filters, TOPIC_MATCH_FN, page_sql};
 use self::writer::WriterCommand;
 use super::{
@@ -628,38 +629,31 @@ impl Store for SqliteStore {
             return Ok(());
         }
         self.write_audit(move |tx| {
-            // Multi-row statements: a batch of thousands costs a few dozen statement runs.
-            const ROWS: usize = 64;
-            // `OR ROLLBACK`: a failure drops the batch anyway, so SQLite needs no statement journal.
-            const COLUMNS: &str = "INSERT OR ROLLBACK INTO audit_logs (at, client_id, key_id, method, route, path, \
-                status, latency_us, ip, user_agent, request_id, request_body, response_body) VALUES ";
-            let sql_for = |rows: usize| {
-                let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-                format!("{COLUMNS}{}", vec![one; rows].join(", "))
-            };
-            for chunk in records.chunks(ROWS) {
-                let mut stmt = tx.prepare_cached(&sql_for(chunk.len()))?;
-                let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 13);
-                let times: Vec<i64> = chunk.iter().map(|r| r.at.as_micros()).collect();
-                for (r, at) in chunk.iter().zip(&times) {
-                    values.extend_from_slice(&[
-                        at as &dyn rusqlite::ToSql,
-                        &r.client_id,
-                        &r.key_id,
-                        &r.method,
-                        &r.route,
-                        &r.path,
-                        &r.status,
-                        &r.latency_us,
-                        &r.ip,
-                        &r.user_agent,
-                        &r.request_id,
-                        &r.request_body,
-                        &r.response_body,
-                    ]);
-                }
-                stmt.execute(values.as_slice())?;
-            }
+            // A batch of thousands goes in a few dozen statement runs (`multi_row`); a failure
+            // drops the batch anyway, hence `OR ROLLBACK`.
+            static INSERT: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock::new(|| {
+                MultiRowInsert::new(
+                    "INSERT OR ROLLBACK INTO audit_logs (at, client_id, key_id, method, route, \
+                     path, status, latency_us, ip, user_agent, request_id, request_body, \
+                     response_body)",
+                    13,
+                )
+            });
+            INSERT.run(tx, &records, |stmt, offset, r| {
+                stmt.raw_bind_parameter(offset + 1, r.at.as_micros())?;
+                stmt.raw_bind_parameter(offset + 2, &r.client_id)?;
+                stmt.raw_bind_parameter(offset + 3, &r.key_id)?;
+                stmt.raw_bind_parameter(offset + 4, &r.method)?;
+                stmt.raw_bind_parameter(offset + 5, &r.route)?;
+                stmt.raw_bind_parameter(offset + 6, &r.path)?;
+                stmt.raw_bind_parameter(offset + 7, r.status)?;
+                stmt.raw_bind_parameter(offset + 8, r.latency_us)?;
+                stmt.raw_bind_parameter(offset + 9, &r.ip)?;
+                stmt.raw_bind_parameter(offset + 10, &r.user_agent)?;
+                stmt.raw_bind_parameter(offset + 11, &r.request_id)?;
+                stmt.raw_bind_parameter(offset + 12, &r.request_body)?;
+                stmt.raw_bind_parameter(offset + 13, &r.response_body)
+            })?;
             Ok(())
         })
         .await
