@@ -38,8 +38,13 @@ pub struct BenchArgs {
     /// Concurrent connections for single-event ingest.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Seconds of unmeasured load before each single-event phase (connections opened, a new
+    /// database's first pages and WAL allocated), for the no-op ceiling and annals alike.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
     /// How many times the single-event phases (the no-op ceiling, audit on, audit off) run, in
-    /// turn; medians are reported (one run is at the mercy of a noisy neighbour).
+    /// turn; each round's ratios compare phases run back to back, and the medians are reported
+    /// (one run is at the mercy of a noisy neighbour).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Events per batch request.
@@ -232,6 +237,43 @@ fn median_phase(phases: &mut [Phase]) -> Phase {
     phases[phases.len() / 2]
 }
 
+/// The median of each round's `phase ÷ baseline` throughput ratio, with the lowest and highest.
+/// Each round's pair ran back to back, so a machine that slows down or speeds up between rounds
+/// moves both sides of a ratio alike, where a ratio of medians could pair a fast round's
+/// ceiling with a slow round's annals.
+fn paired_ratio(phases: &[Phase], baselines: &[Phase]) -> Spread {
+    let mut ratios: Vec<f64> = phases
+        .iter()
+        .zip(baselines)
+        .map(|(p, b)| p.events_per_sec / b.events_per_sec)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    Spread {
+        median: ratios[ratios.len() / 2],
+        low: ratios[0],
+        high: ratios[ratios.len() - 1],
+    }
+}
+
+/// A ratio measured once per round: its median and range.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Spread {
+    median: f64,
+    low: f64,
+    high: f64,
+}
+
+impl Spread {
+    /// `"0.58-0.63"`; empty for a single round.
+    fn range(&self) -> String {
+        if self.low == self.high {
+            String::new()
+        } else {
+            format!("{:.2}-{:.2}", self.low, self.high)
+        }
+    }
+}
+
 /// Single-event load from `generator` (already resolved: `Auto` counts as in-process); events/s
 /// are the answers with 201.
 async fn single_load(
@@ -240,12 +282,23 @@ async fn single_load(
     key: Option<String>,
     args: &BenchArgs,
 ) -> anyhow::Result<Phase> {
-    match generator {
-        LoadGenerator::Wrk => load_wrk(&url, key.as_deref(), args.concurrency, args.seconds).await,
-        LoadGenerator::InProcess | LoadGenerator::Auto => {
-            load_single(url, key, args.concurrency, args.seconds).await
+    let load = |seconds: u64| {
+        let (url, key) = (url.clone(), key.clone());
+        async move {
+            match generator {
+                LoadGenerator::Wrk => {
+                    load_wrk(&url, key.as_deref(), args.concurrency, seconds).await
+                }
+                LoadGenerator::InProcess | LoadGenerator::Auto => {
+                    load_single(url, key, args.concurrency, seconds).await
+                }
+            }
         }
+    };
+    if args.warmup > 0 {
+        load(args.warmup).await?;
     }
+    load(args.seconds).await
 }
 
 /// The `wrk` script: the same event bodies as `event_body`, one counter per wrk thread.
@@ -794,9 +847,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Each phase gets a fresh database, so batch ingest and the raw-write ceiling write the
     // same rows into tables of the same size.
     // The no-op ceiling, then single events with the audit log on, then off (what auditing
-    // every call costs), `rounds` times in turn; the medians are reported. The ceiling is
-    // measured in every round like the phases compared with it, so a machine that speeds up
-    // or slows down during the run moves both alike.
+    // every call costs), `rounds` times in turn. The ceiling is measured in every round like
+    // the phases compared with it, and each ratio is taken within a round (`paired_ratio`), so
+    // a machine that speeds up or slows down during the run moves both sides alike.
     let mut noops = Vec::new();
     let mut audited = Vec::new();
     let mut unaudited = Vec::new();
@@ -813,6 +866,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             server.stop().await?;
         }
     }
+    // Ratios pair each round's phases before the medians sort them.
+    let single_ratio = paired_ratio(&audited, &noops);
+    let unaudited_ratio = paired_ratio(&unaudited, &noops);
+    let audit_ratio = paired_ratio(&audited, &unaudited);
     let (noop, single, unaudited) = (
         median_phase(&mut noops),
         median_phase(&mut audited),
@@ -848,47 +905,57 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<44} {:>10}  {:>6}  {:>20}  {:>8}",
-        "phase", "events/s", "ratio", "CPU µs/event", "(writer)"
+        "{:<44} {:>10}  {:>6}  {:>20}  {:>8}  {:>9}",
+        "phase", "events/s", "ratio", "CPU µs/event", "(writer)", "rounds"
     );
-    let row = |name: &str, phase: &Phase, ratio: f64| {
+    let row = |name: &str, phase: &Phase, ratio: f64, range: String| {
         println!(
-            "{:<44} {:>10.0}  {:>6.2}  {:>20}  {:>8}",
+            "{:<44} {:>10.0}  {:>6.2}  {:>20}  {:>8}  {:>9}",
             name,
             phase.events_per_sec,
             ratio,
             phase.cpu_column(),
-            phase.writer_column()
+            phase.writer_column(),
+            range
         );
     };
-    row("ceiling: no-op handler, same body", &noop, 1.0);
-    let vs_noop = |p: &Phase| p.events_per_sec / noop.events_per_sec;
+    row(
+        "ceiling: no-op handler, same body",
+        &noop,
+        1.0,
+        String::new(),
+    );
     row(
         "annals: single events (POST /v1/events)",
         &single,
-        vs_noop(&single),
+        single_ratio.median,
+        single_ratio.range(),
     );
     row(
         "annals: single events, audit log off",
         &unaudited,
-        vs_noop(&unaudited),
+        unaudited_ratio.median,
+        unaudited_ratio.range(),
     );
     let audit_cpu = match (single.total_us(), unaudited.total_us()) {
         (Some(on), Some(off)) => format!("{:+.1} for auditing", on - off),
         _ => String::new(),
     };
     println!(
-        "{:<44} {:>10}  {:>6.2}  {:>20}",
+        "{:<44} {:>10}  {:>6.2}  {:>20}  {:>8}  {:>9}",
         "audit log on / off (single events)",
         "",
-        single.events_per_sec / unaudited.events_per_sec,
-        audit_cpu
+        audit_ratio.median,
+        audit_cpu,
+        "",
+        audit_ratio.range()
     );
-    row(raw_name, &raw, 1.0);
+    row(raw_name, &raw, 1.0, String::new());
     row(
         "annals: batches (POST /v1/events/batch)",
         &batch,
         batch.events_per_sec / raw.events_per_sec,
+        String::new(),
     );
     println!();
     println!("targets: single >= 0.60 x no-op; batch >= 0.80 x raw writes; audit on/off >= 0.90");
@@ -915,6 +982,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn phase(events_per_sec: f64) -> Phase {
+        Phase {
+            events_per_sec,
+            own_us: None,
+            load_us: None,
+            writer_us: None,
+        }
+    }
+
+    #[test]
+    fn ratios_pair_phases_of_the_same_round() {
+        // A slow second round: the ratio of medians would pair 100 with 45 (0.45); within
+        // each round annals reached 0.6, 0.5 and 0.7 of the ceiling.
+        let noops = [phase(100.0), phase(60.0), phase(110.0)];
+        let annals = [phase(60.0), phase(30.0), phase(77.0)];
+        let spread = paired_ratio(&annals, &noops);
+        assert!((spread.median - 0.6).abs() < 1e-9, "{spread:?}");
+        assert!((spread.low - 0.5).abs() < 1e-9, "{spread:?}");
+        assert!((spread.high - 0.7).abs() < 1e-9, "{spread:?}");
+        assert_eq!(spread.range(), "0.50-0.70");
+        let one = paired_ratio(&[phase(50.0)], &[phase(100.0)]);
+        assert_eq!((one.median, one.range()), (0.5, String::new()));
+    }
 
     #[test]
     fn wrk_output_counts_only_successes() {

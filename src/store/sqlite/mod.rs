@@ -8,6 +8,7 @@
 //! - `synchronous=FULL` (the default) makes each group commit durable before replies are sent.
 
 mod checkpoint;
+mod heap;
 mod multi_row;
 mod query;
 mod user_index;
@@ -131,6 +132,7 @@ pub const WRITER_THREAD: &str = "annals-writer";
 
 /// Opens (creating if needed) the database file and applies pending migrations.
 pub fn open_and_migrate(path: &Path, synchronous: Synchronous) -> anyhow::Result<Connection> {
+    heap::install();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
