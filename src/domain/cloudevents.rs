@@ -164,26 +164,26 @@ pub fn parse_structured(
                     json_kind(other)
                 )),
             },
-            "id" => string(&value, MAX_ID_LEN).map(|v| event_id = Some(v)),
-            "source" => string(&value, MAX_ID_LEN)
+            "id" => string(value, MAX_ID_LEN).map(|v| event_id = Some(v)),
+            "source" => string(value, MAX_ID_LEN)
                 .and_then(uri_reference)
                 .map(|v| source = Some(v)),
-            "type" => string(&value, EventType::MAX_LEN)
-                .and_then(|v| EventType::parse(&v))
+            "type" => string(value, EventType::MAX_LEN)
+                .and_then(EventType::parse_owned)
                 .map(|v| event_type = Some(v)),
-            "subject" => string(&value, MAX_SUBJECT_LEN).map(|v| subject = Some(v)),
-            "time" => string(&value, 64)
+            "subject" => string(value, MAX_SUBJECT_LEN).map(|v| subject = Some(v)),
+            "time" => string(value, 64)
                 .and_then(|v| Timestamp::parse_rfc3339(&v))
                 .map(|v| occurred_at = Some(v)),
-            "datacontenttype" => string(&value, MAX_ID_LEN).map(|_| {
-                headers.insert(name.clone(), value);
+            "datacontenttype" => string(value, MAX_ID_LEN).map(|v| {
+                headers.insert(name.clone(), Value::String(v));
             }),
-            "dataschema" => string(&value, MAX_SUBJECT_LEN)
-                .and_then(|v| absolute_uri(&v))
-                .map(|()| {
-                    headers.insert(name.clone(), value);
-                }),
-            "partitionkey" => string(&value, MAX_ID_LEN).map(|v| partition_key = Some(v)),
+            "dataschema" => string(value, MAX_SUBJECT_LEN).and_then(|v| {
+                absolute_uri(&v)?;
+                headers.insert(name.clone(), Value::String(v));
+                Ok(())
+            }),
+            "partitionkey" => string(value, MAX_ID_LEN).map(|v| partition_key = Some(v)),
             "data" => {
                 data = Some(value);
                 Ok(())

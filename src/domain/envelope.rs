@@ -163,26 +163,26 @@ pub fn parse_event(
         }
         let field = name.as_str();
         let result: Result<(), String> = match field {
-            "event_type" => string(&value, MAX_ID_LEN)
-                .and_then(|s| EventType::parse(&s))
+            "event_type" => string(value, MAX_ID_LEN)
+                .and_then(EventType::parse_owned)
                 .map(|v| event_type = Some(v)),
-            "user_id" => string(&value, MAX_ID_LEN).map(|v| user_id = Some(v)),
-            "event_id" => string(&value, MAX_ID_LEN).map(|v| event_id = Some(v)),
-            "source" => string(&value, MAX_ID_LEN).map(|v| source = Some(v)),
-            "subject" => string(&value, MAX_SUBJECT_LEN).map(|v| subject = Some(v)),
-            "correlation_id" => string(&value, MAX_ID_LEN).map(|v| correlation_id = Some(v)),
-            "status" => string(&value, MAX_STATUS_LEN).map(|v| status = Some(v)),
-            "partition_key" => string(&value, MAX_ID_LEN).map(|v| partition_key = Some(v)),
-            "occurred_at" => string(&value, 64)
+            "user_id" => string(value, MAX_ID_LEN).map(|v| user_id = Some(v)),
+            "event_id" => string(value, MAX_ID_LEN).map(|v| event_id = Some(v)),
+            "source" => string(value, MAX_ID_LEN).map(|v| source = Some(v)),
+            "subject" => string(value, MAX_SUBJECT_LEN).map(|v| subject = Some(v)),
+            "correlation_id" => string(value, MAX_ID_LEN).map(|v| correlation_id = Some(v)),
+            "status" => string(value, MAX_STATUS_LEN).map(|v| status = Some(v)),
+            "partition_key" => string(value, MAX_ID_LEN).map(|v| partition_key = Some(v)),
+            "occurred_at" => string(value, 64)
                 .and_then(|s| Timestamp::parse_rfc3339(&s))
                 .map(|v| occurred_at = Some(v)),
-            "ip_address" => string(&value, 64).and_then(|s| {
+            "ip_address" => string(value, 64).and_then(|s| {
                 s.parse::<IpAddr>()
                     .map(|ip| ip_address = Some(ip))
                     .map_err(|_| format!("'{s}' is not a valid IPv4 or IPv6 address"))
             }),
-            "client_id" => string(&value, ClientId::MAX_LEN)
-                .and_then(|s| ClientId::parse(&s))
+            "client_id" => string(value, ClientId::MAX_LEN)
+                .and_then(ClientId::parse_owned)
                 .map(|v| client_id = Some(v)),
             "data" => match value {
                 Value::Object(obj) => {
@@ -318,7 +318,7 @@ fn check_headers(
         }
     }
     if let Some(value) = headers.remove("partition_key") {
-        match string(&value, MAX_ID_LEN) {
+        match string(value, MAX_ID_LEN) {
             Ok(key) if partition_key.is_none() => *partition_key = Some(key),
             Ok(_) => errors.push(FieldError::new(
                 "headers.partition_key",
@@ -329,8 +329,8 @@ fn check_headers(
     }
 }
 
-/// A non-empty string of at most `max` characters.
-pub(crate) fn string(value: &Value, max: usize) -> Result<String, String> {
+/// A non-empty string of at most `max` characters, taken out of `value` (not copied).
+pub(crate) fn string(value: Value, max: usize) -> Result<String, String> {
     match value {
         Value::String(s) if s.is_empty() => Err(String::from(
             "must not be empty (leave the field out instead)",
@@ -338,9 +338,9 @@ pub(crate) fn string(value: &Value, max: usize) -> Result<String, String> {
         Value::String(s) if s.chars().count() > max => {
             Err(format!("must be at most {max} characters"))
         }
-        Value::String(s) => Ok(s.clone()),
+        Value::String(s) => Ok(s),
         Value::Null => Err(String::from("is required")),
-        other => Err(format!("must be a string, not {}", json_kind(other))),
+        other => Err(format!("must be a string, not {}", json_kind(&other))),
     }
 }
 
