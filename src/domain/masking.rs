@@ -3,7 +3,6 @@
 //! and IP addresses can be truncated. Idempotency hashes the request as sent, before masking,
 //! so a retried masked event is still a duplicate.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use serde_json::Value;
@@ -13,8 +12,9 @@ pub const DEFAULT_MASK_FIELDS: &str = "password,secret,token,authorization,api_k
 
 #[derive(Clone, Debug, Default)]
 pub struct MaskPolicy {
-    /// Lower-case key names whose values are replaced.
-    fields: HashSet<String>,
+    /// Lower-case key names whose values are replaced (a handful: a scan that compares lengths
+    /// first beats hashing every key of every event).
+    fields: Vec<String>,
     anonymize_ip: bool,
 }
 
@@ -22,11 +22,16 @@ impl MaskPolicy {
     /// `fields` is a comma-separated list, matched case-insensitively.
     pub fn new(fields: &str, anonymize_ip: bool) -> Self {
         Self {
-            fields: fields
-                .split(',')
-                .map(|f| f.trim().to_lowercase())
-                .filter(|f| !f.is_empty())
-                .collect(),
+            fields: {
+                let mut names: Vec<String> = fields
+                    .split(',')
+                    .map(|f| f.trim().to_lowercase())
+                    .filter(|f| !f.is_empty())
+                    .collect();
+                names.sort();
+                names.dedup();
+                names
+            },
             anonymize_ip,
         }
     }
@@ -51,13 +56,16 @@ impl MaskPolicy {
         }
     }
 
-    /// Is `key` a masked name? Lower-cased only if it needs it: it runs on every key of every
-    /// ingested event.
+    /// Is `key` a masked name? It runs on every key of every ingested event, so an ASCII key is
+    /// compared in place; only other keys are lower-cased (Unicode rules) first.
     fn is_masked(&self, key: &str) -> bool {
-        if key.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
-            self.fields.contains(key)
+        if key.is_ascii() {
+            self.fields
+                .iter()
+                .any(|f| f.len() == key.len() && f.eq_ignore_ascii_case(key))
         } else {
-            self.fields.contains(&key.to_lowercase())
+            let lower = key.to_lowercase();
+            self.fields.iter().any(|f| *f == lower)
         }
     }
 
@@ -94,6 +102,25 @@ mod tests {
             v,
             json!({"user": {"Password": "***", "name": "n"}, "cards": [{"card_number": "***"}, {"ok": 1}], "TOKEN": "***"})
         );
+    }
+
+    #[test]
+    fn masked_names_match_whole_keys_in_any_case() {
+        let policy = MaskPolicy::new(" Token, pässword ,token,,", false);
+        for key in [
+            "token",
+            "TOKEN",
+            "ToKeN",
+            "PÄSSWORD",
+            "Pässword",
+            "to\u{212A}en",
+        ] {
+            assert!(policy.is_masked(key), "{key}");
+        }
+        for key in ["tokens", "toke", "access_token", "password", "", "tökén"] {
+            assert!(!policy.is_masked(key), "{key}");
+        }
+        assert!(!MaskPolicy::new("", false).is_masked("token"));
     }
 
     #[test]
