@@ -65,7 +65,7 @@ impl MaskPolicy {
                 .any(|f| f.len() == key.len() && f.eq_ignore_ascii_case(key))
         } else {
             let lower = key.to_lowercase();
-            self.fields.iter().any(|f| *f == lower)
+            self.fields.contains(&lower)
         }
     }
 
