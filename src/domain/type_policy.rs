@@ -232,28 +232,45 @@ impl EventTypePolicy {
 }
 
 /// Why `event_type` breaks the convention, or `None` when it follows it.
-/// Runs on every ingested event, so it allocates only to explain a problem.
+/// Runs on every ingested event, so it reads the name once and allocates only to explain a
+/// problem. The problems are reported in this order: too few segments, then the first malformed
+/// segment, then a last segment that is not a past-tense verb.
 pub fn convention_problem(event_type: &str) -> Option<String> {
-    // Byte by byte: a well-formed name is ASCII, and any other byte fails the segment check.
-    let count = event_type.bytes().filter(|&b| b == b'.').count() + 1;
+    // Byte by byte: a well-formed name is ASCII, and any other byte fails its segment.
+    let bytes = event_type.as_bytes();
+    let mut count = 1;
+    let mut start = 0; // of the current segment
+    let mut malformed = None; // the first malformed segment's range
+    for end in 0..=bytes.len() {
+        if end < bytes.len() && bytes[end] != b'.' {
+            continue;
+        }
+        let segment = &bytes[start..end];
+        let well_formed = segment.first().is_some_and(u8::is_ascii_lowercase)
+            && segment
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !well_formed && malformed.is_none() {
+            malformed = Some(start..end);
+        }
+        if end < bytes.len() {
+            count += 1;
+            start = end + 1;
+        }
+    }
     if count < 3 {
         return Some(format!(
             "it has {count} dot-separated segment(s); at least 3 are needed, e.g. billing.invoice.paid"
         ));
     }
-    for segment in event_type.split('.') {
-        let bytes = segment.as_bytes();
-        let well_formed = bytes.first().is_some_and(u8::is_ascii_lowercase)
-            && bytes
-                .iter()
-                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !well_formed {
-            return Some(format!(
-                "segment '{segment}' must be lower-case letters, digits and _, starting with a letter"
-            ));
-        }
+    if let Some(range) = malformed {
+        return Some(format!(
+            "segment '{}' must be lower-case letters, digits and _, starting with a letter",
+            &event_type[range]
+        ));
     }
-    let last = event_type.rsplit('.').next().unwrap_or(event_type);
+    // Every byte is ASCII here, so `start` is a character boundary.
+    let last = &event_type[start..];
     let verb = last.rsplit('_').next().unwrap_or(last);
     if verb.ends_with("ed") || IRREGULAR_PAST.binary_search(&verb).is_ok() {
         None
@@ -306,6 +323,46 @@ mod tests {
             let problem = convention_problem(bad).unwrap_or_default();
             assert!(problem.contains(why), "{bad}: {problem}");
         }
+    }
+
+    #[test]
+    fn explanations_name_the_first_problem_exactly() {
+        let segment = |s: &str| {
+            format!(
+                "segment '{s}' must be lower-case letters, digits and _, starting with a letter"
+            )
+        };
+        for (bad, why) in [
+            (
+                "a.b",
+                String::from(
+                    "it has 2 dot-separated segment(s); at least 3 are needed, e.g. billing.invoice.paid",
+                ),
+            ),
+            // Too few segments is reported before a malformed one.
+            (
+                "Bad",
+                String::from(
+                    "it has 1 dot-separated segment(s); at least 3 are needed, e.g. billing.invoice.paid",
+                ),
+            ),
+            ("billing.Invoice.Paid", segment("Invoice")),
+            ("billing.invoice.päid", segment("päid")),
+            ("billing..paid", segment("")),
+            (".billing.invoice.paid", segment("")),
+            ("billing.invoice.paid.", segment("")),
+            ("9lives.cat.landed", segment("9lives")),
+            (
+                "iam.user.password_reset_request",
+                String::from(
+                    "the last segment 'password_reset_request' is not a past-tense verb (ending in -ed, or an irregular one like paid, sent, built)",
+                ),
+            ),
+        ] {
+            assert_eq!(convention_problem(bad), Some(why), "{bad}");
+        }
+        assert_eq!(convention_problem("shop.v2.order.line_item.added"), None);
+        assert_eq!(convention_problem("iam.user.password_reset"), None);
     }
 
     #[test]
