@@ -16,15 +16,11 @@ impl ClientId {
     pub const MAX_LEN: usize = 128;
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        Self::check(text).map(|()| Self(text.to_string()))
+        Self::parse_owned(text.to_string())
     }
 
     /// `parse` of a string the caller no longer needs: kept as it is, not copied.
     pub fn parse_owned(text: String) -> Result<Self, String> {
-        Self::check(&text).map(|()| Self(text))
-    }
-
-    fn check(text: &str) -> Result<(), String> {
         if text.is_empty() || text.len() > Self::MAX_LEN {
             return Err(format!("must be 1 to {} characters long", Self::MAX_LEN));
         }
@@ -36,7 +32,7 @@ impl ClientId {
                 "may contain only letters, digits and . _ - : @",
             ));
         }
-        Ok(())
+        Ok(Self(text))
     }
 
     pub fn as_str(&self) -> &str {
@@ -58,15 +54,11 @@ impl EventType {
     pub const MAX_LEN: usize = 255;
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        Self::check(text).map(|()| Self(text.to_string()))
+        Self::parse_owned(text.to_string())
     }
 
     /// `parse` of a string the caller no longer needs: kept as it is, not copied.
     pub fn parse_owned(text: String) -> Result<Self, String> {
-        Self::check(&text).map(|()| Self(text))
-    }
-
-    fn check(text: &str) -> Result<(), String> {
         if text.is_empty() || text.len() > Self::MAX_LEN {
             return Err(format!("must be 1 to {} characters long", Self::MAX_LEN));
         }
@@ -78,7 +70,7 @@ impl EventType {
         if text.starts_with('.') || text.ends_with('.') || text.contains("..") {
             return Err(String::from("dot-separated segments must not be empty"));
         }
-        Ok(())
+        Ok(Self(text))
     }
 
     pub fn as_str(&self) -> &str {

@@ -403,7 +403,7 @@ fn row_to_key(row: &Row) -> Result<KeyRecord, StoreError> {
     let hash: Vec<u8> = row.get(8);
     Ok(KeyRecord {
         key_id: row.get(0),
-        client_id: ClientId::parse(&client).map_err(|_| bad("client id"))?,
+        client_id: ClientId::parse_owned(client).map_err(|_| bad("client id"))?,
         name: row.get(2),
         scopes: Scopes::parse_list(&scopes).map_err(|_| bad("scope list"))?,
         rate_limit: rate_limit.map(|r| r.max(0) as u32),

@@ -427,7 +427,7 @@ fn row_to_key(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     let hash: Vec<u8> = row.get(8)?;
     Ok(KeyRecord {
         key_id: row.get(0)?,
-        client_id: ClientId::parse(&client).map_err(|e| bad(1, e))?,
+        client_id: ClientId::parse_owned(client).map_err(|e| bad(1, e))?,
         name: row.get(2)?,
         scopes: Scopes::parse_list(&scopes).map_err(|e| bad(3, e))?,
         rate_limit: row.get(4)?,
