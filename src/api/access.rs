@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tower::{Layer, Service};
@@ -26,9 +26,13 @@ use crate::domain::security::{SecurityEventType, Severity};
 use crate::error::ApiError;
 
 fn set_rate_headers(headers: &mut HeaderMap, d: &Decision) {
-    headers.insert("ratelimit-limit", HeaderValue::from(d.limit));
-    headers.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
-    headers.insert("ratelimit-reset", HeaderValue::from(d.reset_secs));
+    // Names made once: a `&str` name is parsed and validated on every insert.
+    static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+    static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+    static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+    headers.insert(&LIMIT, HeaderValue::from(d.limit));
+    headers.insert(&REMAINING, HeaderValue::from(d.remaining));
+    headers.insert(&RESET, HeaderValue::from(d.reset_secs));
 }
 
 fn too_many(message: String, d: &Decision) -> Response {

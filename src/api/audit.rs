@@ -169,15 +169,15 @@ impl Pending {
         Self {
             started: Instant::now(),
             at: Timestamp::now(),
-            method: request.method().to_string(),
+            method: request.method().as_str().to_owned(),
             path: request.uri().path().to_string(),
             route: request
                 .extensions()
                 .get::<MatchedPath>()
                 .map(|m| m.as_str().to_string()),
             ip: client_ip(request).map(|ip| ip.to_string()),
-            user_agent: header_text(request, header::USER_AGENT),
-            request_id: header_text(request, header::HeaderName::from_static("x-request-id")),
+            user_agent: header_text(request, &header::USER_AGENT),
+            request_id: header_text(request, &super::REQUEST_ID),
         }
     }
 
@@ -251,7 +251,7 @@ async fn keep_response_body(
     }
 }
 
-fn header_text(request: &Request, name: header::HeaderName) -> Option<String> {
+fn header_text(request: &Request, name: &header::HeaderName) -> Option<String> {
     request
         .headers()
         .get(name)

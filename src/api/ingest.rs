@@ -99,7 +99,9 @@ fn warning_header(text: &str) -> Option<HeaderValue> {
 
 fn with_warning(mut response: Response, warning: Option<&str>) -> Response {
     if let Some(value) = warning.and_then(warning_header) {
-        response.headers_mut().insert("warning", value);
+        response
+            .headers_mut()
+            .insert(axum::http::header::WARNING, value);
     }
     response
 }

@@ -88,7 +88,9 @@ pub struct AccessLimits {
     pub failed_auth_per_minute: u32,
 }
 
-const REQUEST_ID: &str = "x-request-id";
+/// The request id header, set on every request and answer (made once, not parsed per use).
+pub(crate) static REQUEST_ID: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-request-id");
 /// Responses smaller than this are not worth compressing.
 const COMPRESS_ABOVE_BYTES: u16 = 1024;
 
@@ -128,7 +130,7 @@ pub fn json_fallbacks<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Ro
 /// The stack every request passes through: request ids, tracing, panic catching. Public so the
 /// benchmark's no-op ceiling runs on exactly the same stack.
 pub fn with_layers(routes: Router) -> Router {
-    let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
+    let request_id = REQUEST_ID.clone();
     routes
         .layer(
             ServiceBuilder::new()
@@ -138,7 +140,7 @@ pub fn with_layers(routes: Router) -> Router {
                     TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                         let id = req
                             .headers()
-                            .get(REQUEST_ID)
+                            .get(&REQUEST_ID)
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("");
                         tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)

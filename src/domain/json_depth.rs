@@ -31,10 +31,20 @@ pub fn depth_exceeds(bytes: &[u8], limit: usize) -> bool {
         match CLASS[bytes[i] as usize] {
             OTHER => {}
             QUOTE => {
-                // To the closing quote; a backslash escapes the byte after it.
+                // To the closing quote; a backslash escapes the byte after it. Strings are most
+                // of a body's bytes, so they are skipped a vector at a time.
+                // An unterminated string runs to the end: nothing after it can nest.
                 i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                loop {
+                    let rest = bytes.get(i..).unwrap_or_default();
+                    let Some(at) = memchr::memchr2(b'"', b'\\', rest) else {
+                        return false;
+                    };
+                    i += at;
+                    if bytes[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
                 }
             }
             OPEN => {
@@ -61,6 +71,44 @@ mod tests {
         assert!(!depth_exceeds(br#"{"a":"[[[[[[\"{{{{"}"#, 1));
         let deep = "[".repeat(65) + &"]".repeat(65);
         assert!(depth_exceeds(deep.as_bytes(), MAX_JSON_DEPTH));
+    }
+
+    /// The scan byte by byte, as the definition to compare the vectorised skip with.
+    fn depth_exceeds_bytewise(bytes: &[u8], limit: usize) -> bool {
+        let (mut depth, mut i) = (0usize, 0);
+        while i < bytes.len() {
+            match bytes[i] {
+                b'"' => {
+                    i += 1;
+                    while i < bytes.len() && bytes[i] != b'"' {
+                        i += if bytes[i] == b'\\' { 2 } else { 1 };
+                    }
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > limit {
+                        return true;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            i += 1;
+        }
+        false
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn skipping_strings_a_vector_at_a_time_changes_no_answer(
+            bytes in proptest::collection::vec(proptest::sample::select(b"{}[]\"\\a ".to_vec()), 0..64),
+            limit in 0usize..6,
+        ) {
+            proptest::prop_assert_eq!(
+                depth_exceeds(&bytes, limit),
+                depth_exceeds_bytewise(&bytes, limit)
+            );
+        }
     }
 
     #[test]
