@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tower::{Layer, Service};
@@ -19,6 +19,7 @@ use tower::{Layer, Service};
 use super::AppState;
 use super::audit::AuditIdentity;
 use super::extract::{client_ip, presented_key};
+use super::header_names::{RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET};
 use crate::audit::security::Incident;
 use crate::auth::Principal;
 use crate::auth::rate_limit::Decision;
@@ -26,13 +27,9 @@ use crate::domain::security::{SecurityEventType, Severity};
 use crate::error::ApiError;
 
 fn set_rate_headers(headers: &mut HeaderMap, d: &Decision) {
-    // Names made once: a `&str` name is parsed and validated on every insert.
-    static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-    static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-    static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-    headers.insert(&LIMIT, HeaderValue::from(d.limit));
-    headers.insert(&REMAINING, HeaderValue::from(d.remaining));
-    headers.insert(&RESET, HeaderValue::from(d.reset_secs));
+    headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(d.limit));
+    headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+    headers.insert(&RATELIMIT_RESET, HeaderValue::from(d.reset_secs));
 }
 
 fn too_many(message: String, d: &Decision) -> Response {

@@ -177,7 +177,7 @@ impl Pending {
                 .map(|m| m.as_str().to_string()),
             ip: client_ip(request).map(|ip| ip.to_string()),
             user_agent: header_text(request, &header::USER_AGENT),
-            request_id: header_text(request, &super::REQUEST_ID),
+            request_id: header_text(request, &super::header_names::REQUEST_ID),
         }
     }
 

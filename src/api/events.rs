@@ -49,7 +49,9 @@ fn wire_mode(headers: &HeaderMap) -> WireMode {
     match content_type_essence(headers).as_deref() {
         Some(cloudevents::STRUCTURED_TYPE) => WireMode::CloudEvent,
         Some(cloudevents::BATCH_TYPE) => WireMode::CloudEventBatch,
-        _ if headers.contains_key("ce-specversion") => WireMode::CloudEventBinary,
+        _ if headers.contains_key(&super::header_names::CE_SPECVERSION) => {
+            WireMode::CloudEventBinary
+        }
         _ => WireMode::Envelope,
     }
 }

@@ -27,7 +27,7 @@ pub fn client_ip(request: &Request) -> Option<IpAddr> {
 
 /// The key text a request presents: `X-API-Key`, else `Authorization: Bearer`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get("x-api-key") {
+    if let Some(v) = headers.get(&super::header_names::API_KEY) {
         return v.to_str().ok().map(str::trim);
     }
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

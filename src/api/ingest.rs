@@ -5,7 +5,7 @@
 //! breaks the convention.
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -99,9 +99,7 @@ fn warning_header(text: &str) -> Option<HeaderValue> {
 
 fn with_warning(mut response: Response, warning: Option<&str>) -> Response {
     if let Some(value) = warning.and_then(warning_header) {
-        response
-            .headers_mut()
-            .insert(axum::http::header::WARNING, value);
+        response.headers_mut().insert(header::WARNING, value);
     }
     response
 }

@@ -10,6 +10,7 @@ mod audit;
 mod events;
 mod export;
 mod extract;
+mod header_names;
 mod health;
 mod ingest;
 mod keys;
@@ -88,9 +89,6 @@ pub struct AccessLimits {
     pub failed_auth_per_minute: u32,
 }
 
-/// The request id header, set on every request and answer (made once, not parsed per use).
-pub(crate) static REQUEST_ID: axum::http::HeaderName =
-    axum::http::HeaderName::from_static("x-request-id");
 /// Responses smaller than this are not worth compressing.
 const COMPRESS_ABOVE_BYTES: u16 = 1024;
 
@@ -130,7 +128,7 @@ pub fn json_fallbacks<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Ro
 /// The stack every request passes through: request ids, tracing, panic catching. Public so the
 /// benchmark's no-op ceiling runs on exactly the same stack.
 pub fn with_layers(routes: Router) -> Router {
-    let request_id = REQUEST_ID.clone();
+    let request_id = header_names::REQUEST_ID.clone();
     routes
         .layer(
             ServiceBuilder::new()
@@ -140,7 +138,7 @@ pub fn with_layers(routes: Router) -> Router {
                     TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                         let id = req
                             .headers()
-                            .get(&REQUEST_ID)
+                            .get(&header_names::REQUEST_ID)
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("");
                         tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
