@@ -9,7 +9,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{AccessLimits, AppState, Services, router};
+use axum::Router;
+
+use crate::api::{AccessLimits, AppState, Services, router_with};
 use crate::audit::AuditLog;
 use crate::audit::security::SecurityRecorder;
 use crate::auth::rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter};
@@ -76,6 +78,11 @@ impl RunningServer {
 
 /// Starts the service on `args.listen` and returns once it accepts connections.
 pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
+    start_with(args, Router::new()).await
+}
+
+/// `start`, with `extra` routes behind the API's access and audit layers (`api::router_with`).
+pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Result<RunningServer> {
     let limits = args.limits()?;
     let default_client = args.default_client()?;
     let store = open_store(&args.store).await?;
@@ -117,23 +124,26 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         },
     );
     let (security, security_flusher) = SecurityRecorder::start(store.clone());
-    let app = router(AppState::new(Services {
-        store: store.clone(),
-        auth,
-        keys: keys.clone(),
-        limits,
-        access: AccessLimits {
-            limiter,
-            default_rate_limit: args.rate_limit_per_minute.unwrap_or(DEFAULT_RATE_LIMIT),
-            failure_limiter: Arc::new(MemoryRateLimiter::default()),
-            failed_auth_per_minute: args.failed_auth_per_minute,
-        },
-        audit,
-        security: security.clone(),
-        mask: MaskPolicy::new(&args.mask_fields, args.anonymize_ip),
-        type_policy: args.event_type_policy,
-        audit_bodies: args.audit_bodies,
-    }));
+    let app = router_with(
+        AppState::new(Services {
+            store: store.clone(),
+            auth,
+            keys: keys.clone(),
+            limits,
+            access: AccessLimits {
+                limiter,
+                default_rate_limit: args.rate_limit_per_minute.unwrap_or(DEFAULT_RATE_LIMIT),
+                failure_limiter: Arc::new(MemoryRateLimiter::default()),
+                failed_auth_per_minute: args.failed_auth_per_minute,
+            },
+            audit,
+            security: security.clone(),
+            mask: MaskPolicy::new(&args.mask_fields, args.anonymize_ip),
+            type_policy: args.event_type_policy,
+            audit_bodies: args.audit_bodies,
+        }),
+        extra,
+    );
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

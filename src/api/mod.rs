@@ -93,10 +93,16 @@ pub struct AccessLimits {
 const COMPRESS_ABOVE_BYTES: u16 = 1024;
 
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// `router` with `extra` routes behind the same access and audit layers as the API's own (the
+/// benchmark's no-op ceiling on the full stack).
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let audit = audit::AuditLayer::new(state.clone());
     // Every layer given to a router wraps each route in one more boxed service, which axum
     // clones for every request; so the audit and access layers go on in one `route_layer`.
-    let authenticated = Router::new()
+    let authenticated = extra
         .merge(events::router())
         .merge(api_events::router())
         .merge(export::router())

@@ -317,7 +317,32 @@ async fn bodies_are_kept_masked_when_asked(backend: Backend) {
     app.stop().await;
 }
 
+/// Routes added with `server::start_with` (the benchmark's no-op on the full stack) pass the
+/// same key check and are audited like the API's own.
+async fn extra_routes_sit_behind_the_key_check_and_the_audit_log(backend: Backend) {
+    let probe = axum::Router::new().route(
+        "/v1/probe",
+        axum::routing::post(|| async { axum::http::StatusCode::NO_CONTENT }),
+    );
+    let Some(app) = TestApp::spawn_with_routes(backend, probe).await else {
+        return;
+    };
+    let anonymous = app.http.post(app.url("/v1/probe")).send().await.unwrap();
+    let (status, body) = status_json(anonymous).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_error(&body, "unauthorized");
+    let r = app.post("/v1/probe", &app.admin_key, &json!({})).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(r.headers().contains_key("ratelimit-remaining"));
+    let rows = logs_until(&app, "endpoint=/v1/probe", &app.admin_key, 2).await;
+    let mut statuses: Vec<u64> = rows.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [204, 401], "{rows:?}");
+    app.stop().await;
+}
+
 crate::conformance!(
+    extra_routes_sit_behind_the_key_check_and_the_audit_log,
     bodies_are_kept_masked_when_asked,
     every_call_is_recorded_and_clients_see_only_their_own,
     audit_retention_deletes_only_old_records,

@@ -157,8 +157,28 @@ impl TestApp {
         Some(Self::start(args, db).await)
     }
 
+    /// A server with `extra` routes behind the API's access and audit layers.
+    pub async fn spawn_with_routes(
+        backend: Backend,
+        extra: axum::Router<annals::api::AppState>,
+    ) -> Option<Self> {
+        let db = TestDatabase::create(backend).await?;
+        let args = ServeArgs::with_database(db.url.clone());
+        Some(Self::start_routes(args, db, extra).await)
+    }
+
     async fn start(args: ServeArgs, db: TestDatabase) -> Self {
-        let server = server::start(args.clone()).await.expect("server starts");
+        Self::start_routes(args, db, axum::Router::new()).await
+    }
+
+    async fn start_routes(
+        args: ServeArgs,
+        db: TestDatabase,
+        extra: axum::Router<annals::api::AppState>,
+    ) -> Self {
+        let server = server::start_with(args.clone(), extra)
+            .await
+            .expect("server starts");
         let admin_key = server
             .bootstrap_key
             .as_ref()
