@@ -571,19 +571,11 @@ async fn start_server(
     database_url: &str,
     sync: Synchronous,
 ) -> anyhow::Result<(server::RunningServer, String)> {
-    start_server_with(database_url, sync, true).await
-}
-
-async fn start_server_with(
-    database_url: &str,
-    sync: Synchronous,
-    audit_log: bool,
-) -> anyhow::Result<(server::RunningServer, String)> {
-    start_server_routes(database_url, sync, audit_log, Router::new()).await
+    start_server_with(database_url, sync, true, Router::new()).await
 }
 
 /// The full server, with `extra` routes behind its access and audit layers.
-async fn start_server_routes(
+async fn start_server_with(
     database_url: &str,
     sync: Synchronous,
     audit_log: bool,
@@ -863,10 +855,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // The no-op ceiling, then single events with the audit log on, then off (what auditing
     // every call costs), `rounds` times in turn. The ceiling is measured in every round like
     // the phases compared with it, and each ratio is taken within a round (`paired_ratio`), so
-    // a machine that speeds up or slows down during the run moves both sides alike.
-    // Second ceiling, for the record: the no-op handler mounted in the full server behind the
-    // key check, the rate limiter and the audit log, so the ratio to it is the event path's
-    // own cost (parsing the envelope, the queue, the durable write).
+    // a machine that speeds up or slows down during the run moves both sides alike. After the
+    // no-op, a second ceiling: the same handler mounted in the full server behind the key
+    // check, the rate limiter and the audit log, so the ratio to it is the event path's own
+    // cost (parsing the envelope, the queue, the durable write).
     let mut noops = Vec::new();
     let mut guarded = Vec::new();
     let mut audited = Vec::new();
@@ -875,7 +867,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (noop_url, noop_task) = noop_server().await?;
         noops.push(single_load(generator, noop_url, None, &args).await?);
         noop_task.abort();
-        let (server, key) = start_server_routes(
+        let (server, key) = start_server_with(
             &dbs.fresh(&format!("noop{round}")).await?,
             args.sqlite_synchronous,
             true,
@@ -887,8 +879,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         server.stop().await?;
         for (audit, out) in [(true, &mut audited), (false, &mut unaudited)] {
             let name = format!("single{round}{}", if audit { "a" } else { "u" });
-            let (server, key) =
-                start_server_with(&dbs.fresh(&name).await?, args.sqlite_synchronous, audit).await?;
+            let (server, key) = start_server_with(
+                &dbs.fresh(&name).await?,
+                args.sqlite_synchronous,
+                audit,
+                Router::new(),
+            )
+            .await?;
             let url = format!("http://{}/v1/events", server.addr);
             out.push(single_load(generator, url, Some(key), &args).await?);
             server.stop().await?;

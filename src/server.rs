@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use axum::Router;
 
-use crate::api::{AccessLimits, AppState, Services, router_with};
+use crate::api::{AccessLimits, AppState, Services, router};
 use crate::audit::AuditLog;
 use crate::audit::security::SecurityRecorder;
 use crate::auth::rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter};
@@ -81,7 +81,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
     start_with(args, Router::new()).await
 }
 
-/// `start`, with `extra` routes behind the API's access and audit layers (`api::router_with`).
+/// `start`, with `extra` routes behind the API's access and audit layers (`api::router`).
 pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Result<RunningServer> {
     let limits = args.limits()?;
     let default_client = args.default_client()?;
@@ -124,7 +124,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         },
     );
     let (security, security_flusher) = SecurityRecorder::start(store.clone());
-    let app = router_with(
+    let app = router(
         AppState::new(Services {
             store: store.clone(),
             auth,

@@ -92,13 +92,9 @@ pub struct AccessLimits {
 /// Responses smaller than this are not worth compressing.
 const COMPRESS_ABOVE_BYTES: u16 = 1024;
 
-pub fn router(state: AppState) -> Router {
-    router_with(state, Router::new())
-}
-
-/// `router` with `extra` routes behind the same access and audit layers as the API's own (the
-/// benchmark's no-op ceiling on the full stack).
-pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+/// The whole API. `extra` routes (none in production; the benchmark's no-op ceiling on the full
+/// stack) go behind the same access and audit layers as the API's own.
+pub fn router(state: AppState, extra: Router<AppState>) -> Router {
     let audit = audit::AuditLayer::new(state.clone());
     // Every layer given to a router wraps each route in one more boxed service, which axum
     // clones for every request; so the audit and access layers go on in one `route_layer`.
