@@ -28,7 +28,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
-use self::multi_row::MultiRowInsert;
+use self::multi_row::{MultiRowInsert, Prepared};
 use self::query::{EVENT_COLUMNS, Filters, TOPIC_MATCH_FN, page_sql};
 use self::writer::WriterCommand;
 use super::{
@@ -76,6 +76,23 @@ fn open_audit(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// The audit database's writing connection and its prepared batch `INSERT`s (declared first, so
+/// dropped before the connection).
+struct AuditWriter {
+    insert: Prepared,
+    conn: Connection,
+}
+
+/// A batch of thousands of audit records goes in a few dozen statement runs (`multi_row`); a
+/// failure drops the batch anyway, hence `OR ROLLBACK`.
+static AUDIT_INSERT: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock::new(|| {
+    MultiRowInsert::new(
+        "INSERT OR ROLLBACK INTO audit_logs (at, client_id, key_id, method, route, path, status, \
+         latency_us, ip, user_agent, request_id, request_body, response_body)",
+        13,
+    )
+});
+
 /// How hard SQLite syncs a commit to disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Synchronous {
@@ -116,7 +133,7 @@ pub struct SqliteStore {
     readers: r2d2::Pool<SqliteConnectionManager>,
     /// The audit database: one writing connection (used by the audit writer task and retention,
     /// in `spawn_blocking`) and its own readers.
-    audit_writer: Arc<Mutex<Connection>>,
+    audit_writer: Arc<Mutex<AuditWriter>>,
     audit_readers: r2d2::Pool<SqliteConnectionManager>,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
@@ -232,7 +249,10 @@ impl SqliteStore {
         let wal_restart = checkpoint::WalRestart::default();
         let checkpointer = checkpoint::Checkpointer::start(&options.path, wal_restart.clone())?;
         let audit_file = audit_path(&options.path);
-        let audit_writer = Arc::new(Mutex::new(open_audit(&audit_file)?));
+        let audit_writer = Arc::new(Mutex::new(AuditWriter {
+            insert: Prepared::new(&AUDIT_INSERT),
+            conn: open_audit(&audit_file)?,
+        }));
         let audit_readers = r2d2::Pool::builder()
             .max_size(2)
             .min_idle(Some(0))
@@ -301,17 +321,20 @@ impl SqliteStore {
     /// Runs `job` in a transaction on the audit database's writing connection.
     async fn write_audit<T: Send + 'static>(
         &self,
-        job: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<T> + Send + 'static,
+        job: impl FnOnce(&rusqlite::Transaction<'_>, &mut Prepared) -> anyhow::Result<T>
+        + Send
+        + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.audit_writer.clone();
+        let writer = self.audit_writer.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().map_err(|_| {
+            let mut writer = writer.lock().map_err(|_| {
                 StoreError::Internal(anyhow::anyhow!("audit connection lock poisoned"))
             })?;
+            let AuditWriter { insert, conn } = &mut *writer;
             let tx = conn
                 .transaction()
                 .map_err(|e| StoreError::Internal(e.into()))?;
-            let value = job(&tx).map_err(StoreError::Internal)?;
+            let value = job(&tx, insert).map_err(StoreError::Internal)?;
             tx.commit().map_err(|e| StoreError::Internal(e.into()))?;
             Ok(value)
         })
@@ -630,31 +653,21 @@ impl Store for SqliteStore {
         if records.is_empty() {
             return Ok(());
         }
-        self.write_audit(move |tx| {
-            // A batch of thousands goes in a few dozen statement runs (`multi_row`); a failure
-            // drops the batch anyway, hence `OR ROLLBACK`.
-            static INSERT: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock::new(|| {
-                MultiRowInsert::new(
-                    "INSERT OR ROLLBACK INTO audit_logs (at, client_id, key_id, method, route, \
-                     path, status, latency_us, ip, user_agent, request_id, request_body, \
-                     response_body)",
-                    13,
-                )
-            });
-            INSERT.run(tx, &records, |stmt, offset, r| {
-                stmt.raw_bind_parameter(offset + 1, r.at.as_micros())?;
-                stmt.raw_bind_parameter(offset + 2, &r.client_id)?;
-                stmt.raw_bind_parameter(offset + 3, &r.key_id)?;
-                stmt.raw_bind_parameter(offset + 4, &r.method)?;
-                stmt.raw_bind_parameter(offset + 5, &r.route)?;
-                stmt.raw_bind_parameter(offset + 6, &r.path)?;
-                stmt.raw_bind_parameter(offset + 7, r.status)?;
-                stmt.raw_bind_parameter(offset + 8, r.latency_us)?;
-                stmt.raw_bind_parameter(offset + 9, &r.ip)?;
-                stmt.raw_bind_parameter(offset + 10, &r.user_agent)?;
-                stmt.raw_bind_parameter(offset + 11, &r.request_id)?;
-                stmt.raw_bind_parameter(offset + 12, &r.request_body)?;
-                stmt.raw_bind_parameter(offset + 13, &r.response_body)
+        self.write_audit(move |tx, insert| {
+            insert.run(tx, &records, |row, r| {
+                row.int(r.at.as_micros())
+                    .opt_text(r.client_id.as_deref())
+                    .opt_text(r.key_id.as_deref())
+                    .text(&r.method)
+                    .opt_text(r.route.as_deref())
+                    .text(&r.path)
+                    .int(r.status.into())
+                    .int(r.latency_us)
+                    .opt_text(r.ip.as_deref())
+                    .opt_text(r.user_agent.as_deref())
+                    .opt_text(r.request_id.as_deref())
+                    .opt_text(r.request_body.as_deref())
+                    .opt_text(r.response_body.as_deref());
             })?;
             Ok(())
         })
@@ -752,7 +765,7 @@ impl Store for SqliteStore {
         before: Timestamp,
         limit: usize,
     ) -> Result<u64, StoreError> {
-        self.write_audit(move |tx| {
+        self.write_audit(move |tx, _| {
             let n = tx.execute(
                 "DELETE FROM audit_logs WHERE id IN (SELECT id FROM audit_logs WHERE at < ?1 ORDER BY id LIMIT ?2)",
                 params![before.as_micros(), limit as i64],

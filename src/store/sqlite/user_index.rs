@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rusqlite::Connection;
 
-use super::multi_row::MultiRowInsert;
+use super::multi_row::{MultiRowInsert, Prepared};
 
 /// Events past the index before a batch is sealed; queries by user scan at most about this
 /// many events (plus the time a sealed batch takes to copy) beyond the index.
@@ -71,6 +71,9 @@ pub(super) struct UserIndex {
     sealed_to: i64,
     pending: Vec<Entry>,
     retry_at: Option<Instant>,
+    /// The copy's `INSERT`s, on the writer's connection (dropped before it: the writer makes
+    /// this after opening it).
+    insert: Prepared,
 }
 
 impl UserIndex {
@@ -104,6 +107,7 @@ impl UserIndex {
             sealed_to: through_seq,
             pending,
             retry_at: None,
+            insert: Prepared::new(&INSERT),
         })
     }
 
@@ -183,8 +187,11 @@ impl UserIndex {
     }
 
     /// In `tx`: copies `sealed[copied..end]`, and moves `through_seq` when that ends the batch.
-    fn copy(&self, tx: &Connection, end: usize) -> anyhow::Result<Slice> {
-        insert(tx, &self.sealed[self.copied..end])?;
+    fn copy(&mut self, tx: &Connection, end: usize) -> anyhow::Result<Slice> {
+        self.insert
+            .run(tx, &self.sealed[self.copied..end], |row, e| {
+                row.text(&e.client).text(&e.user).int(e.seq);
+            })?;
         let completes = end == self.sealed.len();
         if completes {
             set_through(tx, self.sealed_to)?;
@@ -206,20 +213,13 @@ impl UserIndex {
     }
 }
 
-fn insert(tx: &Connection, entries: &[Entry]) -> anyhow::Result<()> {
-    static INSERT: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock::new(|| {
-        MultiRowInsert::new(
-            "INSERT OR IGNORE INTO user_index (u_client, u_user, u_seq)",
-            3,
-        )
-    });
-    INSERT.run(tx, entries, |stmt, offset, e| {
-        stmt.raw_bind_parameter(offset + 1, &e.client)?;
-        stmt.raw_bind_parameter(offset + 2, &e.user)?;
-        stmt.raw_bind_parameter(offset + 3, e.seq)
-    })?;
-    Ok(())
-}
+/// The copy's statement shapes.
+static INSERT: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock::new(|| {
+    MultiRowInsert::new(
+        "INSERT OR IGNORE INTO user_index (u_client, u_user, u_seq)",
+        3,
+    )
+});
 
 fn set_through(tx: &Connection, seq: i64) -> anyhow::Result<()> {
     tx.prepare_cached("UPDATE user_index_progress SET through_seq = ?1 WHERE id = 1")?

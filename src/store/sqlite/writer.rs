@@ -29,7 +29,7 @@ use crate::ingest::idempotency::{self, StoredKey};
 use crate::ingest::queue::{Waited, next_group_blocking};
 
 use super::checkpoint::WalRestart;
-use super::multi_row::MultiRowInsert;
+use super::multi_row::{MultiRowInsert, Prepared, Row};
 use super::user_index::{Entry, UserIndex};
 use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
 
@@ -70,9 +70,9 @@ pub(super) fn run(
     commits: broadcast::Sender<CommittedRange>,
     wal_restart: WalRestart,
 ) {
-    // The group's statements (the multi-row `INSERT`s in every chunk size among them) stay
-    // prepared.
     conn.set_prepared_statement_cache_capacity(64);
+    // Declared after `conn`, so dropped before it.
+    let mut insert = Prepared::new(&INSERT_EVENTS);
     let mut last_seq = match load_last_seq(&conn) {
         Ok(seq) => seq,
         Err(e) => {
@@ -117,6 +117,7 @@ pub(super) fn run(
                 WriterCommand::Exec(job) => {
                     commit_group(
                         &conn,
+                        &mut insert,
                         std::mem::take(&mut appends),
                         &mut last_seq,
                         &mut user_index,
@@ -126,7 +127,7 @@ pub(super) fn run(
                 WriterCommand::Shutdown => rx.close(),
             }
         }
-        commit_group(&conn, appends, &mut last_seq, &mut user_index);
+        commit_group(&conn, &mut insert, appends, &mut last_seq, &mut user_index);
         drop(reservations);
         if last_seq > before {
             // No subscriber is fine: the range is simply not heard.
@@ -169,6 +170,7 @@ fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
 /// the failure stays with the request that caused it.
 fn commit_group(
     conn: &Connection,
+    insert: &mut Prepared,
     appends: Vec<PendingAppend>,
     last_seq: &mut i64,
     user_index: &mut UserIndex,
@@ -186,7 +188,7 @@ fn commit_group(
         for append in &appends {
             outcomes.push(statements.apply(&append.events, &mut seq, &mut rows, &mut entries)?);
         }
-        insert_events(conn, &rows, received_at)?;
+        insert_events(conn, insert, &rows, received_at)?;
         conn.prepare_cached("UPDATE event_sequence SET last_seq = ?1 WHERE id = 1")?
             .execute([seq])?;
         let events = (seq - *last_seq) as usize;
@@ -204,7 +206,7 @@ fn commit_group(
         Err(e) if appends.len() > 1 => {
             tracing::warn!(error = %format!("{e:#}"), jobs = appends.len(), "group commit failed; retrying its appends one by one");
             for append in appends {
-                commit_group(conn, vec![append], last_seq, user_index);
+                commit_group(conn, insert, vec![append], last_seq, user_index);
             }
         }
         Err(e) => {
@@ -280,41 +282,38 @@ static INSERT_EVENTS: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock:
 /// Inserts the group's events.
 fn insert_events(
     conn: &Connection,
+    insert: &mut Prepared,
     rows: &[EventRow<'_>],
     received_at: Timestamp,
 ) -> rusqlite::Result<()> {
-    INSERT_EVENTS.run(conn, rows, |insert, offset, row| {
-        row.bind(insert, offset, received_at)
-    })
+    insert.run(conn, rows, |row, event| event.bind(row, received_at))
 }
 
-impl EventRow<'_> {
-    /// Binds this row's columns after the first `offset` parameters.
-    fn bind(
-        &self,
-        insert: &mut rusqlite::Statement<'_>,
-        offset: usize,
-        received_at: Timestamp,
-    ) -> rusqlite::Result<()> {
+impl<'a> EventRow<'a> {
+    /// Binds this row's columns.
+    fn bind(&'a self, row: &mut Row<'a>, received_at: Timestamp) {
         let e = self.event;
         let occurred_at = e.occurred_at.unwrap_or(received_at);
-        insert.raw_bind_parameter(offset + 1, self.seq)?;
-        insert.raw_bind_parameter(offset + 2, self.id.as_bytes().as_slice())?;
-        insert.raw_bind_parameter(offset + 3, e.client_id.as_str())?;
-        insert.raw_bind_parameter(offset + 4, e.event_type.as_str())?;
-        insert.raw_bind_parameter(offset + 5, &e.user_id)?;
-        insert.raw_bind_parameter(offset + 6, &e.event_id)?;
-        insert.raw_bind_parameter(offset + 7, &e.source)?;
-        insert.raw_bind_parameter(offset + 8, &e.subject)?;
-        insert.raw_bind_parameter(offset + 9, &e.correlation_id)?;
-        insert.raw_bind_parameter(offset + 10, &e.status)?;
-        insert.raw_bind_parameter(offset + 11, e.ip_address.map(|ip| ip.to_string()))?;
-        insert.raw_bind_parameter(offset + 12, &e.partition_key)?;
-        insert.raw_bind_parameter(offset + 13, occurred_at.as_micros())?;
-        insert.raw_bind_parameter(offset + 14, received_at.as_micros())?;
-        insert.raw_bind_parameter(offset + 15, &e.data)?;
-        insert.raw_bind_parameter(offset + 16, &e.headers)?;
-        insert.raw_bind_parameter(offset + 17, e.format.code())
+        row.int(self.seq)
+            .blob(self.id.as_bytes())
+            .text(e.client_id.as_str())
+            .text(e.event_type.as_str())
+            .opt_text(e.user_id.as_deref())
+            .opt_text(e.event_id.as_deref())
+            .opt_text(e.source.as_deref())
+            .opt_text(e.subject.as_deref())
+            .opt_text(e.correlation_id.as_deref())
+            .opt_text(e.status.as_deref());
+        match e.ip_address {
+            Some(ip) => row.text_copied(&ip.to_string()),
+            None => row.null(),
+        };
+        row.opt_text(e.partition_key.as_deref())
+            .int(occurred_at.as_micros())
+            .int(received_at.as_micros())
+            .text(&e.data)
+            .text(&e.headers)
+            .int(e.format.code().into());
     }
 }
 
