@@ -203,13 +203,18 @@ impl<'r> Row<'r> {
     /// Bound in place: SQLite reads `value` while the statement runs.
     pub fn text(&mut self, value: &'r str) -> &mut Self {
         // SAFETY: `value` outlives the run (see the module's invariants).
+        unsafe { self.bind_text(value, ffi::SQLITE_STATIC()) }
+    }
+
+    /// SAFETY: with `SQLITE_STATIC`, `value` must stay valid until the statement has run.
+    unsafe fn bind_text(&mut self, value: &str, how: ffi::sqlite3_destructor_type) -> &mut Self {
         let rc = unsafe {
             ffi::sqlite3_bind_text64(
                 self.stmt,
                 self.next,
                 value.as_ptr().cast(),
                 value.len() as u64,
-                ffi::SQLITE_STATIC(),
+                how,
                 ffi::SQLITE_UTF8 as u8,
             )
         };
@@ -225,17 +230,8 @@ impl<'r> Row<'r> {
 
     /// A text made for this row that doesn't outlive the call: SQLite copies it.
     pub fn text_copied(&mut self, value: &str) -> &mut Self {
-        let rc = unsafe {
-            ffi::sqlite3_bind_text64(
-                self.stmt,
-                self.next,
-                value.as_ptr().cast(),
-                value.len() as u64,
-                ffi::SQLITE_TRANSIENT(),
-                ffi::SQLITE_UTF8 as u8,
-            )
-        };
-        self.bound(rc)
+        // SAFETY: SQLite copies a transient text before the call returns.
+        unsafe { self.bind_text(value, ffi::SQLITE_TRANSIENT()) }
     }
 
     /// Bound in place, like `text`.
@@ -280,6 +276,14 @@ mod tests {
     static SHAPE: std::sync::LazyLock<MultiRowInsert> =
         std::sync::LazyLock::new(|| MultiRowInsert::new("INSERT OR ROLLBACK INTO t (a, b)", 2));
 
+    /// An in-memory database with table `t` as `columns` declares, and the inserts for it.
+    fn table(columns: &str) -> (Connection, Prepared) {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!("CREATE TABLE t ({columns})"))
+            .unwrap();
+        (conn, Prepared::new(&SHAPE))
+    }
+
     fn stored(conn: &Connection) -> Vec<(i64, Option<String>)> {
         conn.prepare("SELECT a, b FROM t ORDER BY rowid")
             .unwrap()
@@ -291,10 +295,7 @@ mod tests {
 
     #[test]
     fn any_number_of_rows_goes_in_once_each_in_order() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (a INTEGER, b TEXT)")
-            .unwrap();
-        let mut insert = Prepared::new(&SHAPE);
+        let (conn, mut insert) = table("a INTEGER, b TEXT");
         for n in [0usize, 1, 63, 64, 65, 127, 200] {
             conn.execute_batch("DELETE FROM t").unwrap();
             let rows: Vec<(i64, Option<String>)> = (0..n as i64)
@@ -311,10 +312,7 @@ mod tests {
 
     #[test]
     fn bound_values_are_read_in_place_and_never_reused_by_a_later_run() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (a INTEGER, b TEXT)")
-            .unwrap();
-        let mut insert = Prepared::new(&SHAPE);
+        let (conn, mut insert) = table("a INTEGER, b TEXT");
         {
             let first = vec![(1i64, String::from("first"))];
             insert
@@ -346,10 +344,7 @@ mod tests {
 
     #[test]
     fn a_constraint_failure_is_a_sqlite_error_and_another_connection_is_refused() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
-            .unwrap();
-        let mut insert = Prepared::new(&SHAPE);
+        let (conn, mut insert) = table("a INTEGER PRIMARY KEY, b TEXT");
         let rows = vec![(1i64, "x"), (1, "y")];
         let err = insert
             .run(&conn, &rows, |row, (a, b)| {
