@@ -70,8 +70,9 @@ pub(super) fn run(
     commits: broadcast::Sender<CommittedRange>,
     wal_restart: WalRestart,
 ) {
+    // The group's few statements stay cached, whatever the `Exec` jobs between groups prepare.
     conn.set_prepared_statement_cache_capacity(64);
-    // Declared after `conn`, so dropped before it.
+    // The events' multi-row `INSERT`s; a local, so dropped before the `conn` parameter.
     let mut insert = Prepared::new(&INSERT_EVENTS);
     let mut last_seq = match load_last_seq(&conn) {
         Ok(seq) => seq,
