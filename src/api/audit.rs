@@ -84,31 +84,31 @@ where
                 inner: self.inner.call(request),
             };
         }
-        let pending = Pending::of(&request);
+        let mut unanswered = Unanswered {
+            state: self.state.clone(),
+            pending: Some(Pending::of(&request)),
+        };
         if !self.state.audit_bodies {
             return AuditFuture::Recording {
                 inner: self.inner.call(request),
-                state: self.state.clone(),
-                pending: Some(pending),
+                unanswered,
             };
         }
         // Keeping bodies reads the response asynchronously after the route has answered.
         let (parts, body) = request.into_parts();
         let (tee, seen) = TeeBody::new(body);
         let inner = self.inner.call(Request::from_parts(parts, Body::new(tee)));
-        let state = self.state.clone();
         AuditFuture::WithBodies {
             future: Box::pin(async move {
                 let Ok(response) = inner.await;
+                let state = &unanswered.state;
                 let request_body = seen
                     .lock()
                     .ok()
                     .and_then(|c| bodies::render(&c, &state.mask));
-                let (response, response_body) =
-                    keep_response_body(response, &pending.path, &state).await;
-                if let Some(audit) = &state.audit {
-                    audit.record(pending.finish(&response, request_body, response_body));
-                }
+                let path = unanswered.pending.as_ref().map_or("", |p| p.path.as_str());
+                let (response, response_body) = keep_response_body(response, path, state).await;
+                unanswered.answered(&response, request_body, response_body);
                 Ok(response)
             }),
         }
@@ -121,7 +121,7 @@ pin_project_lite::pin_project! {
     pub enum AuditFuture<F> {
         /// The audit log is off (`ANNALS_AUDIT_LOG=false`).
         Plain { #[pin] inner: F },
-        Recording { #[pin] inner: F, state: AppState, pending: Option<Pending> },
+        Recording { #[pin] inner: F, unanswered: Unanswered },
         /// `ANNALS_AUDIT_BODIES`: the response body is read before the record is made.
         WithBodies { future: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> },
     }
@@ -136,21 +136,48 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             AuditFutureProj::Plain { inner } => inner.poll(cx),
-            AuditFutureProj::Recording {
-                inner,
-                state,
-                pending,
-            } => {
+            AuditFutureProj::Recording { inner, unanswered } => {
                 let Ok(response) = std::task::ready!(inner.poll(cx));
-                if let (Some(pending), Some(audit)) = (pending.take(), &state.audit) {
-                    audit.record(pending.finish(&response, None, None));
-                }
+                unanswered.answered(&response, None, None);
                 Poll::Ready(Ok(response))
             }
             AuditFutureProj::WithBodies { future } => future.as_mut().poll(cx),
         }
     }
 }
+
+/// A request's audit record until the route answers. If the request is dropped unanswered (the
+/// client closed the connection first), it is recorded on drop with status 499, the status
+/// proxies log for "client closed request", and no caller: whatever the route did (an event it
+/// stored, say), the call itself stays on record.
+pub struct Unanswered {
+    state: AppState,
+    pending: Option<Pending>,
+}
+
+impl Unanswered {
+    fn answered(
+        &mut self,
+        response: &Response,
+        request_body: Option<String>,
+        response_body: Option<String>,
+    ) {
+        if let (Some(pending), Some(audit)) = (self.pending.take(), &self.state.audit) {
+            audit.record(pending.finish(response, request_body, response_body));
+        }
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let (Some(pending), Some(audit)) = (self.pending.take(), &self.state.audit) {
+            audit.record(pending.abandoned());
+        }
+    }
+}
+
+/// The status recorded for a request its client abandoned before the answer.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// What the audit record takes from the request, before the route answers.
 pub struct Pending {
@@ -181,6 +208,12 @@ impl Pending {
         }
     }
 
+    /// The record of a request dropped before its answer: who called is not known then (the
+    /// access layer reports it with the answer).
+    fn abandoned(self) -> AuditRecord {
+        self.record(None, CLIENT_CLOSED_REQUEST, None, None)
+    }
+
     /// The record, with who the access layer found the caller to be.
     fn finish(
         self,
@@ -189,6 +222,21 @@ impl Pending {
         response_body: Option<String>,
     ) -> AuditRecord {
         let identity = response.extensions().get::<AuditIdentity>();
+        self.record(
+            identity,
+            response.status().as_u16(),
+            request_body,
+            response_body,
+        )
+    }
+
+    fn record(
+        self,
+        identity: Option<&AuditIdentity>,
+        status: u16,
+        request_body: Option<String>,
+        response_body: Option<String>,
+    ) -> AuditRecord {
         AuditRecord {
             at: self.at,
             client_id: identity.map(|i| i.0.client_id.to_string()),
@@ -196,7 +244,7 @@ impl Pending {
             method: self.method,
             route: self.route,
             path: self.path,
-            status: response.status().as_u16(),
+            status,
             latency_us: self.started.elapsed().as_micros() as i64,
             ip: self.ip,
             user_agent: self.user_agent,

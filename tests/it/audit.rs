@@ -341,7 +341,32 @@ async fn extra_routes_sit_behind_the_key_check_and_the_audit_log(backend: Backen
     app.stop().await;
 }
 
+/// A call whose client hangs up before the answer is still on record, as status 499.
+async fn a_call_abandoned_by_its_client_is_recorded(backend: Backend) {
+    let stuck = axum::Router::new().route(
+        "/v1/stuck",
+        axum::routing::post(std::future::pending::<axum::http::StatusCode>),
+    );
+    let Some(app) = TestApp::spawn_with_routes(backend, stuck).await else {
+        return;
+    };
+    let gave_up = app
+        .http
+        .post(app.url("/v1/stuck"))
+        .header("x-api-key", &app.admin_key)
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    let rows = logs_until(&app, "endpoint=/v1/stuck", &app.admin_key, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["status"], 499, "{rows:?}");
+    assert_eq!(rows[0]["method"], "POST", "{rows:?}");
+    app.stop().await;
+}
+
 crate::conformance!(
+    a_call_abandoned_by_its_client_is_recorded,
     extra_routes_sit_behind_the_key_check_and_the_audit_log,
     bodies_are_kept_masked_when_asked,
     every_call_is_recorded_and_clients_see_only_their_own,
