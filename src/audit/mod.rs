@@ -3,13 +3,13 @@
 //!
 //! Invariants:
 //! - `record` never waits and never fails the request: when the queue is full the record is
-//!   dropped and counted (`dropped()`), so auditing can't slow or block event ingest.
+//!   dropped and counted, so auditing can't slow or block event ingest.
 //! - The writer batches what arrives within `LINGER` of the first record (up to `MAX_BATCH`) into
 //!   one store write. A backlog of a full batch or more goes out at once, batch after batch:
 //!   lingering before each would cap the writer at `MAX_BATCH` records per `LINGER` (20k/s),
 //!   below what one node ingests, and the queue would overflow.
-//! - Records dropped because the queue was full are logged (a warning with the count since the
-//!   last one), never silently lost.
+//! - Records dropped because the queue was full are logged by the writer (a warning with the
+//!   count since the last one), never lost silently.
 //! - On shutdown the writer stores everything still queued before it stops.
 
 pub mod bodies;
@@ -48,11 +48,6 @@ impl AuditLog {
         if self.tx.try_send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Records lost because the queue was full (or the writer gone).
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
