@@ -117,13 +117,7 @@ mod tests {
     /// the time taken counts the writer's lingers, not how fast the machine is.
     #[tokio::test(start_paused = true)]
     async fn a_backlog_is_written_batch_after_batch_without_lingering() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            crate::store::sqlite::SqliteStore::open(crate::store::sqlite::SqliteOptions::new(
-                dir.path().join("a.db"),
-            ))
-            .unwrap(),
-        );
+        let (_dir, store) = crate::store::sqlite::scratch_store();
         let (tx, rx) = mpsc::channel(QUEUE);
         let total = 3 * MAX_BATCH + 1;
         for n in 0..total {

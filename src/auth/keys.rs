@@ -324,13 +324,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_key_not_yet_cached_needs_the_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            crate::store::sqlite::SqliteStore::open(crate::store::sqlite::SqliteOptions::new(
-                dir.path().join("k.db"),
-            ))
-            .unwrap(),
-        );
+        let (_dir, store) = crate::store::sqlite::scratch_store();
         let static_key = "static-key-0123456789abcdef";
         let auth = Arc::new(Authenticator::new(
             store.clone(),

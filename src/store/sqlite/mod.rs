@@ -187,6 +187,14 @@ pub(super) fn scratch_db() -> (tempfile::TempDir, Connection) {
     (dir, conn)
 }
 
+/// A store on a fresh database in a temporary directory (keep the directory while it is used).
+#[cfg(test)]
+pub fn scratch_store() -> (tempfile::TempDir, Arc<dyn crate::store::Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteOptions::new(dir.path().join("scratch.db"))).unwrap();
+    (dir, Arc::new(store))
+}
+
 /// Stores a minimal event row straight into `events` (seq doubles as both times), for tests.
 #[cfg(test)]
 pub(super) fn insert_test_event(conn: &Connection, seq: i64, client: &str, user: Option<&str>) {
