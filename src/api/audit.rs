@@ -2,6 +2,7 @@
 //! `GET /v1/audit/logs` (a client sees its own records, admin all; reading is itself audited).
 
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -12,6 +13,7 @@ use axum::extract::{MatchedPath, OriginalUri, RawQuery, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::FutureExt;
 use tower::{Layer, Service};
 
 use super::AppState;
@@ -100,7 +102,13 @@ where
         let inner = self.inner.call(Request::from_parts(parts, Body::new(tee)));
         AuditFuture::WithBodies {
             future: Box::pin(async move {
-                let Ok(response) = inner.await;
+                let Ok(response) = match AssertUnwindSafe(inner).catch_unwind().await {
+                    Ok(answer) => answer,
+                    Err(panic) => {
+                        unanswered.panicked();
+                        std::panic::resume_unwind(panic)
+                    }
+                };
                 let state = &unanswered.state;
                 let request_body = seen
                     .lock()
@@ -137,7 +145,15 @@ where
         match self.project() {
             AuditFutureProj::Plain { inner } => inner.poll(cx),
             AuditFutureProj::Recording { inner, unanswered } => {
-                let Ok(response) = std::task::ready!(inner.poll(cx));
+                // A panic is recorded, then goes on its way to the panic layer outside.
+                let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx)));
+                let Ok(response) = match polled {
+                    Ok(poll) => std::task::ready!(poll),
+                    Err(panic) => {
+                        unanswered.panicked();
+                        std::panic::resume_unwind(panic)
+                    }
+                };
                 unanswered.answered(&response, None, None);
                 Poll::Ready(Ok(response))
             }
@@ -149,7 +165,9 @@ where
 /// A request's audit record until the route answers. If the request is dropped unanswered (the
 /// client closed the connection first), it is recorded on drop with status 499, the status
 /// proxies log for "client closed request", and no caller: whatever the route did (an event it
-/// stored, say), the call itself stays on record.
+/// stored, say), the call itself stays on record. A route that panics is recorded as the 500
+/// the panic layer answers (caught and re-raised here, as the drop comes only after the panic
+/// layer has caught it).
 pub struct Unanswered {
     state: AppState,
     pending: Option<Pending>,
@@ -166,13 +184,22 @@ impl Unanswered {
             audit.record(pending.finish(response, request_body, response_body));
         }
     }
+
+    /// The route panicked: recorded as the 500 the panic layer outside answers.
+    fn panicked(&mut self) {
+        self.unanswered(500);
+    }
+
+    fn unanswered(&mut self, status: u16) {
+        if let (Some(pending), Some(audit)) = (self.pending.take(), &self.state.audit) {
+            audit.record(pending.abandoned(status));
+        }
+    }
 }
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if let (Some(pending), Some(audit)) = (self.pending.take(), &self.state.audit) {
-            audit.record(pending.abandoned());
-        }
+        self.unanswered(CLIENT_CLOSED_REQUEST);
     }
 }
 
@@ -210,8 +237,8 @@ impl Pending {
 
     /// The record of a request dropped before its answer: who called is not known then (the
     /// access layer reports it with the answer).
-    fn abandoned(self) -> AuditRecord {
-        self.record(None, CLIENT_CLOSED_REQUEST, None, None)
+    fn abandoned(self, status: u16) -> AuditRecord {
+        self.record(None, status, None, None)
     }
 
     /// The record, with who the access layer found the caller to be.

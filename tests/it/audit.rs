@@ -341,12 +341,23 @@ async fn extra_routes_sit_behind_the_key_check_and_the_audit_log(backend: Backen
     app.stop().await;
 }
 
-/// A call whose client hangs up before the answer is still on record, as status 499.
+/// A call whose client hangs up before the answer is still on record, as status 499; one whose
+/// route panics, as the 500 it gets.
 async fn a_call_abandoned_by_its_client_is_recorded(backend: Backend) {
-    let stuck = axum::Router::new().route(
-        "/v1/stuck",
-        axum::routing::post(std::future::pending::<axum::http::StatusCode>),
-    );
+    let stuck = axum::Router::new()
+        .route(
+            "/v1/stuck",
+            axum::routing::post(std::future::pending::<axum::http::StatusCode>),
+        )
+        .route(
+            "/v1/boom",
+            axum::routing::post(|| async {
+                if true {
+                    panic!("a route that fails");
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }),
+        );
     let Some(app) = TestApp::spawn_with_routes(backend, stuck).await else {
         return;
     };
@@ -362,6 +373,10 @@ async fn a_call_abandoned_by_its_client_is_recorded(backend: Backend) {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["status"], 499, "{rows:?}");
     assert_eq!(rows[0]["method"], "POST", "{rows:?}");
+    let boom = app.post("/v1/boom", &app.admin_key, &json!({})).await;
+    assert_eq!(boom.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let rows = logs_until(&app, "endpoint=/v1/boom", &app.admin_key, 1).await;
+    assert_eq!(rows[0]["status"], 500, "{rows:?}");
     app.stop().await;
 }
 
