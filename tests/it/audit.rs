@@ -324,7 +324,7 @@ async fn extra_routes_sit_behind_the_key_check_and_the_audit_log(backend: Backen
         "/v1/probe",
         axum::routing::post(|| async { axum::http::StatusCode::NO_CONTENT }),
     );
-    let Some(app) = TestApp::spawn_with_routes(backend, probe).await else {
+    let Some(app) = TestApp::spawn_with_routes(backend, |_| {}, probe).await else {
         return;
     };
     let anonymous = app.http.post(app.url("/v1/probe")).send().await.unwrap();
@@ -341,9 +341,18 @@ async fn extra_routes_sit_behind_the_key_check_and_the_audit_log(backend: Backen
     app.stop().await;
 }
 
+async fn a_call_abandoned_by_its_client_is_recorded(backend: Backend) {
+    abandoned_and_panicking_calls_are_recorded(backend, false).await;
+}
+
+/// The same with `ANNALS_AUDIT_BODIES`, whose records are made on another path.
+async fn with_bodies_a_call_abandoned_by_its_client_is_recorded(backend: Backend) {
+    abandoned_and_panicking_calls_are_recorded(backend, true).await;
+}
+
 /// A call whose client hangs up before the answer is still on record, as status 499; one whose
 /// route panics, as the 500 it gets.
-async fn a_call_abandoned_by_its_client_is_recorded(backend: Backend) {
+async fn abandoned_and_panicking_calls_are_recorded(backend: Backend, bodies: bool) {
     let stuck = axum::Router::new()
         .route(
             "/v1/stuck",
@@ -358,7 +367,8 @@ async fn a_call_abandoned_by_its_client_is_recorded(backend: Backend) {
                 axum::http::StatusCode::NO_CONTENT
             }),
         );
-    let Some(app) = TestApp::spawn_with_routes(backend, stuck).await else {
+    let Some(app) = TestApp::spawn_with_routes(backend, |a| a.audit_bodies = bodies, stuck).await
+    else {
         return;
     };
     let gave_up = app
@@ -382,6 +392,7 @@ async fn a_call_abandoned_by_its_client_is_recorded(backend: Backend) {
 
 crate::conformance!(
     a_call_abandoned_by_its_client_is_recorded,
+    with_bodies_a_call_abandoned_by_its_client_is_recorded,
     extra_routes_sit_behind_the_key_check_and_the_audit_log,
     bodies_are_kept_masked_when_asked,
     every_call_is_recorded_and_clients_see_only_their_own,

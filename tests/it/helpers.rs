@@ -160,10 +160,12 @@ impl TestApp {
     /// A server with `extra` routes behind the API's access and audit layers.
     pub async fn spawn_with_routes(
         backend: Backend,
+        configure: impl FnOnce(&mut ServeArgs),
         extra: axum::Router<annals::api::AppState>,
     ) -> Option<Self> {
         let db = TestDatabase::create(backend).await?;
-        let args = ServeArgs::with_database(db.url.clone());
+        let mut args = ServeArgs::with_database(db.url.clone());
+        configure(&mut args);
         Some(Self::start_routes(args, db, extra).await)
     }
 
