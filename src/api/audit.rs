@@ -180,26 +180,25 @@ impl Unanswered {
         request_body: Option<String>,
         response_body: Option<String>,
     ) {
-        if let (Some(pending), Some(audit)) = (self.pending.take(), &self.state.audit) {
-            audit.record(pending.finish(response, request_body, response_body));
-        }
+        self.record(|pending| pending.finish(response, request_body, response_body));
     }
 
     /// The route panicked: recorded as the 500 the panic layer outside answers.
     fn panicked(&mut self) {
-        self.unanswered(500);
+        self.record(|pending| pending.abandoned(500));
     }
 
-    fn unanswered(&mut self, status: u16) {
+    /// Records the call once, however it ended.
+    fn record(&mut self, make: impl FnOnce(Pending) -> AuditRecord) {
         if let (Some(pending), Some(audit)) = (self.pending.take(), &self.state.audit) {
-            audit.record(pending.abandoned(status));
+            audit.record(make(pending));
         }
     }
 }
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        self.unanswered(CLIENT_CLOSED_REQUEST);
+        self.record(|pending| pending.abandoned(CLIENT_CLOSED_REQUEST));
     }
 }
 

@@ -8,7 +8,7 @@
 //!
 //! rusqlite binds every text and blob as `SQLITE_TRANSIENT`: SQLite copies it into memory of
 //! its own and frees the copy when the binding is cleared, an allocation, a copy and a free per
-//! column (on the single-event path ~5% of all instructions, events, audit records and user
+//! column (on the single-event path ~4% of all instructions, events, audit records and user
 //! index entries together). `Prepared` keeps its own statements and binds them
 //! `SQLITE_STATIC` instead: SQLite reads the caller's bytes in place while the statement runs.
 //!
@@ -81,8 +81,10 @@ pub(super) struct Prepared {
 }
 
 // SAFETY: the statements are only used through `run`, with `&Connection` of the connection they
-// belong to (checked), which rusqlite lets move between threads; SQLite's default threading
-// mode (serialized) allows that for its statements too.
+// belong to (checked). rusqlite opens connections in SQLite's multi-thread mode: a connection
+// and its statements may move between threads as long as one thread uses them at a time, which
+// holds because `run` needs that connection too (the writer thread owns it; the audit
+// connection is behind a mutex together with its `Prepared`).
 unsafe impl Send for Prepared {}
 
 impl Prepared {
