@@ -101,39 +101,38 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
-    /// A single invalid field (`422`).
+    /// A single invalid field (`422`); `""` is the whole document (as in a JSON Pointer).
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        let field = field.into();
-        let message = message.into();
-        let mut error = Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            format!("{field}: {message}"),
-        )
-        .with_field(field.clone());
-        error.errors = vec![FieldError::new(field, message)];
-        error
+        Self::invalid_fields(vec![FieldError::new(field, message)])
     }
 
-    /// Several invalid fields (`422`); `field` is the first, `message` summarizes.
+    /// Several invalid fields (`422`); `field` is the first, `message` summarizes. A problem
+    /// with the whole document (path `""`) names no field.
     pub fn invalid_fields(errors: Vec<FieldError>) -> Self {
-        let first = errors.first().cloned();
+        let first = errors
+            .first()
+            .map(|e| (display_path(e), e.message.as_str()));
         let message = match (&first, errors.len()) {
-            (Some(e), 1) => format!("{}: {}", display_path(e), e.message),
-            (Some(e), n) => format!(
-                "{}: {} (and {} more problems)",
-                display_path(e),
-                e.message,
-                n - 1
-            ),
+            (Some((path, message)), n) => {
+                let more = match n {
+                    1 => String::new(),
+                    n => format!(" (and {} more problems)", n - 1),
+                };
+                if path.is_empty() {
+                    format!("{message}{more}")
+                } else {
+                    format!("{path}: {message}{more}")
+                }
+            }
             (None, _) => String::from("the request is not valid"),
         };
+        let field = first.map(|(path, _)| path).filter(|p| !p.is_empty());
         let mut error = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
             message,
         );
-        error.field = first.map(|e| display_path(&e));
+        error.field = field;
         error.errors = errors;
         error
     }

@@ -34,7 +34,10 @@ fn object(value: Value) -> Result<Map<String, Value>, ApiError> {
         Value::Object(map) => Ok(map),
         other => Err(ApiError::invalid(
             "",
-            format!("must be a JSON object, not {}", json_kind(&other)),
+            format!(
+                "the request body must be a JSON object, not {}",
+                json_kind(&other)
+            ),
         )),
     }
 }

@@ -21,14 +21,29 @@ pub struct ListParams {
     pub requested_client: Option<ClientId>,
 }
 
+/// The query string's `name=value` pairs, percent-decoded. A pair that does not decode to UTF-8
+/// is refused rather than read with replacement characters: a filter on a mangled name or value
+/// would quietly match nothing.
 pub fn parse_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or("")).map_err(|e| {
+    let raw = raw.unwrap_or("");
+    let malformed = |why: String| {
         ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
             "invalid_query",
-            format!("the query string is malformed: {e}"),
+            format!("the query string is malformed: {why}"),
         )
-    })
+    };
+    if let Some(pair) = raw.split('&').find(|pair| {
+        percent_encoding::percent_decode_str(pair)
+            .decode_utf8()
+            .is_err()
+    }) {
+        let shown: String = pair.chars().take(64).collect();
+        return Err(malformed(format!(
+            "'{shown}' is not UTF-8 once percent-decoded"
+        )));
+    }
+    serde_urlencoded::from_str::<Vec<(String, String)>>(raw).map_err(|e| malformed(e.to_string()))
 }
 
 pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiError> {
@@ -270,6 +285,22 @@ mod tests {
         let paths: Vec<_> = p.query.data.iter().map(|d| d.path.join("/")).collect();
         assert_eq!(paths, ["amount", "a/b", "status"]);
         assert!(p.query.status.is_none());
+    }
+
+    #[test]
+    fn pairs_must_decode_to_utf8() {
+        assert_eq!(
+            pairs("user_id=%C3%A9l%C3%A8ve&a+b=c+d"),
+            [
+                ("user_id".into(), "élève".into()),
+                ("a b".into(), "c d".into())
+            ]
+        );
+        for bad in ["%ff=1", "user_id=%C3", "a=1&b=%80%80"] {
+            let e = parse_pairs(Some(bad)).expect_err(bad);
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(e.code, "invalid_query", "{bad}");
+        }
     }
 
     #[test]
