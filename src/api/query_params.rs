@@ -112,11 +112,7 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiEr
             format!("at most {MAX_DATA_FILTERS} data filters"),
         ));
     }
-    if let (Some(from), Some(to)) = (q.from, q.to)
-        && from >= to
-    {
-        errors.push(FieldError::new("to", "must be later than from"));
-    }
+    errors.extend(empty_range(q.from, q.to));
     if errors.is_empty() {
         Ok(ListParams {
             query: q,
@@ -141,7 +137,12 @@ pub fn parse_id_listing(
     };
     let mut client = None;
     let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (name, value) in pairs {
+        if !seen.insert(name.as_str()) {
+            errors.push(FieldError::new(name, "is given more than once"));
+            continue;
+        }
         let result = match name.as_str() {
             "client_id" => ClientId::parse(value).map(|c| client = Some(c)),
             "from" => Timestamp::parse_bound(value).map(|t| page.from = Some(t)),
@@ -158,10 +159,22 @@ pub fn parse_id_listing(
             errors.push(FieldError::new(name.clone(), message));
         }
     }
+    errors.extend(empty_range(page.from, page.to));
     if errors.is_empty() {
         Ok((page, client))
     } else {
         Err(ApiError::invalid_fields(errors))
+    }
+}
+
+/// `from` (inclusive) must come before `to` (exclusive): an empty range is a mistake, not a
+/// question with no answer.
+fn empty_range(from: Option<Timestamp>, to: Option<Timestamp>) -> Option<FieldError> {
+    match (from, to) {
+        (Some(from), Some(to)) if from >= to => {
+            Some(FieldError::new("to", "must be later than from"))
+        }
+        _ => None,
     }
 }
 
@@ -285,6 +298,31 @@ mod tests {
         let paths: Vec<_> = p.query.data.iter().map(|d| d.path.join("/")).collect();
         assert_eq!(paths, ["amount", "a/b", "status"]);
         assert!(p.query.status.is_none());
+    }
+
+    #[test]
+    fn id_listings_refuse_an_empty_range_and_repeated_names() {
+        let no_filters = |_: &str, _: &str| None;
+        let Err(e) = parse_id_listing(
+            &pairs("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"),
+            "none",
+            no_filters,
+        ) else {
+            panic!("an empty range should fail");
+        };
+        assert_eq!(e.errors[0].field, "to");
+        let Err(e) = parse_id_listing(&pairs("limit=5&limit=6"), "none", no_filters) else {
+            panic!("a repeated name should fail");
+        };
+        assert_eq!(e.errors[0].message, "is given more than once");
+        assert!(
+            parse_id_listing(
+                &pairs("from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z"),
+                "none",
+                no_filters
+            )
+            .is_ok()
+        );
     }
 
     #[test]
