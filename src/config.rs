@@ -28,24 +28,59 @@ pub enum DatabaseLocation {
 
 impl DatabaseLocation {
     /// `postgres://…` / `postgresql://…` → PostgreSQL; `sqlite://path`, `sqlite:path` or a plain
-    /// path → a SQLite file.
-    pub fn parse(url: &str) -> Self {
+    /// path → a SQLite file. Any other `scheme://` is refused: read as a path, `mysql://db/x`
+    /// would quietly become a SQLite file under a directory named `mysql:`.
+    pub fn parse(url: &str) -> Result<Self, String> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Self::Postgres(url.to_string());
+            return Ok(Self::Postgres(url.to_string()));
         }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .unwrap_or(url);
-        Self::Sqlite(PathBuf::from(path))
+        if let Some((scheme, _)) = path.split_once("://")
+            && !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        {
+            return Err(format!(
+                "'{scheme}://' is not a supported database; use a SQLite file path \
+                 (sqlite://path) or postgres://…"
+            ));
+        }
+        if path.is_empty() {
+            return Err(String::from("the SQLite file path is empty"));
+        }
+        Ok(Self::Sqlite(PathBuf::from(path)))
     }
+}
+
+/// The shortest static admin key accepted: it is compared as given, not generated, so a short
+/// one would be guessable.
+pub const MIN_STATIC_KEY_CHARS: usize = 16;
+
+fn parse_static_key(text: &str) -> Result<String, String> {
+    if text.chars().count() < MIN_STATIC_KEY_CHARS || text.trim() != text {
+        return Err(format!(
+            "must be at least {MIN_STATIC_KEY_CHARS} characters, without surrounding spaces \
+             (e.g. openssl rand -hex 24)"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// Checks `ANNALS_DATABASE_URL` when the configuration is read, so a bad one stops `annals`
+/// with the other configuration errors.
+fn parse_database_url(text: &str) -> Result<String, String> {
+    DatabaseLocation::parse(text).map(|_| text.to_string())
 }
 
 /// Options that say which store to open and how.
 #[derive(Args, Clone, Debug)]
 pub struct StoreArgs {
     /// Database: a SQLite file path (default `./annals.db`) or `postgres://…`.
-    #[arg(long, env = "ANNALS_DATABASE_URL", default_value = "annals.db")]
+    #[arg(long, env = "ANNALS_DATABASE_URL", default_value = "annals.db", value_parser = parse_database_url)]
     pub database_url: String,
 
     /// SQLite durability: `full` syncs every group commit; `normal` trades the last commits on
@@ -86,8 +121,9 @@ fn parse_indexed_fields(text: &str) -> Result<IndexedFields, String> {
 }
 
 impl StoreArgs {
-    pub fn location(&self) -> DatabaseLocation {
+    pub fn location(&self) -> anyhow::Result<DatabaseLocation> {
         DatabaseLocation::parse(&self.database_url)
+            .map_err(|e| anyhow::anyhow!("ANNALS_DATABASE_URL: {e}"))
     }
 
     pub fn postgres_options(&self, url: String) -> PostgresOptions {
@@ -123,8 +159,9 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// A static admin key (the AUDITOR "key specified in the server").
-    #[arg(long, env = "ANNALS_API_KEY", hide_env_values = true)]
+    /// A static admin key (the AUDITOR "key specified in the server"), at least
+    /// `MIN_STATIC_KEY_CHARS` long.
+    #[arg(long, env = "ANNALS_API_KEY", hide_env_values = true, value_parser = parse_static_key)]
     pub api_key: Option<String>,
 
     /// Client that events sent with the static key belong to, and owner of the first admin key.
@@ -279,22 +316,30 @@ mod tests {
 
     #[test]
     fn database_locations() {
-        assert_eq!(
-            DatabaseLocation::parse("annals.db"),
-            DatabaseLocation::Sqlite("annals.db".into())
-        );
+        let sqlite = |p: &str| Ok(DatabaseLocation::Sqlite(p.into()));
+        assert_eq!(DatabaseLocation::parse("annals.db"), sqlite("annals.db"));
         assert_eq!(
             DatabaseLocation::parse("sqlite:///tmp/a.db"),
-            DatabaseLocation::Sqlite("/tmp/a.db".into())
+            sqlite("/tmp/a.db")
         );
+        assert_eq!(DatabaseLocation::parse("sqlite:a.db"), sqlite("a.db"));
         assert_eq!(
-            DatabaseLocation::parse("sqlite:a.db"),
-            DatabaseLocation::Sqlite("a.db".into())
+            DatabaseLocation::parse("./data:2026/a.db"),
+            sqlite("./data:2026/a.db")
         );
         assert!(matches!(
             DatabaseLocation::parse("postgres://u@h/db"),
-            DatabaseLocation::Postgres(_)
+            Ok(DatabaseLocation::Postgres(_))
         ));
+        for bad in [
+            "mysql://u@h/db",
+            "sqlite://",
+            "",
+            "redis://h",
+            "sqlite://file://x",
+        ] {
+            assert!(DatabaseLocation::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

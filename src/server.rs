@@ -26,7 +26,7 @@ use crate::store::sqlite::SqliteStore;
 
 /// Opens the configured store (creating and migrating it as needed).
 pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
-    match args.location() {
+    match args.location()? {
         DatabaseLocation::Sqlite(path) => {
             let options = args.sqlite_options(path);
             let store = tokio::task::spawn_blocking(move || SqliteStore::open(options))

@@ -69,7 +69,7 @@ async fn keys_create_list_toggle_delete_and_the_key_works() {
 
     // the key works against a server on the same database
     let mut args = annals::config::ServeArgs::with_database(db.clone());
-    args.api_key = Some("unused-static".into());
+    args.api_key = Some("unused-static-key-0".into());
     let server = annals::server::start(args).await.unwrap();
     let http = reqwest::Client::new();
     let post = |k: String| {
@@ -179,6 +179,42 @@ fn bad_cli_input_is_refused_with_a_message() {
         assert!(!out.status.success(), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}");
     }
+    // bad configuration stops `serve` before it opens or creates anything
+    let refused = |database: &str, key: Option<&str>, want: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_annals"));
+        command
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("ANNALS_DATABASE_URL", database)
+            .env("ANNALS_LISTEN", "127.0.0.1:0");
+        match key {
+            Some(key) => command.env("ANNALS_API_KEY", key),
+            None => command.env_remove("ANNALS_API_KEY"),
+        };
+        let out = command.output().expect("annals runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{database} {key:?}");
+        assert!(stderr.contains(want), "{database} {key:?}: {stderr}");
+    };
+    refused(
+        "mysql://db.internal/annals",
+        None,
+        "not a supported database",
+    );
+    refused(&db, Some("short-key"), "at least 16 characters");
+    refused(
+        &db,
+        Some(" padded-static-key-0 "),
+        "without surrounding spaces",
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.starts_with("cli.db")),
+        "nothing else was created: {names:?}"
+    );
 }
 
 #[test]

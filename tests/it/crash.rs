@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use crate::helpers::{Backend, TestDatabase, all_events};
 use serde_json::{Value, json};
 
-const KEY: &str = "crash-test-key";
+const KEY: &str = "crash-test-static-key";
 
 /// Starts `annals serve` on a free port and returns it with its address once it listens.
 fn start(db: &str) -> (Child, String) {

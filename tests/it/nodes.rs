@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestDatabase, all_events};
 
-const KEY: &str = "two-node-key";
+const KEY: &str = "two-node-static-key";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_write_concurrently_and_agree() {

@@ -16,7 +16,7 @@ use tokio::task::AbortHandle;
 
 use crate::helpers::{Backend, TestDatabase, status_json};
 
-const KEY: &str = "outage-key";
+const KEY: &str = "outage-static-key-0";
 
 /// A loopback TCP proxy to `upstream` that can refuse and cut every connection.
 struct Proxy {
