@@ -490,8 +490,8 @@ async fn noop_handler(body: Bytes) -> (StatusCode, axum::Json<Value>) {
     }
 }
 
-/// The no-op ceiling: same runtime, same axum router and middleware layers, the same body read
-/// and parsed as JSON, no work.
+/// The no-op ceiling: same runtime, same listener, axum router and middleware layers, the same
+/// body read and parsed as JSON, no work.
 async fn noop_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     let app = crate::api::with_layers(crate::api::json_fallbacks(
         Router::new().route("/v1/events", post(noop_handler)),
@@ -499,7 +499,8 @@ async fn noop_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        let _ = axum::serve(crate::server::without_nagle(listener), app).await;
+        let read_timeout = crate::config::Limits::default().read_timeout;
+        crate::listener::serve(listener, app, read_timeout, std::future::pending()).await;
     });
     Ok((format!("http://{addr}/v1/events"), task))
 }

@@ -180,6 +180,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
 
+    /// Seconds a client has to send a request's head (from connecting, or from the previous
+    /// answer on a kept-alive connection), and again to send its body.
+    #[arg(long, env = "ANNALS_READ_TIMEOUT_SECS", default_value_t = 30)]
+    pub read_timeout_secs: u64,
+
     /// Requests per minute per key unless the key sets its own (default 6000). Setting it also
     /// limits the static `ANNALS_API_KEY`.
     #[arg(long, env = "ANNALS_RATE_LIMIT_PER_MINUTE")]
@@ -234,6 +239,8 @@ pub struct Limits {
     pub max_event_bytes: usize,
     pub max_body_bytes: usize,
     pub max_batch: usize,
+    /// Time to send a request's head, and again its body (`ANNALS_READ_TIMEOUT_SECS`).
+    pub read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -242,6 +249,23 @@ impl Default for Limits {
             max_event_bytes: MIB,
             max_body_bytes: 16 * MIB,
             max_batch: 1000,
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How much of a request body is read, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit {
+    pub max_bytes: usize,
+    pub read_timeout: Duration,
+}
+
+impl Limits {
+    pub fn body(&self) -> BodyLimit {
+        BodyLimit {
+            max_bytes: self.max_body_bytes,
+            read_timeout: self.read_timeout,
         }
     }
 }
@@ -265,6 +289,7 @@ impl ServeArgs {
             max_event_bytes: MIB,
             max_body_bytes: 16 * MIB,
             max_batch: 1000,
+            read_timeout_secs: 30,
             rate_limit_per_minute: None,
             redis_url: None,
             audit_log: true,
@@ -297,10 +322,14 @@ impl ServeArgs {
         if !(1..=100_000).contains(&self.max_batch) {
             bail!("ANNALS_MAX_BATCH must be between 1 and 100000");
         }
+        if !(1..=3600).contains(&self.read_timeout_secs) {
+            bail!("ANNALS_READ_TIMEOUT_SECS must be between 1 and 3600");
+        }
         Ok(Limits {
             max_event_bytes: self.max_event_bytes,
             max_body_bytes: self.max_body_bytes,
             max_batch: self.max_batch,
+            read_timeout: Duration::from_secs(self.read_timeout_secs),
         })
     }
 

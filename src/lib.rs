@@ -11,5 +11,6 @@ pub mod domain;
 pub mod error;
 pub mod ingest;
 pub mod jobs;
+pub mod listener;
 pub mod server;
 pub mod store;

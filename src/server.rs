@@ -50,7 +50,7 @@ pub struct RunningServer {
     /// Key management wired to this server's authenticator (changes apply at once).
     pub keys: KeyService,
     shutdown: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
     audit_writer: Option<JoinHandle<()>>,
     retention: Option<JoinHandle<()>>,
     security: SecurityRecorder,
@@ -61,7 +61,7 @@ impl RunningServer {
     /// Stops accepting connections, finishes in-flight requests, then drains the store's queue.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(());
-        self.task.await.context("server task")??;
+        self.task.await.context("server task")?;
         if let Some(job) = self.retention {
             job.abort();
         }
@@ -150,14 +150,10 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
     let addr = listener.local_addr()?;
     let (shutdown, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        axum::serve(
-            without_nagle(listener),
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
+        crate::listener::serve(listener, app, limits.read_timeout, async {
             let _ = stopped.await;
         })
-        .await
+        .await;
     });
     Ok(RunningServer {
         addr,
@@ -174,19 +170,6 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
 }
 
 /// `annals serve`: runs until SIGTERM or SIGINT.
-/// Sets `TCP_NODELAY` on every accepted connection: answers are small and latency-bound, and
-/// Nagle's algorithm would hold a second small segment until the client's delayed ACK.
-pub fn without_nagle(
-    listener: TcpListener,
-) -> axum::serve::TapIo<TcpListener, impl FnMut(&mut tokio::net::TcpStream) + Send + 'static> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    })
-}
-
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while starting must still mean a clean stop.
     let stop = shutdown_signal()?;

@@ -81,7 +81,7 @@ async fn create_event(
             create_cloudevent_batch(&state, &principal, headers, body).await
         }
         WireMode::CloudEventBinary => {
-            let bytes = read_body(headers, body, state.limits.max_body_bytes).await?;
+            let bytes = read_body(headers, body, state.limits.body()).await?;
             let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
@@ -143,7 +143,7 @@ async fn create_cloudevent_batch(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let value = read_json(headers, body, state.limits.max_body_bytes).await?;
+    let value = read_json(headers, body, state.limits.body()).await?;
     let Value::Array(items) = value else {
         return Err(ApiError::invalid(
             "",

@@ -5,11 +5,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
-use axum::http::{HeaderMap, header, request::Parts};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use serde_json::Value;
 
 use super::AppState;
 use crate::auth::Principal;
+use crate::config::BodyLimit;
 use crate::domain::json_depth::{MAX_JSON_DEPTH, depth_exceeds};
 use crate::error::ApiError;
 
@@ -79,15 +80,20 @@ pub fn content_type_essence(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, 
     Some(crate::domain::cloudevents::media_essence(text))
 }
 
-/// Reads the body, at most `max_bytes` of it *after* decompression: `gzip` and `deflate` bodies
+/// Reads the body within `limit.read_timeout` (else `408`), at most `limit.max_bytes` of it
+/// *after* decompression: `gzip` and `deflate` bodies
 /// arrive here already inflated as a stream (the `RequestDecompressionLayer` in `with_layers`),
 /// so a gzip bomb stops at the limit with `413` instead of filling memory. Any other
 /// `Content-Encoding` is passed through by that layer and refused here with `415`.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
-    max_bytes: usize,
+    limit: BodyLimit,
 ) -> Result<axum::body::Bytes, ApiError> {
+    let BodyLimit {
+        max_bytes,
+        read_timeout,
+    } = limit;
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
         let encoding = encoding.to_str().unwrap_or("?");
         if !encoding.trim().eq_ignore_ascii_case("identity") {
@@ -111,7 +117,20 @@ pub async fn read_body(
     {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, max_bytes).await.map_err(|e| {
+    // A deadline for the whole body, not for each piece: a client dribbling a byte at a time
+    // would otherwise hold its connection and this handler for as long as it liked.
+    let Ok(read) = tokio::time::timeout(read_timeout, axum::body::to_bytes(body, max_bytes)).await
+    else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s (ANNALS_READ_TIMEOUT_SECS)",
+                read_timeout.as_secs()
+            ),
+        ));
+    };
+    read.map_err(|e| {
         let limit_hit = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if limit_hit {
@@ -141,14 +160,14 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_json(format!("the request body is not valid JSON: {e}")))
 }
 
-/// Reads the body (at most `max_bytes`) and parses it as JSON.
+/// Reads the body (within `limit`) and parses it as JSON.
 pub async fn read_json(
     headers: &HeaderMap,
     body: Body,
-    max_bytes: usize,
+    limit: BodyLimit,
 ) -> Result<Value, ApiError> {
     is_json_content_type(headers)?;
-    let bytes = read_body(headers, body, max_bytes).await?;
+    let bytes = read_body(headers, body, limit).await?;
     parse_json(&bytes)
 }
 

@@ -5,6 +5,7 @@ use annals::config::ServeArgs;
 use annals::server;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 use crate::helpers::{Backend, TestApp, TestDatabase, assert_error, status_json};
 
@@ -155,4 +156,61 @@ async fn a_limit_shared_through_redis_holds_across_nodes() {
     assert_eq!(allowed, 10, "ten in total across both nodes, not ten each");
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// Reads what the server sends until it closes the connection, failing the test if it is still
+/// open after `within`.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut received))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// Slow or silent clients can't hold connections: a connection that sends nothing, one that
+/// dribbles its headers, and one that stops halfway through its body are each cut off after
+/// `ANNALS_READ_TIMEOUT_SECS` (the last with a JSON `408`), and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let Some(app) = TestApp::spawn_with(Backend::Sqlite, |a| a.read_timeout_secs = 1).await else {
+        return;
+    };
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+    let limit = Duration::from_secs(5);
+
+    let mut silent = connect().await.unwrap();
+    assert_eq!(read_until_closed(&mut silent, limit).await, "");
+
+    let mut dribbling = connect().await.unwrap();
+    dribbling
+        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: annals\r\nContent-")
+        .await
+        .unwrap();
+    assert_eq!(read_until_closed(&mut dribbling, limit).await, "");
+
+    let mut half_body = connect().await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: annals\r\nX-API-Key: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"event_type\":",
+        app.admin_key
+    );
+    half_body.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut half_body, limit).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{answer}"));
+    assert_error(&body, "request_timeout");
+
+    // a client that keeps to the limit is served as before, on a kept-alive connection too
+    for _ in 0..2 {
+        app.record(&app.admin_key, json!({"event_type": "a.b.created"}))
+            .await;
+    }
+    assert_eq!(app.list("/v1/events", &app.admin_key).await.len(), 2);
+    app.stop().await;
 }
