@@ -499,8 +499,8 @@ async fn noop_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        let read_timeout = crate::config::Limits::default().read_timeout;
-        crate::listener::serve(listener, app, read_timeout, std::future::pending()).await;
+        let options = crate::listener::Options::default();
+        crate::listener::serve(listener, app, options, std::future::pending()).await;
     });
     Ok((format!("http://{addr}/v1/events"), task))
 }

@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::domain::ClientId;
 use crate::domain::type_policy::EventTypePolicy;
+use crate::listener::TrustedProxies;
 use crate::store::indexed::IndexedField;
 use crate::store::postgres::PostgresOptions;
 use crate::store::sqlite::{SqliteOptions, Synchronous};
@@ -185,6 +186,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_READ_TIMEOUT_SECS", default_value_t = 30)]
     pub read_timeout_secs: u64,
 
+    /// Load balancers and reverse proxies (addresses and CIDR ranges, comma-separated) whose
+    /// `X-Forwarded-For` names the caller; nobody's by default.
+    #[arg(long, env = "ANNALS_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    pub trusted_proxies: TrustedProxies,
+
     /// Requests per minute per key unless the key sets its own (default 6000). Setting it also
     /// limits the static `ANNALS_API_KEY`.
     #[arg(long, env = "ANNALS_RATE_LIMIT_PER_MINUTE")]
@@ -290,6 +296,7 @@ impl ServeArgs {
             max_body_bytes: 16 * MIB,
             max_batch: 1000,
             read_timeout_secs: 30,
+            trusted_proxies: TrustedProxies::default(),
             rate_limit_per_minute: None,
             redis_url: None,
             audit_log: true,

@@ -13,35 +13,127 @@
 //!   once every request in flight has been answered.
 //! - An accept error (e.g. out of file descriptors) is logged and retried after a pause, never
 //!   the end of the server.
+//! - Every request carries its caller's address (`ClientAddr`), found once here: the socket's
+//!   peer, unless that peer is one of `ANNALS_TRUSTED_PROXIES`, in which case the address its
+//!   `X-Forwarded-For` names (see `TrustedProxies::client_ip`). A header from anyone else is
+//!   ignored, so a client can't choose the address its audit rows and failure limit go by.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::Request;
+use axum::http::{HeaderMap, HeaderName, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 /// How long an accept error (out of file descriptors, say) pauses accepting.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// How the listener treats its clients.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Time to send a request's head (`ANNALS_READ_TIMEOUT_SECS`).
+    pub read_timeout: Duration,
+    pub trusted_proxies: TrustedProxies,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            read_timeout: crate::config::Limits::default().read_timeout,
+            trusted_proxies: TrustedProxies::default(),
+        }
+    }
+}
+
+/// The address a request came from, as the listener determined it (a request extension).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// `ANNALS_TRUSTED_PROXIES`: the load balancers and reverse proxies whose `X-Forwarded-For` is
+/// believed. Empty (the default) believes no one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Comma-separated addresses and CIDR ranges: `10.0.0.0/8, 192.168.1.5, fd00::/8`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut nets = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let net = match item.parse::<IpNet>() {
+                Ok(net) => net.trunc(),
+                Err(_) => item.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+                    format!("'{item}' is neither an IP address nor a CIDR range (10.0.0.0/8)")
+                })?,
+            };
+            nets.push(net);
+        }
+        Ok(Self(nets))
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The caller behind `peer`: `peer` itself unless it is trusted; then `X-Forwarded-For` is
+    /// read from the right (each proxy appends the address it got the request from), skipping
+    /// trusted proxies, and the first address that is not one is the client. An entry that is
+    /// not an address ends the walk at the last hop known for sure. A client can prepend what it
+    /// likes to the header, but not past a trusted proxy, which appends its own peer.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let mut client = peer.to_canonical();
+        if !self.trusts(client) {
+            return client;
+        }
+        for line in headers.get_all(&FORWARDED_FOR).iter().rev() {
+            let Ok(line) = line.to_str() else {
+                return client;
+            };
+            for entry in line.rsplit(',') {
+                let Some(hop) = forwarded_address(entry.trim()) else {
+                    return client;
+                };
+                client = hop;
+                if !self.trusts(hop) {
+                    return hop;
+                }
+            }
+        }
+        client
+    }
+}
+
+static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// An `X-Forwarded-For` entry: an address, or one with a port (`203.0.113.7:41234`,
+/// `[2001:db8::1]:41234`).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let ip = entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()?;
+    Some(ip.to_canonical())
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then drains: the requests in flight are
 /// answered before this returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    read_timeout: Duration,
+    options: Options,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(read_timeout);
+        .header_read_timeout(options.read_timeout);
+    let proxies = Arc::new(options.trusted_proxies);
     let connections = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -59,9 +151,10 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
+        let proxies = proxies.clone();
         let service = app
             .clone()
-            .map_request(move |request: Request<Incoming>| with_peer(request, remote));
+            .map_request(move |request| with_client(request, remote.ip(), &proxies));
         let connection = connections
             .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
         tokio::spawn(async move {
@@ -74,9 +167,95 @@ pub async fn serve(
     connections.shutdown().await;
 }
 
-/// The request as axum takes it, with the caller's address for `ConnectInfo`.
-fn with_peer(request: Request<Incoming>, remote: SocketAddr) -> Request<Body> {
+/// The request as axum takes it, with its caller's address.
+fn with_client(
+    request: Request<Incoming>,
+    peer: IpAddr,
+    proxies: &TrustedProxies,
+) -> Request<Body> {
+    let client = proxies.client_ip(peer, request.headers());
     let mut request = request.map(Body::new);
-    request.extensions_mut().insert(ConnectInfo(remote));
+    request.extensions_mut().insert(ClientAddr(client));
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn forwarded(lines: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(&FORWARDED_FOR, HeaderValue::from_str(line).unwrap());
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn trusted_proxies_parse_addresses_and_ranges() {
+        let proxies =
+            TrustedProxies::parse(" 10.0.0.0/8, 192.168.1.5 ,fd00::/8,10.1.2.3/8").unwrap();
+        assert!(proxies.trusts(ip("10.200.0.1")));
+        assert!(proxies.trusts(ip("192.168.1.5")));
+        assert!(!proxies.trusts(ip("192.168.1.6")));
+        assert!(proxies.trusts(ip("fd12::1")));
+        assert_eq!(
+            TrustedProxies::parse("").unwrap(),
+            TrustedProxies::default()
+        );
+        for bad in ["10.0.0.0/33", "proxy.internal", "10.0.0.1/x", "1.2.3"] {
+            assert!(TrustedProxies::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        let proxies = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        let lb = ip("10.0.0.2");
+        // not a proxy: its header is ignored
+        let stranger = ip("198.51.100.9");
+        assert_eq!(
+            proxies.client_ip(stranger, &forwarded(&["203.0.113.7"])),
+            stranger
+        );
+        assert_eq!(
+            TrustedProxies::default().client_ip(lb, &forwarded(&["203.0.113.7"])),
+            lb
+        );
+        // through one proxy, or a chain of them; what the client prepended is not believed
+        let cases: [(&[&str], &str); 8] = [
+            (&["203.0.113.7"], "203.0.113.7"),
+            (&["203.0.113.7, 10.0.0.9"], "203.0.113.7"),
+            (&["6.6.6.6, 203.0.113.7, 10.0.0.9"], "203.0.113.7"),
+            (&["6.6.6.6", "203.0.113.7, 10.0.0.9"], "203.0.113.7"),
+            (&["203.0.113.7:41234"], "203.0.113.7"),
+            (&["[2001:db8::1]:41234"], "2001:db8::1"),
+            (&["::ffff:203.0.113.7"], "203.0.113.7"),
+            // garbage: the last hop known for sure
+            (&["203.0.113.7, unknown, 10.0.0.9"], "10.0.0.9"),
+        ];
+        for (lines, want) in cases {
+            assert_eq!(
+                proxies.client_ip(lb, &forwarded(lines)),
+                ip(want),
+                "{lines:?}"
+            );
+        }
+        // no header, or only proxies in it: the nearest of them
+        assert_eq!(proxies.client_ip(lb, &HeaderMap::new()), lb);
+        assert_eq!(
+            proxies.client_ip(lb, &forwarded(&["10.0.0.7"])),
+            ip("10.0.0.7")
+        );
+        // an IPv4-mapped peer (a dual-stack listener) is the IPv4 address
+        assert_eq!(
+            proxies.client_ip(ip("::ffff:10.0.0.2"), &forwarded(&["203.0.113.7"])),
+            ip("203.0.113.7")
+        );
+    }
 }

@@ -148,9 +148,13 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let listen_options = crate::listener::Options {
+        read_timeout: limits.read_timeout,
+        trusted_proxies: args.trusted_proxies.clone(),
+    };
     let (shutdown, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        crate::listener::serve(listener, app, limits.read_timeout, async {
+        crate::listener::serve(listener, app, listen_options, async {
             let _ = stopped.await;
         })
         .await;

@@ -1,10 +1,10 @@
 //! Request extraction shared by the handlers: the calling key (`Auth`) and JSON bodies read
 //! within the size, depth and content-type rules, each failure a JSON `ApiError`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use serde_json::Value;
 
@@ -13,17 +13,16 @@ use crate::auth::Principal;
 use crate::config::BodyLimit;
 use crate::domain::json_depth::{MAX_JSON_DEPTH, depth_exceeds};
 use crate::error::ApiError;
+use crate::listener::ClientAddr;
 
 /// The authenticated caller, as found by the access layer (which runs before the handler,
 /// so unauthenticated requests never have their bodies read).
 pub struct Auth(pub Principal);
 
-/// The caller's address (the socket's peer), if the server recorded it.
+/// The caller's address as the listener found it (the socket's peer, or the client behind a
+/// trusted proxy), if the request came through the listener.
 pub fn client_ip(request: &Request) -> Option<IpAddr> {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+    request.extensions().get::<ClientAddr>().map(|c| c.0)
 }
 
 /// The key text a request presents: `X-API-Key`, else `Authorization: Bearer`.

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::helpers::{Backend, TestApp, assert_error, status_json};
 
 /// Audit rows are written in batches off the request path: wait until `want` are visible.
-async fn logs_until(app: &TestApp, query: &str, key: &str, want: usize) -> Vec<Value> {
+pub(crate) async fn logs_until(app: &TestApp, query: &str, key: &str, want: usize) -> Vec<Value> {
     for _ in 0..100 {
         let (status, body) =
             status_json(app.get(&format!("/v1/audit/logs?{query}"), key).await).await;

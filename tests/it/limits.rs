@@ -214,3 +214,69 @@ async fn slow_and_silent_clients_are_cut_off() {
     assert_eq!(app.list("/v1/events", &app.admin_key).await.len(), 2);
     app.stop().await;
 }
+
+/// Behind a trusted proxy the caller is the address its `X-Forwarded-For` names: one client
+/// failing to authenticate is refused without locking out the others behind the same proxy,
+/// and audit rows name each client. Without the setting, the header is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_is_its_own_address() {
+    let Some(app) = TestApp::spawn_with(Backend::Sqlite, |a| {
+        a.failed_auth_per_minute = 3;
+        a.trusted_proxies = annals::listener::TrustedProxies::parse("127.0.0.0/8").unwrap();
+    })
+    .await
+    else {
+        return;
+    };
+    let via = |client: &'static str, key: &str| {
+        app.http
+            .get(app.url("/v1/events"))
+            .header("x-api-key", key)
+            .header("x-forwarded-for", format!("6.6.6.6, {client}"))
+            .send()
+    };
+    for _ in 0..3 {
+        let r = via("203.0.113.7", "ank_0123456789abcdef_wrong")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = via("203.0.113.7", &app.admin_key).await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the failing client"
+    );
+    let r = via("198.51.100.9", &app.admin_key).await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "another client behind the proxy"
+    );
+    let calls = "endpoint=/v1/events&status";
+    let rows = crate::audit::logs_until(&app, &format!("{calls}=200"), &app.admin_key, 1).await;
+    assert_eq!(rows[0]["ip_address"], "198.51.100.9", "{rows:?}");
+    let rows = crate::audit::logs_until(&app, &format!("{calls}=401"), &app.admin_key, 3).await;
+    assert!(
+        rows.iter().all(|r| r["ip_address"] == "203.0.113.7"),
+        "{rows:?}"
+    );
+    app.stop().await;
+
+    // no trusted proxies: the header is the client's word, and not taken
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let r = app
+        .http
+        .get(app.url("/v1/events"))
+        .header("x-api-key", &app.admin_key)
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let rows = crate::audit::logs_until(&app, "endpoint=/v1/events", &app.admin_key, 1).await;
+    assert_eq!(rows[0]["ip_address"], "127.0.0.1", "{rows:?}");
+    app.stop().await;
+}
