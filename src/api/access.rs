@@ -226,11 +226,20 @@ where
     }
 }
 
+/// Whose failures count together: an IPv4 address, or an IPv6 address's /64 (one host or
+/// site usually holds a whole /64, and rotating through it must not reset the count).
+fn failure_bucket(ip: Option<IpAddr>) -> Option<IpAddr> {
+    match ip? {
+        IpAddr::V6(v6) => Some(IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())),
+        v4 => Some(v4),
+    }
+}
+
 /// Floods of bad keys from one address are refused before any lookup.
 fn refuse_flood(state: &AppState, origin: &Origin) -> Option<Response> {
     // The failure limiter is this node's own, so its buckets are the addresses themselves.
     let peek = state.access.failure_limiter.check_local(
-        &origin.ip,
+        &failure_bucket(origin.ip),
         state.access.failed_auth_per_minute,
         false,
     );
@@ -259,7 +268,7 @@ fn refuse_flood(state: &AppState, origin: &Origin) -> Option<Response> {
 fn refuse_key(state: &AppState, origin: &Origin, error: ApiError) -> Response {
     if error.status == StatusCode::UNAUTHORIZED {
         state.access.failure_limiter.check_local(
-            &origin.ip,
+            &failure_bucket(origin.ip),
             state.access.failed_auth_per_minute,
             true,
         );
@@ -394,5 +403,27 @@ where
                 .expect("an answered access future is polled once"))),
             AccessFutureProj::Waiting { future } => future.as_mut().poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_count_per_ipv4_address_and_per_ipv6_64() {
+        let bucket = |text: &str| failure_bucket(Some(text.parse().unwrap()));
+        assert_eq!(bucket("203.0.113.7"), bucket("203.0.113.7"));
+        assert_ne!(bucket("203.0.113.7"), bucket("203.0.113.8"));
+        assert_eq!(
+            bucket("2001:db8:1:2::1"),
+            bucket("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(
+            bucket("2001:db8:1:2::1"),
+            Some("2001:db8:1:2::".parse().unwrap())
+        );
+        assert_ne!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:3::1"));
+        assert_eq!(failure_bucket(None), None);
     }
 }
