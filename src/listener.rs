@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, Request};
+use axum::http::{HeaderMap, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -32,6 +32,8 @@ use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+
+use crate::api::header_names::FORWARDED_FOR;
 
 /// How long an accept error (out of file descriptors, say) pauses accepting.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -109,8 +111,6 @@ impl TrustedProxies {
         client
     }
 }
-
-static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// An `X-Forwarded-For` entry: an address, or one with a port (`203.0.113.7:41234`,
 /// `[2001:db8::1]:41234`).

@@ -17,3 +17,6 @@ pub static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-
 pub static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// Present on a CloudEvent in binary mode (the attributes travel as `ce-*` headers).
 pub static CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+/// The addresses a request passed through, each proxy appending its peer (trusted only from
+/// `ANNALS_TRUSTED_PROXIES`).
+pub static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -10,7 +10,7 @@ mod audit;
 mod events;
 mod export;
 mod extract;
-mod header_names;
+pub(crate) mod header_names;
 mod health;
 mod ingest;
 mod keys;
