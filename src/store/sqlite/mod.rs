@@ -136,6 +136,8 @@ pub struct SqliteStore {
     audit_writer: Arc<Mutex<AuditWriter>>,
     audit_readers: r2d2::Pool<SqliteConnectionManager>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Raised by the writer while its commits fail for want of storage (see `health`).
+    write_health: writer::WriteHealth,
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     commits: broadcast::Sender<CommittedRange>,
     key_changes: broadcast::Sender<()>,
@@ -276,9 +278,11 @@ impl SqliteStore {
         let (queue, rx) = WriteQueue::new(options.queue_jobs, options.queue_bytes);
         let (commits, _) = broadcast::channel(COMMIT_CHANNEL_CAPACITY);
         let writer_commits = commits.clone();
+        let write_health = writer::WriteHealth::default();
+        let writer_health = write_health.clone();
         let handle = std::thread::Builder::new()
             .name(String::from(WRITER_THREAD))
-            .spawn(move || writer::run(conn, rx, writer_commits, wal_restart))
+            .spawn(move || writer::run(conn, rx, writer_commits, wal_restart, writer_health))
             .context("starting the SQLite writer thread")?;
         Ok(Self {
             queue,
@@ -286,6 +290,7 @@ impl SqliteStore {
             audit_writer,
             audit_readers,
             writer: Mutex::new(Some(handle)),
+            write_health,
             checkpointer: Mutex::new(Some(checkpointer)),
             commits,
             key_changes: broadcast::channel(16).0,
@@ -879,6 +884,11 @@ impl Store for SqliteStore {
                 "the writer is not running",
             )));
         }
+        if self.write_health.failing() {
+            return Err(StoreError::Unavailable(String::from(
+                "the last write failed for want of storage (disk full, I/O error or read-only)",
+            )));
+        }
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
             .await
             .map(|_| ())
@@ -903,5 +913,59 @@ impl Store for SqliteStore {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::envelope::test_event;
+
+    /// Sets the writer connection's page limit (`PRAGMA max_page_count`): at the file's current
+    /// size, the next page the store needs fails as a full disk would.
+    async fn limit_pages(store: &SqliteStore, pages: Option<i64>) {
+        store
+            .write(move |txn| {
+                let pages = match pages {
+                    Some(pages) => pages,
+                    None => txn.query_row("PRAGMA page_count", [], |r| r.get(0))?,
+                };
+                let _: i64 =
+                    txn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                        r.get(0)
+                    })?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_fails_while_the_disk_is_full_and_recovers_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(SqliteOptions::new(dir.path().join("full.db"))).unwrap();
+        let big = || {
+            test_event(
+                serde_json::json!({"event_type": "a.b.created", "data": {"pad": "x".repeat(8000)}}),
+            )
+        };
+        store.append(vec![big()]).await.unwrap();
+        assert!(store.health().await.is_ok());
+
+        limit_pages(&store, None).await;
+        let refused = store.append(vec![big()]).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert!(
+            matches!(store.health().await, Err(StoreError::Unavailable(_))),
+            "a store that can't write is not healthy"
+        );
+
+        limit_pages(&store, Some(1 << 30)).await;
+        store.append(vec![big()]).await.unwrap();
+        assert!(store.health().await.is_ok(), "healthy again after a commit");
+        store.shutdown().await;
     }
 }

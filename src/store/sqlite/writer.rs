@@ -17,6 +17,8 @@
 //!   the group has committed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -64,11 +66,29 @@ struct PendingAppend {
     reply: Reply<AppendOutcome>,
 }
 
+/// Whether the writer can write: raised when a commit fails for want of storage (disk full, I/O
+/// error, read-only file), lowered by the next commit that succeeds, each time before the
+/// requests concerned are answered. Read by the health check, so a node whose every append
+/// answers `503` does not report itself healthy.
+#[derive(Clone, Default)]
+pub(super) struct WriteHealth(Arc<AtomicBool>);
+
+impl WriteHealth {
+    pub(super) fn failing(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set_failing(&self, failing: bool) {
+        self.0.store(failing, Ordering::Relaxed);
+    }
+}
+
 pub(super) fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Queued<WriterCommand>>,
     commits: broadcast::Sender<CommittedRange>,
     wal_restart: WalRestart,
+    health: WriteHealth,
 ) {
     // The group's few statements stay cached, whatever the `Exec` jobs between groups prepare.
     conn.set_prepared_statement_cache_capacity(64);
@@ -122,13 +142,21 @@ pub(super) fn run(
                         std::mem::take(&mut appends),
                         &mut last_seq,
                         &mut user_index,
+                        &health,
                     );
                     job(&mut conn);
                 }
                 WriterCommand::Shutdown => rx.close(),
             }
         }
-        commit_group(&conn, &mut insert, appends, &mut last_seq, &mut user_index);
+        commit_group(
+            &conn,
+            &mut insert,
+            appends,
+            &mut last_seq,
+            &mut user_index,
+            &health,
+        );
         drop(reservations);
         if last_seq > before {
             // No subscriber is fine: the range is simply not heard.
@@ -175,6 +203,7 @@ fn commit_group(
     appends: Vec<PendingAppend>,
     last_seq: &mut i64,
     user_index: &mut UserIndex,
+    health: &WriteHealth,
 ) {
     if appends.is_empty() {
         return;
@@ -200,6 +229,7 @@ fn commit_group(
             *last_seq = seq;
             user_index.slice_committed(slice);
             user_index.committed(entries);
+            health.set_failing(false);
             for (append, outcome) in appends.into_iter().zip(outcomes) {
                 let _ = append.reply.send(Ok(outcome));
             }
@@ -207,12 +237,13 @@ fn commit_group(
         Err(e) if appends.len() > 1 => {
             tracing::warn!(error = %format!("{e:#}"), jobs = appends.len(), "group commit failed; retrying its appends one by one");
             for append in appends {
-                commit_group(conn, insert, vec![append], last_seq, user_index);
+                commit_group(conn, insert, vec![append], last_seq, user_index, health);
             }
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "append failed and was rolled back");
             let error = if is_storage_failure(&e) {
+                health.set_failing(true);
                 StoreError::Unavailable(String::from("the write could not be committed"))
             } else {
                 StoreError::Internal(e)
@@ -464,7 +495,13 @@ mod tests {
                 .collect(),
         );
         let writer = std::thread::spawn(move || {
-            run(conn, rx, broadcast::channel(4).0, WalRestart::default())
+            run(
+                conn,
+                rx,
+                broadcast::channel(4).0,
+                WalRestart::default(),
+                WriteHealth::default(),
+            )
         });
         let ids: Vec<Uuid> = answers
             .into_iter()
@@ -582,7 +619,13 @@ mod tests {
         })
         .collect();
         let writer = std::thread::spawn(move || {
-            run(conn, rx, broadcast::channel(4).0, WalRestart::default())
+            run(
+                conn,
+                rx,
+                broadcast::channel(4).0,
+                WalRestart::default(),
+                WriteHealth::default(),
+            )
         });
         let outcomes: Vec<_> = answers
             .into_iter()
@@ -633,8 +676,15 @@ mod tests {
         let (queue, rx) = WriteQueue::new(16, 1 << 20);
         let restart = WalRestart::default();
         let thread_restart = restart.clone();
-        let writer =
-            std::thread::spawn(move || run(conn, rx, broadcast::channel(4).0, thread_restart));
+        let writer = std::thread::spawn(move || {
+            run(
+                conn,
+                rx,
+                broadcast::channel(4).0,
+                thread_restart,
+                WriteHealth::default(),
+            )
+        });
         assert!(matches!(append(&queue, 1), AppendOutcome::Stored(_)));
         restart.request();
         assert!(matches!(append(&queue, 2), AppendOutcome::Stored(_)));
@@ -669,7 +719,13 @@ mod tests {
                 super::super::open_and_migrate(path, super::super::Synchronous::Full).unwrap();
             let (queue, rx) = WriteQueue::new(16, 1 << 20);
             let writer = std::thread::spawn(move || {
-                run(conn, rx, broadcast::channel(4).0, WalRestart::default())
+                run(
+                    conn,
+                    rx,
+                    broadcast::channel(4).0,
+                    WalRestart::default(),
+                    WriteHealth::default(),
+                )
             });
             (queue, writer)
         };
