@@ -80,10 +80,10 @@ pub fn content_type_essence(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, 
 }
 
 /// Reads the body within `limit.read_timeout` (else `408`), at most `limit.max_bytes` of it
-/// *after* decompression: `gzip` and `deflate` bodies
-/// arrive here already inflated as a stream (the `RequestDecompressionLayer` in `with_layers`),
-/// so a gzip bomb stops at the limit with `413` instead of filling memory. Any other
-/// `Content-Encoding` is passed through by that layer and refused here with `415`.
+/// *after* decompression: `gzip` and `deflate` bodies arrive here already inflated as a stream
+/// (the `RequestDecompressionLayer` in `with_layers`), so a gzip bomb stops at the limit with
+/// `413` instead of filling memory. Any other `Content-Encoding` is passed through by that
+/// layer and refused here with `415`.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
