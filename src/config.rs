@@ -186,6 +186,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_READ_TIMEOUT_SECS", default_value_t = 30)]
     pub read_timeout_secs: u64,
 
+    /// Seconds a stop (SIGTERM/SIGINT) waits for requests in flight before it stops without
+    /// them and drains the write queue; keep it below the supervisor's kill timeout.
+    #[arg(long, env = "ANNALS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
+    pub shutdown_timeout_secs: u64,
+
     /// Load balancers and reverse proxies (addresses and CIDR ranges, comma-separated) whose
     /// `X-Forwarded-For` names the caller; nobody's by default.
     #[arg(long, env = "ANNALS_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
@@ -296,6 +301,7 @@ impl ServeArgs {
             max_body_bytes: 16 * MIB,
             max_batch: 1000,
             read_timeout_secs: 30,
+            shutdown_timeout_secs: 20,
             trusted_proxies: TrustedProxies::default(),
             rate_limit_per_minute: None,
             redis_url: None,
@@ -331,6 +337,9 @@ impl ServeArgs {
         }
         if !(1..=3600).contains(&self.read_timeout_secs) {
             bail!("ANNALS_READ_TIMEOUT_SECS must be between 1 and 3600");
+        }
+        if !(1..=3600).contains(&self.shutdown_timeout_secs) {
+            bail!("ANNALS_SHUTDOWN_TIMEOUT_SECS must be between 1 and 3600");
         }
         Ok(Limits {
             max_event_bytes: self.max_event_bytes,

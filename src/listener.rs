@@ -10,7 +10,8 @@
 //! - Every connection has `TCP_NODELAY`: answers are small and latency-bound, and Nagle's
 //!   algorithm would hold a second small segment until the client's delayed ACK.
 //! - On shutdown the listener stops accepting, idle connections are closed, and the call returns
-//!   once every request in flight has been answered.
+//!   once every request in flight has been answered, or after `drain_timeout` whatever is still
+//!   running: a stop is never held up for good by a route or a client that doesn't finish.
 //! - An accept error (e.g. out of file descriptors) is logged and retried after a pause, never
 //!   the end of the server.
 //! - Every request carries its caller's address (`ClientAddr`), found once here: the socket's
@@ -43,6 +44,9 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub struct Options {
     /// Time to send a request's head (`ANNALS_READ_TIMEOUT_SECS`).
     pub read_timeout: Duration,
+    /// Time the requests in flight get to finish once shutdown starts
+    /// (`ANNALS_SHUTDOWN_TIMEOUT_SECS`).
+    pub drain_timeout: Duration,
     pub trusted_proxies: TrustedProxies,
 }
 
@@ -50,6 +54,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             read_timeout: crate::config::Limits::default().read_timeout,
+            drain_timeout: Duration::from_secs(20),
             trusted_proxies: TrustedProxies::default(),
         }
     }
@@ -135,6 +140,7 @@ pub async fn serve(
         .header_read_timeout(options.read_timeout);
     let proxies = Arc::new(options.trusted_proxies);
     let connections = GracefulShutdown::new();
+    let mut tasks = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -157,14 +163,27 @@ pub async fn serve(
             .map_request(move |request| with_client(request, remote.ip(), &proxies));
         let connection = connections
             .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
-        tokio::spawn(async move {
+        while tasks.try_join_next().is_some() {} // reaps the connections that have ended
+        tasks.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::trace!(error = %e, %remote, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    connections.shutdown().await;
+    if tokio::time::timeout(options.drain_timeout, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = tasks.len(),
+            seconds = options.drain_timeout.as_secs(),
+            "requests still unanswered after ANNALS_SHUTDOWN_TIMEOUT_SECS; stopping without them"
+        );
+    }
+    // Dropped, not left running: each holds the router, and with it the audit queue and the
+    // store, which the rest of the stop waits to see released.
+    tasks.shutdown().await;
 }
 
 /// The request as axum takes it, with its caller's address.

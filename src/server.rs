@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -150,6 +151,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
     let addr = listener.local_addr()?;
     let listen_options = crate::listener::Options {
         read_timeout: limits.read_timeout,
+        drain_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         trusted_proxies: args.trusted_proxies.clone(),
     };
     let (shutdown, stopped) = oneshot::channel::<()>();

@@ -184,3 +184,38 @@ crate::conformance!(
     stop_drains_every_accepted_write,
     a_full_write_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged,
 );
+
+/// A stop waits for the requests in flight, but not for ever: a route that never answers holds
+/// it up for `ANNALS_SHUTDOWN_TIMEOUT_SECS`, after which the server stops (and drains its write
+/// queue) without it. An event acknowledged before the stop is still there after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_requests_in_flight_only_so_long() {
+    let stuck = axum::Router::new().route(
+        "/v1/stuck",
+        axum::routing::post(std::future::pending::<StatusCode>),
+    );
+    let Some(app) =
+        TestApp::spawn_with_routes(Backend::Sqlite, |a| a.shutdown_timeout_secs = 1, stuck).await
+    else {
+        return;
+    };
+    let id = app
+        .record(&app.admin_key, json!({"event_type": "a.b.created"}))
+        .await;
+    let stuck = tokio::spawn(
+        app.http
+            .post(app.url("/v1/stuck"))
+            .header("x-api-key", &app.admin_key)
+            .send(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let app = tokio::time::timeout(std::time::Duration::from_secs(10), app.stop_keep_db())
+        .await
+        .expect("the stop gives up on the stuck request");
+    stuck.abort();
+    let app = app.restart().await;
+    let (status, event) =
+        status_json(app.get(&format!("/v1/events/{id}"), &app.admin_key).await).await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    app.stop().await;
+}
