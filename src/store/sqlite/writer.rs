@@ -441,6 +441,23 @@ mod tests {
     use crate::domain::envelope::test_event;
     use crate::ingest::queue::WriteQueue;
 
+    /// A writer on its own thread, as the store starts one, with nobody listening to its commits.
+    fn spawn_writer(
+        conn: Connection,
+        rx: mpsc::Receiver<Queued<WriterCommand>>,
+        wal_restart: WalRestart,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            run(
+                conn,
+                rx,
+                broadcast::channel(4).0,
+                wal_restart,
+                WriteHealth::default(),
+            )
+        })
+    }
+
     /// Appends one event through the queue and waits for the writer's answer.
     fn append(queue: &WriteQueue<WriterCommand>, n: u64) -> AppendOutcome {
         let (reply, answer) = oneshot::channel();
@@ -494,15 +511,7 @@ mod tests {
                 })
                 .collect(),
         );
-        let writer = std::thread::spawn(move || {
-            run(
-                conn,
-                rx,
-                broadcast::channel(4).0,
-                WalRestart::default(),
-                WriteHealth::default(),
-            )
-        });
+        let writer = spawn_writer(conn, rx, WalRestart::default());
         let ids: Vec<Uuid> = answers
             .into_iter()
             .flat_map(|answer| match answer.blocking_recv().unwrap().unwrap() {
@@ -618,15 +627,7 @@ mod tests {
             answer
         })
         .collect();
-        let writer = std::thread::spawn(move || {
-            run(
-                conn,
-                rx,
-                broadcast::channel(4).0,
-                WalRestart::default(),
-                WriteHealth::default(),
-            )
-        });
+        let writer = spawn_writer(conn, rx, WalRestart::default());
         let outcomes: Vec<_> = answers
             .into_iter()
             .map(|answer| answer.blocking_recv().unwrap())
@@ -676,15 +677,7 @@ mod tests {
         let (queue, rx) = WriteQueue::new(16, 1 << 20);
         let restart = WalRestart::default();
         let thread_restart = restart.clone();
-        let writer = std::thread::spawn(move || {
-            run(
-                conn,
-                rx,
-                broadcast::channel(4).0,
-                thread_restart,
-                WriteHealth::default(),
-            )
-        });
+        let writer = spawn_writer(conn, rx, thread_restart);
         assert!(matches!(append(&queue, 1), AppendOutcome::Stored(_)));
         restart.request();
         assert!(matches!(append(&queue, 2), AppendOutcome::Stored(_)));
@@ -718,15 +711,7 @@ mod tests {
             let conn =
                 super::super::open_and_migrate(path, super::super::Synchronous::Full).unwrap();
             let (queue, rx) = WriteQueue::new(16, 1 << 20);
-            let writer = std::thread::spawn(move || {
-                run(
-                    conn,
-                    rx,
-                    broadcast::channel(4).0,
-                    WalRestart::default(),
-                    WriteHealth::default(),
-                )
-            });
+            let writer = spawn_writer(conn, rx, WalRestart::default());
             (queue, writer)
         };
         let append_for = |queue: &WriteQueue<WriterCommand>, users: &[Option<&str>]| {
