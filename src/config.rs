@@ -19,6 +19,10 @@ const MIB: usize = 1024 * 1024;
 
 /// Requests per minute for a key without its own limit (DESIGN.md; seed 002's 60 is a demo value).
 pub const DEFAULT_RATE_LIMIT: u32 = 6000;
+/// Seconds a client has to send a request's head, and again its body.
+pub const DEFAULT_READ_TIMEOUT_SECS: u64 = 30;
+/// Seconds a stop waits for requests in flight.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 20;
 
 /// Where events live.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,12 +187,12 @@ pub struct ServeArgs {
 
     /// Seconds a client has to send a request's head (from connecting, or from the previous
     /// answer on a kept-alive connection), and again to send its body.
-    #[arg(long, env = "ANNALS_READ_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "ANNALS_READ_TIMEOUT_SECS", default_value_t = DEFAULT_READ_TIMEOUT_SECS)]
     pub read_timeout_secs: u64,
 
     /// Seconds a stop (SIGTERM/SIGINT) waits for requests in flight before it stops without
     /// them and drains the write queue; keep it below the supervisor's kill timeout.
-    #[arg(long, env = "ANNALS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
+    #[arg(long, env = "ANNALS_SHUTDOWN_TIMEOUT_SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
     pub shutdown_timeout_secs: u64,
 
     /// Load balancers and reverse proxies (addresses and CIDR ranges, comma-separated) whose
@@ -260,7 +264,7 @@ impl Default for Limits {
             max_event_bytes: MIB,
             max_body_bytes: 16 * MIB,
             max_batch: 1000,
-            read_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(DEFAULT_READ_TIMEOUT_SECS),
         }
     }
 }
@@ -300,8 +304,8 @@ impl ServeArgs {
             max_event_bytes: MIB,
             max_body_bytes: 16 * MIB,
             max_batch: 1000,
-            read_timeout_secs: 30,
-            shutdown_timeout_secs: 20,
+            read_timeout_secs: DEFAULT_READ_TIMEOUT_SECS,
+            shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
             trusted_proxies: TrustedProxies::default(),
             rate_limit_per_minute: None,
             redis_url: None,

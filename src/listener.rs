@@ -35,6 +35,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::api::header_names::FORWARDED_FOR;
+use crate::config;
 
 /// How long an accept error (out of file descriptors, say) pauses accepting.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -53,8 +54,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            read_timeout: crate::config::Limits::default().read_timeout,
-            drain_timeout: Duration::from_secs(20),
+            read_timeout: Duration::from_secs(config::DEFAULT_READ_TIMEOUT_SECS),
+            drain_timeout: Duration::from_secs(config::DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             trusted_proxies: TrustedProxies::default(),
         }
     }

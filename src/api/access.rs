@@ -230,7 +230,7 @@ where
 /// site usually holds a whole /64, and rotating through it must not reset the count).
 fn failure_bucket(ip: Option<IpAddr>) -> Option<IpAddr> {
     match ip? {
-        IpAddr::V6(v6) => Some(IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())),
+        IpAddr::V6(v6) => Some(IpAddr::V6(ipnet::Ipv6Net::new_assert(v6, 64).network())),
         v4 => Some(v4),
     }
 }
