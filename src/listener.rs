@@ -176,6 +176,7 @@ pub async fn serve(
         .await
         .is_err()
     {
+        while tasks.try_join_next().is_some() {} // only the ones still running are counted
         tracing::warn!(
             connections = tasks.len(),
             seconds = options.drain_timeout.as_secs(),
