@@ -23,6 +23,16 @@ pub const DEFAULT_RATE_LIMIT: u32 = 6000;
 pub const DEFAULT_READ_TIMEOUT_SECS: u64 = 30;
 /// Seconds a stop waits for requests in flight.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 20;
+/// Longest request URI (path and query), as most servers and proxies allow: longer ones get a
+/// JSON `414`.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most bytes of request headers (names and values) a request may carry: more get a JSON `431`.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// hyper's read buffer per connection: a request head that has not ended when the buffer is this
+/// full (it may fill up to twice this in one read) is refused by hyper itself with a bare `431`.
+pub const HEAD_BUFFER_BYTES: usize = 64 * 1024;
+/// Request bodies held in memory at once, across all requests, by default.
+pub const DEFAULT_BODY_MEMORY_BYTES: usize = 256 * MIB;
 
 /// Where events live.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,6 +195,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
 
+    /// Request bodies held in memory at once, in bytes, across all requests (at least
+    /// `ANNALS_MAX_BODY_BYTES`); a body that would go over it gets `503` + `Retry-After`.
+    #[arg(long, env = "ANNALS_BODY_MEMORY_BYTES", default_value_t = DEFAULT_BODY_MEMORY_BYTES)]
+    pub body_memory_bytes: usize,
+
     /// Seconds a client has to send a request's head (from connecting, or from the previous
     /// answer on a kept-alive connection), and again to send its body.
     #[arg(long, env = "ANNALS_READ_TIMEOUT_SECS", default_value_t = DEFAULT_READ_TIMEOUT_SECS)]
@@ -254,6 +269,8 @@ pub struct Limits {
     pub max_event_bytes: usize,
     pub max_body_bytes: usize,
     pub max_batch: usize,
+    /// Request bodies in memory at once (`ANNALS_BODY_MEMORY_BYTES`).
+    pub body_memory_bytes: usize,
     /// Time to send a request's head, and again its body (`ANNALS_READ_TIMEOUT_SECS`).
     pub read_timeout: Duration,
 }
@@ -264,23 +281,8 @@ impl Default for Limits {
             max_event_bytes: MIB,
             max_body_bytes: 16 * MIB,
             max_batch: 1000,
+            body_memory_bytes: DEFAULT_BODY_MEMORY_BYTES,
             read_timeout: Duration::from_secs(DEFAULT_READ_TIMEOUT_SECS),
-        }
-    }
-}
-
-/// How much of a request body is read, and for how long.
-#[derive(Clone, Copy, Debug)]
-pub struct BodyLimit {
-    pub max_bytes: usize,
-    pub read_timeout: Duration,
-}
-
-impl Limits {
-    pub fn body(&self) -> BodyLimit {
-        BodyLimit {
-            max_bytes: self.max_body_bytes,
-            read_timeout: self.read_timeout,
         }
     }
 }
@@ -304,6 +306,7 @@ impl ServeArgs {
             max_event_bytes: MIB,
             max_body_bytes: 16 * MIB,
             max_batch: 1000,
+            body_memory_bytes: DEFAULT_BODY_MEMORY_BYTES,
             read_timeout_secs: DEFAULT_READ_TIMEOUT_SECS,
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
             trusted_proxies: TrustedProxies::default(),
@@ -331,6 +334,13 @@ impl ServeArgs {
         if self.max_body_bytes < 1024 {
             bail!("ANNALS_MAX_BODY_BYTES must be at least 1024");
         }
+        if self.body_memory_bytes < self.max_body_bytes {
+            bail!(
+                "ANNALS_BODY_MEMORY_BYTES ({}) must be at least ANNALS_MAX_BODY_BYTES ({}), or the largest body allowed could never be read",
+                self.body_memory_bytes,
+                self.max_body_bytes
+            );
+        }
         if self.rate_limit_per_minute == Some(0) || self.failed_auth_per_minute == 0 {
             bail!(
                 "ANNALS_RATE_LIMIT_PER_MINUTE and ANNALS_FAILED_AUTH_PER_MINUTE must be at least 1"
@@ -349,6 +359,7 @@ impl ServeArgs {
             max_event_bytes: self.max_event_bytes,
             max_body_bytes: self.max_body_bytes,
             max_batch: self.max_batch,
+            body_memory_bytes: self.body_memory_bytes,
             read_timeout: Duration::from_secs(self.read_timeout_secs),
         })
     }

@@ -7,6 +7,10 @@
 //!   (slowloris), or sits idle between keep-alive requests, is closed. Without a timer hyper
 //!   applies no such limit at all, and every such connection would hold a socket and a task
 //!   forever. (The body's own limit is in `api::extract::read_body`.)
+//! - hyper's read buffer holds at most `config::HEAD_BUFFER_BYTES` (twice that after one large
+//!   read): a request head that doesn't fit is answered by hyper itself with a bare `431` (a URI
+//!   over 64 KiB with `414`) and the connection closed. Heads that fit are held to the exact,
+//!   smaller limits of `api::head_limits`, with JSON errors. Bodies stream through the same buffer.
 //! - Every connection has `TCP_NODELAY`: answers are small and latency-bound, and Nagle's
 //!   algorithm would hold a second small segment until the client's delayed ACK.
 //! - On shutdown the listener stops accepting, idle connections are closed, and the call returns
@@ -138,7 +142,8 @@ pub async fn serve(
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(options.read_timeout);
+        .header_read_timeout(options.read_timeout)
+        .max_buf_size(config::HEAD_BUFFER_BYTES);
     let proxies = Arc::new(options.trusted_proxies);
     let connections = GracefulShutdown::new();
     let mut tasks = tokio::task::JoinSet::new();

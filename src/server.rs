@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use axum::Router;
 
-use crate::api::{AccessLimits, AppState, Services, router};
+use crate::api::{AccessLimits, AppState, BodyMemory, Services, router};
 use crate::audit::AuditLog;
 use crate::audit::security::SecurityRecorder;
 use crate::auth::rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter};
@@ -131,6 +131,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
             auth,
             keys: keys.clone(),
             limits,
+            body_memory: BodyMemory::new(limits.body_memory_bytes),
             access: AccessLimits {
                 limiter,
                 default_rate_limit: args.rate_limit_per_minute.unwrap_or(DEFAULT_RATE_LIMIT),

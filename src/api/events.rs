@@ -81,12 +81,12 @@ async fn create_event(
             create_cloudevent_batch(&state, &principal, headers, body).await
         }
         WireMode::CloudEventBinary => {
-            let bytes = read_body(headers, body, state.limits.body()).await?;
+            let body = read_body(headers, body, state.body_limit()).await?;
             let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
             if cloudevents::is_json_media_type(content_type)
-                && depth_exceeds(&bytes, MAX_JSON_DEPTH)
+                && depth_exceeds(&body.bytes, MAX_JSON_DEPTH)
             {
                 return Err(ApiError::invalid(
                     "body",
@@ -96,9 +96,10 @@ async fn create_event(
             let structured = cloudevents::binary_to_structured(
                 binary_attributes(headers)?,
                 content_type,
-                &bytes,
+                &body.bytes,
             )
             .map_err(|message| ApiError::bad_json(message).with_field("body"))?;
+            drop(body); // parsed: its memory is free for other requests
             let rules = envelope_rules(&state);
             let parsed = cloudevents::parse_structured(structured, &principal.client_id, &rules)
                 .map_err(|mut rejected| {
@@ -143,7 +144,7 @@ async fn create_cloudevent_batch(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let value = read_json(headers, body, state.limits.body()).await?;
+    let value = read_json(headers, body, state.body_limit()).await?;
     let Value::Array(items) = value else {
         return Err(ApiError::invalid(
             "",

@@ -1,16 +1,25 @@
 //! Request extraction shared by the handlers: the calling key (`Auth`) and JSON bodies read
-//! within the size, depth and content-type rules, each failure a JSON `ApiError`.
+//! within the size, time, memory, depth and content-type rules, each failure a JSON `ApiError`.
+//!
+//! Invariant: the bodies being read and parsed at any moment hold at most
+//! `ANNALS_BODY_MEMORY_BYTES` between them (`BodyMemory`); a body that would go over it is
+//! refused with `503` + `Retry-After` as it arrives, so many large (or highly compressed) bodies
+//! at once can't exhaust the server's memory.
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::AppState;
 use crate::auth::Principal;
-use crate::config::BodyLimit;
 use crate::domain::json_depth::{MAX_JSON_DEPTH, depth_exceeds};
 use crate::error::ApiError;
 use crate::listener::ClientAddr;
@@ -79,19 +88,96 @@ pub fn content_type_essence(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, 
     Some(crate::domain::cloudevents::media_essence(text))
 }
 
+/// The memory request bodies may hold between them (`ANNALS_BODY_MEMORY_BYTES`), shared by every
+/// request of one server.
+#[derive(Clone, Debug)]
+pub struct BodyMemory(Arc<BodyMemoryShared>);
+
+#[derive(Debug)]
+struct BodyMemoryShared {
+    capacity: usize,
+    held: AtomicUsize,
+}
+
+impl BodyMemory {
+    pub fn new(capacity: usize) -> Self {
+        Self(Arc::new(BodyMemoryShared {
+            capacity,
+            held: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Bytes held by the bodies being read or parsed right now.
+    pub fn held(&self) -> usize {
+        self.0.held.load(Ordering::Relaxed)
+    }
+}
+
+/// One body's share of `BodyMemory`, given back when dropped.
+struct Held<'a> {
+    shared: &'a BodyMemoryShared,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    /// Takes `more` bytes, or nothing if that would go over the capacity.
+    fn grow(&mut self, more: usize) -> bool {
+        let before = self.shared.held.fetch_add(more, Ordering::Relaxed);
+        if before + more > self.shared.capacity {
+            self.shared.held.fetch_sub(more, Ordering::Relaxed);
+            return false;
+        }
+        self.bytes += more;
+        true
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.shared.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// How much of a request body is read, for how long, and from which memory budget.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit<'a> {
+    pub max_bytes: usize,
+    pub read_timeout: Duration,
+    pub memory: &'a BodyMemory,
+}
+
+impl AppState {
+    /// The limits every request body is read within.
+    pub fn body_limit(&self) -> BodyLimit<'_> {
+        BodyLimit {
+            max_bytes: self.limits.max_body_bytes,
+            read_timeout: self.limits.read_timeout,
+            memory: &self.body_memory,
+        }
+    }
+}
+
+/// A request body read whole, holding its share of `BodyMemory` until dropped.
+pub struct ReadBody<'a> {
+    pub bytes: Bytes,
+    _held: Held<'a>,
+}
+
 /// Reads the body within `limit.read_timeout` (else `408`), at most `limit.max_bytes` of it
-/// *after* decompression: `gzip` and `deflate` bodies arrive here already inflated as a stream
-/// (the `RequestDecompressionLayer` in `with_layers`), so a gzip bomb stops at the limit with
-/// `413` instead of filling memory. Any other `Content-Encoding` is passed through by that
-/// layer and refused here with `415`.
-pub async fn read_body(
+/// *after* decompression (else `413`), and within the memory left in `limit.memory` (else `503`):
+/// `gzip` and `deflate` bodies arrive here already inflated as a stream (the
+/// `RequestDecompressionLayer` in `with_layers`), so a gzip bomb stops at the limit instead of
+/// filling memory. Any other `Content-Encoding` is passed through by that layer and refused here
+/// with `415`.
+pub async fn read_body<'a>(
     headers: &HeaderMap,
     body: Body,
-    limit: BodyLimit,
-) -> Result<axum::body::Bytes, ApiError> {
+    limit: BodyLimit<'a>,
+) -> Result<ReadBody<'a>, ApiError> {
     let BodyLimit {
         max_bytes,
         read_timeout,
+        memory,
     } = limit;
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
         let encoding = encoding.to_str().unwrap_or("?");
@@ -116,10 +202,54 @@ pub async fn read_body(
     {
         return Err(too_large());
     }
+    let mut held = Held {
+        shared: &memory.0,
+        bytes: 0,
+    };
+    let read = async {
+        let mut body = body;
+        // A body in one piece (the usual case) is passed on as it came, without a copy.
+        let mut whole = Bytes::new();
+        let mut pieces: Option<BytesMut> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::bad_json(format!(
+                    "the request body could not be read (is its Content-Encoding right?): {e}"
+                ))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers carry nothing a handler reads
+            };
+            if whole.len() + pieces.as_ref().map_or(0, BytesMut::len) + data.len() > max_bytes {
+                return Err(too_large());
+            }
+            if !held.grow(data.len()) {
+                let mut error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "the server is holding as many request bodies in memory as it may \
+                     (ANNALS_BODY_MEMORY_BYTES); retry after the Retry-After seconds",
+                );
+                error.retry_after_secs = Some(1);
+                return Err(error);
+            }
+            match &mut pieces {
+                Some(pieces) => pieces.extend_from_slice(&data),
+                None if whole.is_empty() => whole = data,
+                None => {
+                    let mut joined = BytesMut::with_capacity(whole.len() + data.len());
+                    joined.extend_from_slice(&whole);
+                    joined.extend_from_slice(&data);
+                    whole = Bytes::new();
+                    pieces = Some(joined);
+                }
+            }
+        }
+        Ok(pieces.map_or(whole, BytesMut::freeze))
+    };
     // A deadline for the whole body, not for each piece: a client dribbling a byte at a time
     // would otherwise hold its connection and this handler for as long as it liked.
-    let Ok(read) = tokio::time::timeout(read_timeout, axum::body::to_bytes(body, max_bytes)).await
-    else {
+    let Ok(read) = tokio::time::timeout(read_timeout, read).await else {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
@@ -129,16 +259,9 @@ pub async fn read_body(
             ),
         ));
     };
-    read.map_err(|e| {
-        let limit_hit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if limit_hit {
-            too_large()
-        } else {
-            ApiError::bad_json(format!(
-                "the request body could not be read (is its Content-Encoding right?): {e}"
-            ))
-        }
+    Ok(ReadBody {
+        bytes: read?,
+        _held: held,
     })
 }
 
@@ -163,11 +286,11 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 pub async fn read_json(
     headers: &HeaderMap,
     body: Body,
-    limit: BodyLimit,
+    limit: BodyLimit<'_>,
 ) -> Result<Value, ApiError> {
     is_json_content_type(headers)?;
-    let bytes = read_body(headers, body, limit).await?;
-    parse_json(&bytes)
+    let body = read_body(headers, body, limit).await?;
+    parse_json(&body.bytes)
 }
 
 #[cfg(test)]

@@ -312,7 +312,7 @@ pub async fn ingest_json(
     body: Body,
     parse: ParseFn,
 ) -> Result<Response, ApiError> {
-    let value = read_json(headers, body, state.limits.body()).await?;
+    let value = read_json(headers, body, state.body_limit()).await?;
     let parsed = parse(value, &principal.client_id, &envelope_rules(state));
     record_one(state, principal, parsed).await
 }
@@ -327,7 +327,7 @@ pub async fn ingest_json_batch(
     bare_array_ok: bool,
     parse: ParseFn,
 ) -> Result<Response, ApiError> {
-    let value = read_json(headers, body, state.limits.body()).await?;
+    let value = read_json(headers, body, state.body_limit()).await?;
     let items = batch_items(value, bare_array_ok, state.limits.max_batch)?;
     let parsed = parse_all(state, principal, items, parse);
     record_batch(state, principal, parsed).await

@@ -117,7 +117,7 @@ async fn create_key(
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Admin)?;
-    let map = object(read_json(&headers, body, state.limits.body()).await?)?;
+    let map = object(read_json(&headers, body, state.body_limit()).await?)?;
     let mut errors = Vec::new();
     let (mut client_id, mut name) = (None, None);
     let mut scopes = Scopes::new(vec![Scope::EventsWrite, Scope::EventsRead]);
@@ -200,7 +200,7 @@ async fn update_key(
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Admin)?;
-    let map = object(read_json(&headers, body, state.limits.body()).await?)?;
+    let map = object(read_json(&headers, body, state.body_limit()).await?)?;
     let mut patch = KeyPatch::default();
     let mut errors = Vec::new();
     for (field, value) in &map {

@@ -10,6 +10,7 @@ mod audit;
 mod events;
 mod export;
 mod extract;
+mod head_limits;
 pub(crate) mod header_names;
 mod health;
 mod ingest;
@@ -38,9 +39,12 @@ use crate::auth::rate_limit::{MemoryRateLimiter, RateLimiter};
 use crate::auth::{Authenticator, KeyService};
 use crate::config::Limits;
 use crate::domain::masking::MaskPolicy;
+use crate::domain::time::truncate_for_message;
 use crate::domain::type_policy::EventTypePolicy;
 use crate::error::ApiError;
 use crate::store::Store;
+
+pub use extract::BodyMemory;
 
 /// Everything a handler needs, shared by all requests. Cloned for every request and every
 /// middleware, so it is one `Arc`: a clone is one reference count, not one per field.
@@ -66,6 +70,8 @@ pub struct Services {
     pub auth: Arc<Authenticator>,
     pub keys: KeyService,
     pub limits: Limits,
+    /// What the request bodies being read hold between them (`limits.body_memory_bytes`).
+    pub body_memory: extract::BodyMemory,
     pub access: AccessLimits,
     /// `None` when `ANNALS_AUDIT_LOG=false`.
     pub audit: Option<AuditLog>,
@@ -127,14 +133,15 @@ pub fn json_fallbacks<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Ro
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-/// The stack every request passes through: request ids, tracing, panic catching. Public so the
-/// benchmark's no-op ceiling runs on exactly the same stack.
+/// The stack every request passes through: request ids, the head limits, tracing, panic
+/// catching, compression. Public so the benchmark's no-op ceiling runs on exactly the same stack.
 pub fn with_layers(routes: Router) -> Router {
     let request_id = header_names::REQUEST_ID.clone();
     routes
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(
                     // The span names the path only: query strings can carry tokens.
                     TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -146,7 +153,6 @@ pub fn with_layers(routes: Router) -> Router {
                         tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
                     }),
                 )
-                .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::internal("a handler panicked").into_response()
                 }))
@@ -157,19 +163,27 @@ pub fn with_layers(routes: Router) -> Router {
                 // gzip/deflate request bodies are inflated as a stream; the body-size limit is
                 // applied to the inflated bytes by `extract::read_body`, which also refuses the
                 // encodings passed through here.
-                .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true)),
+                .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true))
+                .layer(head_limits::HeadLimitsLayer),
         )
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
-    ApiError::not_found(format!("there is no route for {method} {}", uri.path())).into_response()
+    ApiError::not_found(format!(
+        "there is no route for {method} {}",
+        truncate_for_message(uri.path())
+    ))
+    .into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{method} is not allowed on {}", uri.path()),
+        format!(
+            "{method} is not allowed on {}",
+            truncate_for_message(uri.path())
+        ),
     )
     .into_response()
 }

@@ -81,7 +81,7 @@ async fn report(
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsWrite)?;
-    let Value::Object(map) = read_json(&headers, body, state.limits.body()).await? else {
+    let Value::Object(map) = read_json(&headers, body, state.body_limit()).await? else {
         return Err(ApiError::invalid(
             "",
             "a security event must be a JSON object",

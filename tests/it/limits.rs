@@ -280,3 +280,165 @@ async fn behind_a_trusted_proxy_each_client_is_its_own_address() {
     assert_eq!(rows[0]["ip_address"], "127.0.0.1", "{rows:?}");
     app.stop().await;
 }
+
+/// A URI over 8 KiB gets a JSON `414` naming `uri` (with its request id), headers over 32 KiB a
+/// JSON `431` naming `headers`, before any handler or the audit log sees them; a head too large
+/// for hyper's buffer gets hyper's bare `431` and its connection closed. Nothing is stored, and
+/// the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_and_uris_are_refused() {
+    use tokio::io::AsyncWriteExt;
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let long_path = format!("/v1/events/{}", "a".repeat(annals::config::MAX_URI_BYTES));
+    let r = app.get(&long_path, &app.admin_key).await;
+    assert!(r.headers().contains_key("x-request-id"));
+    let (status, body) = status_json(r).await;
+    assert_eq!(status, StatusCode::URI_TOO_LONG, "{body}");
+    assert_error(&body, "uri_too_long");
+    assert_eq!(body["field"], "uri");
+    let long_query = format!(
+        "/v1/events?user_id={}",
+        "u".repeat(annals::config::MAX_URI_BYTES)
+    );
+    let r = app.get(&long_query, &app.admin_key).await;
+    assert_eq!(r.status(), StatusCode::URI_TOO_LONG);
+    // just under the limit is an ordinary request
+    let fits = format!("/v1/events?user_id={}", "u".repeat(200));
+    assert_eq!(
+        app.get(&fits, &app.admin_key).await.status(),
+        StatusCode::OK
+    );
+
+    let r = app
+        .http
+        .get(app.url("/v1/events"))
+        .header("x-api-key", &app.admin_key)
+        .header("x-padding", "p".repeat(annals::config::MAX_HEADER_BYTES))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_json(r).await;
+    assert_eq!(
+        status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{body}"
+    );
+    assert_error(&body, "headers_too_large");
+    assert_eq!(body["field"], "headers");
+
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut huge_head = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: annals\r\nX-API-Key: {}\r\nX-Padding: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 28\r\n\r\n{{\"event_type\":\"a.b.created\"}}",
+        app.admin_key,
+        "p".repeat(2 * annals::config::HEAD_BUFFER_BYTES)
+    );
+    // The server may close the connection before it has read all of this.
+    let _ = huge_head.write_all(head.as_bytes()).await;
+    let answer = read_until_closed(&mut huge_head, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    assert!(app.list("/v1/events", &app.admin_key).await.is_empty());
+    app.record(&app.admin_key, json!({"event_type": "a.b.created"}))
+        .await;
+    // Audited: the request that fit, the listing, the event. The refused heads never reached
+    // the audit layer.
+    let logs = crate::audit::logs_until(&app, "limit=1000", &app.admin_key, 3).await;
+    for log in &logs {
+        let path = log["path"].as_str().unwrap_or_default();
+        assert!(path.len() < 300, "{}", path.len());
+        assert!(
+            ![414, 431].contains(&log["status"].as_u64().unwrap()),
+            "{log}"
+        );
+    }
+    app.stop().await;
+}
+
+/// The bodies being read hold at most `ANNALS_BODY_MEMORY_BYTES` between them: while one client
+/// is halfway through a large body, another large body that would go over the budget gets
+/// `503` + `Retry-After` (nothing stored); once the first is done, the retry succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_in_memory_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    const BODY: usize = 60_000;
+    let Some(app) = TestApp::spawn_with(Backend::Sqlite, |a| {
+        a.max_body_bytes = 64 * 1024;
+        a.body_memory_bytes = 100 * 1024;
+    })
+    .await
+    else {
+        return;
+    };
+    // An event of exactly BODY bytes.
+    let event = |tag: &str| {
+        let frame = format!(
+            "{{\"event_type\":\"a.b.created\",\"data\":{{\"tag\":\"{tag}\",\"blob\":\"\"}}}}"
+        );
+        let blob = "x".repeat(BODY - frame.len());
+        format!(
+            "{{\"event_type\":\"a.b.created\",\"data\":{{\"tag\":\"{tag}\",\"blob\":\"{blob}\"}}}}"
+        )
+    };
+    let first = event("first");
+    assert_eq!(first.len(), BODY);
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: annals\r\nX-API-Key: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {BODY}\r\nConnection: close\r\n\r\n",
+        app.admin_key
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&first.as_bytes()[..50_000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // read by the server, and held
+
+    let second = event("second");
+    let send_second = || {
+        app.http
+            .post(app.url("/v1/events"))
+            .header("x-api-key", &app.admin_key)
+            .header("content-type", "application/json")
+            .body(second.clone())
+            .send()
+    };
+    let refused = send_second().await.unwrap();
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let (status, body) = status_json(refused).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_error(&body, "overloaded");
+    assert!(app.list("/v1/events", &app.admin_key).await.is_empty());
+
+    slow.write_all(&first.as_bytes()[50_000..]).await.unwrap();
+    let answer = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let (status, body) = status_json(send_second().await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let stored = app.list("/v1/events", &app.admin_key).await;
+    let tags: Vec<&str> = stored
+        .iter()
+        .filter_map(|e| e["data"]["tag"].as_str())
+        .collect();
+    assert_eq!(tags, ["second", "first"]);
+    app.stop().await;
+}
+
+#[test]
+fn a_body_memory_budget_below_the_largest_body_is_refused_at_start() {
+    let mut args = ServeArgs::with_database("unused.db");
+    args.max_body_bytes = 2 * 1024 * 1024;
+    args.body_memory_bytes = 1024 * 1024;
+    let error = args.limits().unwrap_err().to_string();
+    assert!(error.contains("ANNALS_BODY_MEMORY_BYTES"), "{error}");
+    args.body_memory_bytes = 2 * 1024 * 1024;
+    assert!(args.limits().is_ok());
+}
