@@ -2,8 +2,10 @@
 //! records in batches, off the request path.
 //!
 //! Invariants:
-//! - `record` never waits and never fails the request: when the queue is full the record is
-//!   dropped and counted, so auditing can't slow or block event ingest.
+//! - `record` never waits and never fails the request: when the queue is full (`QUEUE` records,
+//!   or `QUEUE_BYTES` of them, whichever comes first: records with bodies or long paths are
+//!   large) the record is dropped and counted, so auditing can't slow or block event ingest, nor
+//!   fill memory while the audit database is slow.
 //! - The writer batches what arrives within `LINGER` of the first record (up to `MAX_BATCH`) into
 //!   one store write. A backlog of a full batch or more goes out at once, batch after batch:
 //!   lingering before each would cap the writer at `MAX_BATCH` records per `LINGER` (20k/s),
@@ -16,7 +18,7 @@ pub mod bodies;
 pub mod security;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -26,27 +28,47 @@ use crate::domain::audit::AuditRecord;
 use crate::store::Store;
 
 const QUEUE: usize = 65_536;
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 const MAX_BATCH: usize = 2000;
 const LINGER: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<AuditRecord>,
-    dropped: Arc<AtomicU64>,
+    counters: Arc<Counters>,
+}
+
+/// What the request side and the writer share besides the queue.
+#[derive(Default)]
+struct Counters {
+    /// Records dropped because the queue was full.
+    dropped: AtomicU64,
+    /// `approx_bytes` of the records in the queue.
+    queued_bytes: AtomicUsize,
 }
 
 impl AuditLog {
     /// Starts the writer; it stops once every `AuditLog` clone is dropped and the queue is empty.
     pub fn start(store: Arc<dyn Store>) -> (Self, JoinHandle<()>) {
+        let (log, rx) = Self::queue();
+        let writer = tokio::spawn(write_batches(store, rx, log.counters.clone()));
+        (log, writer)
+    }
+
+    fn queue() -> (Self, mpsc::Receiver<AuditRecord>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let dropped = Arc::<AtomicU64>::default();
-        let writer = tokio::spawn(write_batches(store, rx, dropped.clone()));
-        (Self { tx, dropped }, writer)
+        let counters = Arc::<Counters>::default();
+        (Self { tx, counters }, rx)
     }
 
     pub fn record(&self, record: AuditRecord) {
-        if self.tx.try_send(record).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let bytes = record.approx_bytes();
+        let queued = &self.counters.queued_bytes;
+        if queued.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES
+            || self.tx.try_send(record).is_err()
+        {
+            queued.fetch_sub(bytes, Ordering::Relaxed);
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -54,7 +76,7 @@ impl AuditLog {
 async fn write_batches(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<AuditRecord>,
-    dropped: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 ) {
     let mut reported = 0;
     while let Some(first) = rx.recv().await {
@@ -74,10 +96,12 @@ async fn write_batches(
             }
         }
         let n = batch.len();
+        let bytes: usize = batch.iter().map(AuditRecord::approx_bytes).sum();
+        counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         if let Err(e) = store.append_audit(batch).await {
             tracing::warn!(error = %e, records = n, "audit records could not be stored");
         }
-        let lost = dropped.load(Ordering::Relaxed);
+        let lost = counters.dropped.load(Ordering::Relaxed);
         if lost > reported {
             tracing::warn!(
                 records = lost - reported,
@@ -118,19 +142,48 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_backlog_is_written_batch_after_batch_without_lingering() {
         let (_dir, store) = crate::store::sqlite::scratch_store();
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (log, rx) = AuditLog::queue();
         let total = 3 * MAX_BATCH + 1;
         for n in 0..total {
-            tx.try_send(record(n)).unwrap();
+            log.record(record(n));
         }
-        drop(tx);
+        let counters = log.counters.clone();
+        drop(log);
         let started = tokio::time::Instant::now();
-        write_batches(store.clone(), rx, Arc::default()).await;
+        write_batches(store.clone(), rx, counters.clone()).await;
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.queued_bytes.load(Ordering::Relaxed), 0);
         // Four batches: only the last one, a single record, waits for company (lingering before
         // each, as the writer once did, takes four times as long).
         assert!(started.elapsed() < 2 * LINGER, "{:?}", started.elapsed());
         let mut query = AuditQuery::default();
         query.page.limit = total + 10;
         assert_eq!(store.query_audit(query).await.unwrap().len(), total);
+    }
+
+    /// Large records (long paths, bodies) fill the queue's byte budget before its record count:
+    /// past it they are dropped and counted, and the budget comes back as the writer takes them.
+    #[tokio::test]
+    async fn the_queue_holds_at_most_its_bytes() {
+        let (_dir, store) = crate::store::sqlite::scratch_store();
+        let (log, rx) = AuditLog::queue();
+        let mut large = record(0);
+        large.request_body = Some("b".repeat(4096));
+        large.response_body = Some("r".repeat(4096));
+        let each = large.approx_bytes();
+        let fit = QUEUE_BYTES / each;
+        assert!(fit < QUEUE, "the byte budget is the tighter bound here");
+        for _ in 0..fit + 10 {
+            log.record(large.clone());
+        }
+        let counters = log.counters.clone();
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 10);
+        assert!(counters.queued_bytes.load(Ordering::Relaxed) <= QUEUE_BYTES);
+        drop(log);
+        write_batches(store.clone(), rx, counters.clone()).await;
+        assert_eq!(counters.queued_bytes.load(Ordering::Relaxed), 0);
+        let mut query = AuditQuery::default();
+        query.page.limit = fit + 100;
+        assert_eq!(store.query_audit(query).await.unwrap().len(), fit);
     }
 }

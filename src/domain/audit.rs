@@ -26,6 +26,24 @@ pub struct AuditRecord {
     pub response_body: Option<String>,
 }
 
+impl AuditRecord {
+    /// Roughly the memory this record holds while it waits in the audit queue.
+    pub fn approx_bytes(&self) -> usize {
+        let text = |t: &Option<String>| t.as_ref().map_or(0, String::len);
+        std::mem::size_of::<Self>()
+            + self.method.len()
+            + self.path.len()
+            + text(&self.client_id)
+            + text(&self.key_id)
+            + text(&self.route)
+            + text(&self.ip)
+            + text(&self.user_agent)
+            + text(&self.request_id)
+            + text(&self.request_body)
+            + text(&self.response_body)
+    }
+}
+
 /// An audit record as `GET /v1/audit/logs` shows it (seed 002's field names).
 #[derive(Debug, serde::Serialize)]
 pub struct AuditView<'a> {
