@@ -33,6 +33,8 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const HEAD_BUFFER_BYTES: usize = 64 * 1024;
 /// Request bodies held in memory at once, across all requests, by default.
 pub const DEFAULT_BODY_MEMORY_BYTES: usize = 256 * MIB;
+/// Client connections served at once, by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Where events live.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,6 +212,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_SHUTDOWN_TIMEOUT_SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
     pub shutdown_timeout_secs: u64,
 
+    /// Client connections served at once; more wait in the listen backlog until one closes.
+    #[arg(long, env = "ANNALS_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
     /// Load balancers and reverse proxies (addresses and CIDR ranges, comma-separated) whose
     /// `X-Forwarded-For` names the caller; nobody's by default.
     #[arg(long, env = "ANNALS_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
@@ -309,6 +315,7 @@ impl ServeArgs {
             body_memory_bytes: DEFAULT_BODY_MEMORY_BYTES,
             read_timeout_secs: DEFAULT_READ_TIMEOUT_SECS,
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             trusted_proxies: TrustedProxies::default(),
             rate_limit_per_minute: None,
             redis_url: None,
@@ -354,6 +361,9 @@ impl ServeArgs {
         }
         if !(1..=3600).contains(&self.shutdown_timeout_secs) {
             bail!("ANNALS_SHUTDOWN_TIMEOUT_SECS must be between 1 and 3600");
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            bail!("ANNALS_MAX_CONNECTIONS must be between 1 and 1000000");
         }
         Ok(Limits {
             max_event_bytes: self.max_event_bytes,

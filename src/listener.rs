@@ -16,6 +16,10 @@
 //! - On shutdown the listener stops accepting, idle connections are closed, and the call returns
 //!   once every request in flight has been answered, or after `drain_timeout` whatever is still
 //!   running: a stop is never held up for good by a route or a client that doesn't finish.
+//! - At most `max_connections` (`ANNALS_MAX_CONNECTIONS`) connections are served at once; the
+//!   listener accepts the next only when one has closed, so the rest wait in the kernel's listen
+//!   backlog. With the head buffer and the body-memory budget this bounds a node's memory however
+//!   many clients connect.
 //! - An accept error (e.g. out of file descriptors) is logged and retried after a pause, never
 //!   the end of the server.
 //! - Every request carries its caller's address (`ClientAddr`), found once here: the socket's
@@ -52,6 +56,8 @@ pub struct Options {
     /// Time the requests in flight get to finish once shutdown starts
     /// (`ANNALS_SHUTDOWN_TIMEOUT_SECS`).
     pub drain_timeout: Duration,
+    /// Connections served at once (`ANNALS_MAX_CONNECTIONS`).
+    pub max_connections: usize,
     pub trusted_proxies: TrustedProxies,
 }
 
@@ -60,6 +66,7 @@ impl Default for Options {
         Self {
             read_timeout: Duration::from_secs(config::DEFAULT_READ_TIMEOUT_SECS),
             drain_timeout: Duration::from_secs(config::DEFAULT_SHUTDOWN_TIMEOUT_SECS),
+            max_connections: config::DEFAULT_MAX_CONNECTIONS,
             trusted_proxies: TrustedProxies::default(),
         }
     }
@@ -145,10 +152,16 @@ pub async fn serve(
         .header_read_timeout(options.read_timeout)
         .max_buf_size(config::HEAD_BUFFER_BYTES);
     let proxies = Arc::new(options.trusted_proxies);
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     let connections = GracefulShutdown::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // A free slot first: at the limit, new connections wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -174,6 +187,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::trace!(error = %e, %remote, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

@@ -153,6 +153,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
     let listen_options = crate::listener::Options {
         read_timeout: limits.read_timeout,
         drain_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+        max_connections: args.max_connections,
         trusted_proxies: args.trusted_proxies.clone(),
     };
     let (shutdown, stopped) = oneshot::channel::<()>();

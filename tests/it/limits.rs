@@ -442,3 +442,33 @@ fn a_body_memory_budget_below_the_largest_body_is_refused_at_start() {
     args.body_memory_bytes = 2 * 1024 * 1024;
     assert!(args.limits().is_ok());
 }
+
+/// At most `ANNALS_MAX_CONNECTIONS` connections are served at once: with two held open, a third
+/// client waits unanswered in the backlog; once one of the two closes, it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let Some(app) = TestApp::spawn_with(Backend::Sqlite, |a| a.max_connections = 2).await else {
+        return;
+    };
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let held = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _also_held = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let health = || {
+        reqwest::Client::new()
+            .get(app.url("/health"))
+            .timeout(Duration::from_millis(700))
+            .send()
+    };
+    assert!(health().await.is_err(), "a third connection is not served");
+    drop(held);
+    let mut served = false;
+    for _ in 0..20 {
+        if let Ok(r) = health().await {
+            assert_eq!(r.status(), StatusCode::OK);
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "served once a slot is free");
+    app.stop().await;
+}
