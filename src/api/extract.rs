@@ -189,67 +189,22 @@ pub async fn read_body<'a>(
             .with_field("content-encoding"));
         }
     }
-    let too_large = || {
-        ApiError::too_large(format!(
-            "the request body is larger than {max_bytes} bytes (ANNALS_MAX_BODY_BYTES, counted after decompression)"
-        ))
-    };
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         && len > max_bytes as u64
     {
-        return Err(too_large());
+        return Err(body_too_large(max_bytes));
     }
     let mut held = Held {
         shared: &memory.0,
         bytes: 0,
     };
-    let read = async {
-        let mut body = body;
-        // A body in one piece (the usual case) is passed on as it came, without a copy.
-        let mut whole = Bytes::new();
-        let mut pieces: Option<BytesMut> = None;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                ApiError::bad_json(format!(
-                    "the request body could not be read (is its Content-Encoding right?): {e}"
-                ))
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers carry nothing a handler reads
-            };
-            if whole.len() + pieces.as_ref().map_or(0, BytesMut::len) + data.len() > max_bytes {
-                return Err(too_large());
-            }
-            if !held.grow(data.len()) {
-                let mut error = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "the server is holding as many request bodies in memory as it may \
-                     (ANNALS_BODY_MEMORY_BYTES); retry after the Retry-After seconds",
-                );
-                error.retry_after_secs = Some(1);
-                return Err(error);
-            }
-            match &mut pieces {
-                Some(pieces) => pieces.extend_from_slice(&data),
-                None if whole.is_empty() => whole = data,
-                None => {
-                    let mut joined = BytesMut::with_capacity(whole.len() + data.len());
-                    joined.extend_from_slice(&whole);
-                    joined.extend_from_slice(&data);
-                    whole = Bytes::new();
-                    pieces = Some(joined);
-                }
-            }
-        }
-        Ok(pieces.map_or(whole, BytesMut::freeze))
-    };
     // A deadline for the whole body, not for each piece: a client dribbling a byte at a time
     // would otherwise hold its connection and this handler for as long as it liked.
-    let Ok(read) = tokio::time::timeout(read_timeout, read).await else {
+    let read = tokio::time::timeout(read_timeout, collect(body, max_bytes, &mut held)).await;
+    let Ok(read) = read else {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
@@ -263,6 +218,55 @@ pub async fn read_body<'a>(
         bytes: read?,
         _held: held,
     })
+}
+
+/// The whole body, at most `max_bytes` of it (else `413`), each piece taken from `held`'s
+/// budget as it arrives (else `503`). A body in one piece (the usual case) is passed on as it
+/// came, without a copy.
+async fn collect(mut body: Body, max_bytes: usize, held: &mut Held<'_>) -> Result<Bytes, ApiError> {
+    let mut whole = Bytes::new();
+    let mut pieces: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_json(format!(
+                "the request body could not be read (is its Content-Encoding right?): {e}"
+            ))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing a handler reads
+        };
+        if whole.len() + pieces.as_ref().map_or(0, BytesMut::len) + data.len() > max_bytes {
+            return Err(body_too_large(max_bytes));
+        }
+        if !held.grow(data.len()) {
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the server is holding as many request bodies in memory as it may \
+                 (ANNALS_BODY_MEMORY_BYTES); retry after the Retry-After seconds",
+            );
+            error.retry_after_secs = Some(1);
+            return Err(error);
+        }
+        match &mut pieces {
+            Some(pieces) => pieces.extend_from_slice(&data),
+            None if whole.is_empty() => whole = data,
+            None => {
+                let mut joined = BytesMut::with_capacity(whole.len() + data.len());
+                joined.extend_from_slice(&whole);
+                joined.extend_from_slice(&data);
+                whole = Bytes::new();
+                pieces = Some(joined);
+            }
+        }
+    }
+    Ok(pieces.map_or(whole, BytesMut::freeze))
+}
+
+fn body_too_large(max_bytes: usize) -> ApiError {
+    ApiError::too_large(format!(
+        "the request body is larger than {max_bytes} bytes (ANNALS_MAX_BODY_BYTES, counted after decompression)"
+    ))
 }
 
 /// Parses a JSON document within the depth limit.
