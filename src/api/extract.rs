@@ -106,11 +106,6 @@ impl BodyMemory {
             held: AtomicUsize::new(0),
         }))
     }
-
-    /// Bytes held by the bodies being read or parsed right now.
-    pub fn held(&self) -> usize {
-        self.0.held.load(Ordering::Relaxed)
-    }
 }
 
 /// One body's share of `BodyMemory`, given back when dropped.
