@@ -8,7 +8,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -17,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::AppState;
 use crate::auth::Principal;
@@ -89,47 +89,15 @@ pub fn content_type_essence(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, 
 }
 
 /// The memory request bodies may hold between them (`ANNALS_BODY_MEMORY_BYTES`), shared by every
-/// request of one server.
+/// request of one server: a semaphore of bytes, as the write queue's byte budget is.
 #[derive(Clone, Debug)]
-pub struct BodyMemory(Arc<BodyMemoryShared>);
-
-#[derive(Debug)]
-struct BodyMemoryShared {
-    capacity: usize,
-    held: AtomicUsize,
-}
+pub struct BodyMemory(Arc<Semaphore>);
 
 impl BodyMemory {
     pub fn new(capacity: usize) -> Self {
-        Self(Arc::new(BodyMemoryShared {
-            capacity,
-            held: AtomicUsize::new(0),
-        }))
-    }
-}
-
-/// One body's share of `BodyMemory`, given back when dropped.
-struct Held<'a> {
-    shared: &'a BodyMemoryShared,
-    bytes: usize,
-}
-
-impl Held<'_> {
-    /// Takes `more` bytes, or nothing if that would go over the capacity.
-    fn grow(&mut self, more: usize) -> bool {
-        let before = self.shared.held.fetch_add(more, Ordering::Relaxed);
-        if before + more > self.shared.capacity {
-            self.shared.held.fetch_sub(more, Ordering::Relaxed);
-            return false;
-        }
-        self.bytes += more;
-        true
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.shared.held.fetch_sub(self.bytes, Ordering::Relaxed);
+        Self(Arc::new(Semaphore::new(
+            capacity.min(Semaphore::MAX_PERMITS),
+        )))
     }
 }
 
@@ -155,7 +123,7 @@ impl AppState {
 /// A request body read whole, holding its share of `BodyMemory` until dropped.
 pub struct ReadBody<'a> {
     pub bytes: Bytes,
-    _held: Held<'a>,
+    _held: Option<SemaphorePermit<'a>>,
 }
 
 /// Reads the body within `limit.read_timeout` (else `408`), at most `limit.max_bytes` of it
@@ -192,13 +160,11 @@ pub async fn read_body<'a>(
     {
         return Err(body_too_large(max_bytes));
     }
-    let mut held = Held {
-        shared: &memory.0,
-        bytes: 0,
-    };
+    let mut held = None;
     // A deadline for the whole body, not for each piece: a client dribbling a byte at a time
     // would otherwise hold its connection and this handler for as long as it liked.
-    let read = tokio::time::timeout(read_timeout, collect(body, max_bytes, &mut held)).await;
+    let read = tokio::time::timeout(read_timeout, collect(body, max_bytes, &memory.0, &mut held));
+    let read = read.await;
     let Ok(read) = read else {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -215,10 +181,15 @@ pub async fn read_body<'a>(
     })
 }
 
-/// The whole body, at most `max_bytes` of it (else `413`), each piece taken from `held`'s
-/// budget as it arrives (else `503`). A body in one piece (the usual case) is passed on as it
-/// came, without a copy.
-async fn collect(mut body: Body, max_bytes: usize, held: &mut Held<'_>) -> Result<Bytes, ApiError> {
+/// The whole body, at most `max_bytes` of it (else `413`), each piece's bytes taken from
+/// `memory` into `held` as it arrives (else `503`). A body in one piece (the usual case) is
+/// passed on as it came, without a copy.
+async fn collect<'a>(
+    mut body: Body,
+    max_bytes: usize,
+    memory: &'a Semaphore,
+    held: &mut Option<SemaphorePermit<'a>>,
+) -> Result<Bytes, ApiError> {
     let mut whole = Bytes::new();
     let mut pieces: Option<BytesMut> = None;
     while let Some(frame) = body.frame().await {
@@ -233,7 +204,9 @@ async fn collect(mut body: Body, max_bytes: usize, held: &mut Held<'_>) -> Resul
         if whole.len() + pieces.as_ref().map_or(0, BytesMut::len) + data.len() > max_bytes {
             return Err(body_too_large(max_bytes));
         }
-        if !held.grow(data.len()) {
+        let more = u32::try_from(data.len())
+            .map_or(Err(()), |n| memory.try_acquire_many(n).map_err(|_| ()));
+        let Ok(more) = more else {
             let mut error = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
@@ -242,6 +215,10 @@ async fn collect(mut body: Body, max_bytes: usize, held: &mut Held<'_>) -> Resul
             );
             error.retry_after_secs = Some(1);
             return Err(error);
+        };
+        match held {
+            Some(held) => held.merge(more),
+            None => *held = Some(more),
         }
         match &mut pieces {
             Some(pieces) => pieces.extend_from_slice(&data),

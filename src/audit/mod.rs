@@ -18,10 +18,10 @@ pub mod bodies;
 pub mod security;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::domain::audit::AuditRecord;
@@ -39,12 +39,12 @@ pub struct AuditLog {
 }
 
 /// What the request side and the writer share besides the queue.
-#[derive(Default)]
 struct Counters {
     /// Records dropped because the queue was full.
     dropped: AtomicU64,
-    /// `approx_bytes` of the records in the queue.
-    queued_bytes: AtomicUsize,
+    /// The bytes (`approx_bytes`) the queue may still take: a semaphore of bytes, as the write
+    /// queue's byte budget is; the writer gives a batch's back when it takes the batch.
+    free_bytes: Semaphore,
 }
 
 impl AuditLog {
@@ -57,20 +57,36 @@ impl AuditLog {
 
     fn queue() -> (Self, mpsc::Receiver<AuditRecord>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let counters = Arc::<Counters>::default();
+        let counters = Arc::new(Counters {
+            dropped: AtomicU64::new(0),
+            free_bytes: Semaphore::new(QUEUE_BYTES),
+        });
         (Self { tx, counters }, rx)
     }
 
     pub fn record(&self, record: AuditRecord) {
-        let bytes = record.approx_bytes();
-        let queued = &self.counters.queued_bytes;
-        if queued.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES
-            || self.tx.try_send(record).is_err()
-        {
-            queued.fetch_sub(bytes, Ordering::Relaxed);
+        let free = &self.counters.free_bytes;
+        let bytes = budget_bytes(&record);
+        let queued = match free.try_acquire_many(bytes) {
+            Ok(taken) => {
+                taken.forget(); // given back by the writer with the batch
+                let sent = self.tx.try_send(record).is_ok();
+                if !sent {
+                    free.add_permits(bytes as usize);
+                }
+                sent
+            }
+            Err(_) => false,
+        };
+        if !queued {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// What a record takes from the queue's byte budget while it waits.
+fn budget_bytes(record: &AuditRecord) -> u32 {
+    u32::try_from(record.approx_bytes()).unwrap_or(u32::MAX)
 }
 
 async fn write_batches(
@@ -96,8 +112,8 @@ async fn write_batches(
             }
         }
         let n = batch.len();
-        let bytes: usize = batch.iter().map(AuditRecord::approx_bytes).sum();
-        counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let bytes: usize = batch.iter().map(|r| budget_bytes(r) as usize).sum();
+        counters.free_bytes.add_permits(bytes);
         if let Err(e) = store.append_audit(batch).await {
             tracing::warn!(error = %e, records = n, "audit records could not be stored");
         }
@@ -152,7 +168,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         write_batches(store.clone(), rx, counters.clone()).await;
         assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
-        assert_eq!(counters.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.free_bytes.available_permits(), QUEUE_BYTES);
         // Four batches: only the last one, a single record, waits for company (lingering before
         // each, as the writer once did, takes four times as long).
         assert!(started.elapsed() < 2 * LINGER, "{:?}", started.elapsed());
@@ -178,10 +194,10 @@ mod tests {
         }
         let counters = log.counters.clone();
         assert_eq!(counters.dropped.load(Ordering::Relaxed), 10);
-        assert!(counters.queued_bytes.load(Ordering::Relaxed) <= QUEUE_BYTES);
+        assert!(counters.free_bytes.available_permits() < each);
         drop(log);
         write_batches(store.clone(), rx, counters.clone()).await;
-        assert_eq!(counters.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.free_bytes.available_permits(), QUEUE_BYTES);
         let mut query = AuditQuery::default();
         query.page.limit = fit + 100;
         assert_eq!(store.query_audit(query).await.unwrap().len(), fit);
