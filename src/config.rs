@@ -93,6 +93,22 @@ fn parse_database_url(text: &str) -> Result<String, String> {
     DatabaseLocation::parse(text).map(|_| text.to_string())
 }
 
+/// Refuses a setting outside its range, naming it.
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> anyhow::Result<()> {
+    if !range.contains(&value) {
+        bail!(
+            "{name} must be between {} and {}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(())
+}
+
 /// Options that say which store to open and how.
 #[derive(Args, Clone, Debug)]
 pub struct StoreArgs {
@@ -353,18 +369,18 @@ impl ServeArgs {
                 "ANNALS_RATE_LIMIT_PER_MINUTE and ANNALS_FAILED_AUTH_PER_MINUTE must be at least 1"
             );
         }
-        if !(1..=100_000).contains(&self.max_batch) {
-            bail!("ANNALS_MAX_BATCH must be between 1 and 100000");
-        }
-        if !(1..=3600).contains(&self.read_timeout_secs) {
-            bail!("ANNALS_READ_TIMEOUT_SECS must be between 1 and 3600");
-        }
-        if !(1..=3600).contains(&self.shutdown_timeout_secs) {
-            bail!("ANNALS_SHUTDOWN_TIMEOUT_SECS must be between 1 and 3600");
-        }
-        if !(1..=1_000_000).contains(&self.max_connections) {
-            bail!("ANNALS_MAX_CONNECTIONS must be between 1 and 1000000");
-        }
+        check_range("ANNALS_MAX_BATCH", self.max_batch, 1..=100_000)?;
+        check_range("ANNALS_READ_TIMEOUT_SECS", self.read_timeout_secs, 1..=3600)?;
+        check_range(
+            "ANNALS_SHUTDOWN_TIMEOUT_SECS",
+            self.shutdown_timeout_secs,
+            1..=3600,
+        )?;
+        check_range(
+            "ANNALS_MAX_CONNECTIONS",
+            self.max_connections,
+            1..=1_000_000,
+        )?;
         Ok(Limits {
             max_event_bytes: self.max_event_bytes,
             max_body_bytes: self.max_body_bytes,
