@@ -1,7 +1,8 @@
 //! Limits on a request's head, checked before it is routed: a URI (path and query) longer than
 //! `config::MAX_URI_BYTES` gets a JSON `414`, headers adding up to more than
-//! `config::MAX_HEADER_BYTES` (names and values) a JSON `431`. So no handler, log line, audit row
-//! or error message ever carries a URI or header section of tens of kilobytes.
+//! `config::MAX_HEADER_BYTES` (names and values) a JSON `431`. So no handler, audit row or error
+//! message ever carries a URI or header section of tens of kilobytes. It is the innermost of the
+//! shared layers (`api::with_layers`), so a refusal still gets its request id.
 //!
 //! Hand-written rather than `from_fn`, which would box every request's future on the hot path.
 //! Heads larger still never get this far: the listener caps hyper's read buffer at

@@ -141,7 +141,6 @@ pub fn with_layers(routes: Router) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(
                     // The span names the path only: query strings can carry tokens.
                     TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -153,6 +152,7 @@ pub fn with_layers(routes: Router) -> Router {
                         tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
                     }),
                 )
+                .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::internal("a handler panicked").into_response()
                 }))
