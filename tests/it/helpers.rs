@@ -215,6 +215,12 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// A plain TCP connection to the server, for tests that speak HTTP by hand.
+    pub async fn raw_connection(&self) -> tokio::net::TcpStream {
+        let addr = self.base.trim_start_matches("http://");
+        tokio::net::TcpStream::connect(addr).await.unwrap()
+    }
+
     /// Creates a key for `client` with `scopes` (comma-separated) and returns its text.
     pub async fn key(&self, client: &str, scopes: &str) -> String {
         self.keys

@@ -179,21 +179,19 @@ async fn slow_and_silent_clients_are_cut_off() {
     let Some(app) = TestApp::spawn_with(Backend::Sqlite, |a| a.read_timeout_secs = 1).await else {
         return;
     };
-    let addr = app.base.trim_start_matches("http://").to_string();
-    let connect = || tokio::net::TcpStream::connect(addr.clone());
     let limit = Duration::from_secs(5);
 
-    let mut silent = connect().await.unwrap();
+    let mut silent = app.raw_connection().await;
     assert_eq!(read_until_closed(&mut silent, limit).await, "");
 
-    let mut dribbling = connect().await.unwrap();
+    let mut dribbling = app.raw_connection().await;
     dribbling
         .write_all(b"POST /v1/events HTTP/1.1\r\nHost: annals\r\nContent-")
         .await
         .unwrap();
     assert_eq!(read_until_closed(&mut dribbling, limit).await, "");
 
-    let mut half_body = connect().await.unwrap();
+    let mut half_body = app.raw_connection().await;
     let head = format!(
         "POST /v1/events HTTP/1.1\r\nHost: annals\r\nX-API-Key: {}\r\n\
          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"event_type\":",
@@ -328,8 +326,7 @@ async fn oversized_heads_and_uris_are_refused() {
     assert_error(&body, "headers_too_large");
     assert_eq!(body["field"], "headers");
 
-    let addr = app.base.trim_start_matches("http://").to_string();
-    let mut huge_head = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut huge_head = app.raw_connection().await;
     let head = format!(
         "POST /v1/events HTTP/1.1\r\nHost: annals\r\nX-API-Key: {}\r\nX-Padding: {}\r\n\
          Content-Type: application/json\r\nContent-Length: 28\r\n\r\n{{\"event_type\":\"a.b.created\"}}",
@@ -385,8 +382,7 @@ async fn request_bodies_in_memory_are_bounded() {
     };
     let first = event("first");
     assert_eq!(first.len(), BODY);
-    let addr = app.base.trim_start_matches("http://").to_string();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut slow = app.raw_connection().await;
     let head = format!(
         "POST /v1/events HTTP/1.1\r\nHost: annals\r\nX-API-Key: {}\r\n\
          Content-Type: application/json\r\nContent-Length: {BODY}\r\nConnection: close\r\n\r\n",
@@ -450,9 +446,8 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let Some(app) = TestApp::spawn_with(Backend::Sqlite, |a| a.max_connections = 2).await else {
         return;
     };
-    let addr = app.base.trim_start_matches("http://").to_string();
-    let held = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let _also_held = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let held = app.raw_connection().await;
+    let _also_held = app.raw_connection().await;
     let health = || {
         reqwest::Client::new()
             .get(app.url("/health"))
