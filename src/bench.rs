@@ -559,10 +559,6 @@ fn raw_sqlite_inserts(
                 index.execute(params![user, seq])?;
             }
         }
-        tx.execute(
-            "UPDATE event_sequence SET last_seq = ?1 WHERE id = 1",
-            [seq],
-        )?;
         tx.commit()?;
     }
     Ok(clock.stop(total as f64))

@@ -126,8 +126,6 @@ async fn event_retention_deletes_only_old_events_and_their_keys(backend: Backend
     app.stop().await;
 }
 
-conformance!(event_retention_deletes_only_old_events_and_their_keys);
-
 /// `(entries in user_index, user_index_progress.through_seq)` of a SQLite store.
 fn user_index_state(path: &str) -> (i64, i64) {
     rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -139,3 +137,41 @@ fn user_index_state(path: &str) -> (i64, i64) {
         )
         .unwrap()
 }
+
+/// Retention that takes every event, the newest included, must not let their seqs be handed out
+/// again, even by a restarted server that reads the last seq back from the store.
+async fn seqs_of_deleted_newest_events_are_never_reused(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let key = app.key("acme", "events:write,events:read").await;
+    for n in 0..3 {
+        app.record(
+            &key,
+            json!({"event_type": "iam.user.created", "data": {"n": n}}),
+        )
+        .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let deleted = purge_events(app.store.as_ref(), Timestamp::now(), 100)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3, "every event was old enough");
+    assert!(all_events(&app.http, &app.base, &key).await.is_empty());
+
+    let app = app.restart().await;
+    app.record(&key, json!({"event_type": "iam.user.deleted"}))
+        .await;
+    let kept = all_events(&app.http, &app.base, &key).await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        kept[0]["seq"], 4,
+        "seq goes on from the deleted newest event"
+    );
+    app.stop().await;
+}
+
+conformance!(
+    event_retention_deletes_only_old_events_and_their_keys,
+    seqs_of_deleted_newest_events_are_never_reused,
+);

@@ -760,6 +760,10 @@ impl Store for SqliteStore {
             let Some(last) = last else {
                 return Ok(0);
             };
+            // Commits don't record the last seq; a delete that may take the newest events
+            // must, or their seqs would be handed out again (see `writer`'s invariants).
+            tx.prepare_cached("UPDATE event_sequence SET last_seq = max(last_seq, ?1) WHERE id = 1")?
+                .execute([last])?;
             tx.execute("DELETE FROM idempotency_keys WHERE event_seq <= ?1", [last])?;
             // Each entry by its key, from the events going (the index has no seq order).
             tx.execute(

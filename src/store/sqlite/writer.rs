@@ -10,8 +10,11 @@
 //! - WAL checkpoints run on a separate thread (`checkpoint.rs`), never inside a commit; only when
 //!   that thread asks does the writer copy the last frames itself, between two groups, so the
 //!   WAL can start over.
-//! - `seq` is assigned here from `event_sequence`, which is updated in the same transaction, so
-//!   committed seqs are gapless and in commit order.
+//! - `seq` is assigned here, one past the last assigned (`load_last_seq`), so committed seqs are
+//!   gapless and in commit order. The last assigned seq is the higher of the newest event's and
+//!   `event_sequence.last_seq`; commits don't write `event_sequence` (a page per commit), and
+//!   whatever deletes events raises it first to the highest seq it deletes, in the same
+//!   transaction, so a seq is never handed out twice.
 //! - Events are indexed by user behind the commits (`user_index.rs`): each group's transaction
 //!   may carry a slice of that copy, but the group's own events are remembered for it only once
 //!   the group has committed.
@@ -182,13 +185,16 @@ pub(super) fn run(
     tracing::info!(groups, jobs, last_seq, "sqlite writer stopped");
 }
 
-fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
+/// The last seq ever assigned: the newest event's, or the one `event_sequence` remembers for
+/// events deleted since (see the module's invariants).
+pub(super) fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
     conn.query_row(
-        "SELECT last_seq FROM event_sequence WHERE id = 1",
+        "SELECT max(last_seq, coalesce((SELECT max(seq) FROM events), 0)) \
+         FROM event_sequence WHERE id = 1",
         [],
         |r| r.get(0),
     )
-    .context("reading event_sequence")
+    .context("reading the event sequence")
 }
 
 /// Writes every pending append in one transaction and answers each after the commit.
@@ -219,8 +225,6 @@ fn commit_group(
             outcomes.push(statements.apply(&append.events, &mut seq, &mut rows, &mut entries)?);
         }
         insert_events(conn, insert, &rows, received_at)?;
-        conn.prepare_cached("UPDATE event_sequence SET last_seq = ?1 WHERE id = 1")?
-            .execute([seq])?;
         let events = (seq - *last_seq) as usize;
         Ok((outcomes, user_index.copy_slice(conn, *last_seq, events)))
     });
@@ -658,14 +662,7 @@ mod tests {
             ],
             "seqs stay gapless and nothing of the failed append remains"
         );
-        let last_seq: i64 = check
-            .query_row(
-                "SELECT last_seq FROM event_sequence WHERE id = 1",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(last_seq, 2);
+        assert_eq!(load_last_seq(&check).unwrap(), 2);
         assert!(check.is_autocommit());
     }
 
