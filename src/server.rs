@@ -24,6 +24,7 @@ use crate::jobs;
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::serve_lock::{self, ServeLock};
 
 /// Opens the configured store (creating and migrating it as needed).
 pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
@@ -56,6 +57,8 @@ pub struct RunningServer {
     retention: Option<JoinHandle<()>>,
     security: SecurityRecorder,
     security_flusher: JoinHandle<()>,
+    /// A SQLite store's one-server lock, given up once the store has stopped.
+    serve_lock: Option<ServeLock>,
 }
 
 impl RunningServer {
@@ -73,6 +76,7 @@ impl RunningServer {
             let _ = writer.await;
         }
         self.store.shutdown().await;
+        drop(self.serve_lock);
         Ok(())
     }
 }
@@ -86,6 +90,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
 pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Result<RunningServer> {
     let limits = args.limits()?;
     let default_client = args.default_client()?;
+    let serve_lock = match args.store.location()? {
+        DatabaseLocation::Sqlite(path) => Some(serve_lock::claim(&path)?),
+        DatabaseLocation::Postgres(_) => None,
+    };
     let store = open_store(&args.store).await?;
     let auth = Arc::new(Authenticator::new(
         store.clone(),
@@ -174,6 +182,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         retention,
         security,
         security_flusher,
+        serve_lock,
     })
 }
 

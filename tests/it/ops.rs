@@ -219,3 +219,44 @@ async fn a_stop_waits_for_requests_in_flight_only_so_long() {
     assert_eq!(status, StatusCode::OK, "{event}");
     app.stop().await;
 }
+
+/// A SQLite store is served by one process: a second server on the same file is refused at start
+/// (it would hand out the same seqs and fail every append), and starts once the first has
+/// stopped, with everything the first stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_one_sqlite_store_is_refused_until_the_first_stops() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let key = app.key("acme", "events:write,events:read").await;
+    app.record(&key, json!({"event_type": "iam.user.created"}))
+        .await;
+    let second = annals::config::ServeArgs::with_database(app.db.url.clone());
+    let refused = annals::server::start(second.clone())
+        .await
+        .err()
+        .expect("a second server on the same store is refused")
+        .to_string();
+    assert!(refused.contains("already serving"), "{refused}");
+    // The first is unharmed and still takes events.
+    app.record(&key, json!({"event_type": "iam.user.updated"}))
+        .await;
+
+    let app = app.stop_keep_db().await;
+    let server = annals::server::start(second)
+        .await
+        .expect("starts once the first has stopped");
+    let events: Vec<Value> = reqwest::Client::new()
+        .get(format!("http://{}/v1/events?order=asc", server.addr))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2]);
+    server.stop().await.unwrap();
+    drop(app);
+}

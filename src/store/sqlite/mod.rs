@@ -11,6 +11,7 @@ mod checkpoint;
 mod heap;
 mod multi_row;
 mod query;
+pub mod serve_lock;
 mod user_index;
 mod wal_batch;
 mod writer;

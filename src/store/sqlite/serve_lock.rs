@@ -1,0 +1,75 @@
+//! One serving process per SQLite store.
+//!
+//! The writer assigns `seq` from what it read at start and holds in memory, so a second
+//! `annals serve` on the same file would hand out the same seqs and fail every append. The
+//! serving process therefore holds an exclusive lock on `<database>-serve.lock` (an advisory
+//! `flock`, released by the kernel when the process ends, however it ends) for as long as it
+//! serves; a second one is refused at start with a message that says why. The management
+//! commands (`annals keys …`, `annals migrate`) don't take it: they write no events, and
+//! SQLite's own locking orders their writes with the server's.
+//!
+//! The lock is a file of its own, not the database: on NFS `flock` is emulated with the same
+//! POSIX locks SQLite takes on the database, which a lock of ours would release or replace.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// Held while a server uses the store; dropping it lets the next server in.
+#[derive(Debug)]
+pub struct ServeLock {
+    _file: File,
+}
+
+/// The lock file next to `database`: `annals.db` → `annals.db-serve.lock`.
+pub fn lock_path(database: &Path) -> PathBuf {
+    let mut name = database.file_name().unwrap_or_default().to_os_string();
+    name.push("-serve.lock");
+    database.with_file_name(name)
+}
+
+/// Takes the store's serve lock, or says which process-wide rule a second server broke.
+pub fn claim(database: &Path) -> anyhow::Result<ServeLock> {
+    if let Some(dir) = database.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let path = lock_path(database);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(ServeLock { _file: file }),
+        Err(TryLockError::WouldBlock) => anyhow::bail!(
+            "another annals server is already serving {} (it holds {}): a SQLite store is served \
+             by one process at a time; stop that one first, or share a PostgreSQL database \
+             between several servers",
+            database.display(),
+            path.display()
+        ),
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_claim_waits_for_the_first_to_be_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("nested").join("a.db");
+        let first = claim(&db).unwrap();
+        assert!(lock_path(&db).ends_with("nested/a.db-serve.lock"));
+        let refused = claim(&db).unwrap_err().to_string();
+        assert!(refused.contains("already serving"), "{refused}");
+        assert!(refused.contains("PostgreSQL"), "{refused}");
+        drop(first);
+        claim(&db).unwrap();
+    }
+}
