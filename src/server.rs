@@ -90,6 +90,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
 pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Result<RunningServer> {
     let limits = args.limits()?;
     let default_client = args.default_client()?;
+    // The port first: a start that can't listen leaves no files behind.
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
     let serve_lock = match args.store.location()? {
         DatabaseLocation::Sqlite(path) => Some(serve_lock::claim(&path)?),
         DatabaseLocation::Postgres(_) => None,
@@ -103,13 +108,6 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
     ));
     auth.watch_key_changes();
     let keys = KeyService::new(store.clone(), Some(auth.clone()));
-    let bootstrap_key = if args.api_key.is_none() {
-        keys.bootstrap_admin(&default_client)
-            .await
-            .context("creating the first admin key")?
-    } else {
-        None
-    };
     let limiter: Arc<dyn RateLimiter> = match &args.redis_url {
         Some(url) => Arc::new(
             RedisRateLimiter::connect(url)
@@ -117,6 +115,15 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
                 .with_context(|| format!("connecting to Redis at {url}"))?,
         ),
         None => Arc::new(MemoryRateLimiter::default()),
+    };
+    // The last step that can fail: a first admin key made by a start that then failed would
+    // never be shown, and the next start, finding a key, would make none.
+    let bootstrap_key = if args.api_key.is_none() {
+        keys.bootstrap_admin(&default_client)
+            .await
+            .context("creating the first admin key")?
+    } else {
+        None
     };
     let (audit, audit_writer) = if args.audit_log {
         let (log, writer) = AuditLog::start(store.clone());
@@ -154,10 +161,6 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         }),
         extra,
     );
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listener.local_addr()?;
     let listen_options = crate::listener::Options {
         read_timeout: limits.read_timeout,
         drain_timeout: Duration::from_secs(args.shutdown_timeout_secs),

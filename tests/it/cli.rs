@@ -252,6 +252,26 @@ fn first_start_prints_an_admin_key_once() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // A start that can't listen (the port is taken) must not make the key it could not show.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let failed = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args([
+            "serve",
+            "--listen",
+            &taken.local_addr().unwrap().to_string(),
+        ])
+        .env("ANNALS_DATABASE_URL", &db)
+        .env_remove("ANNALS_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("listening on"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&failed.stdout).contains("ank_"));
+    drop(taken);
     assert!(start().contains("ank_"), "first start prints a key");
     assert!(!start().contains("ank_"), "second start does not");
 }
