@@ -20,6 +20,23 @@ use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
 use crate::domain::security::{NewSecurityEvent, SecurityQuery, StoredSecurityEvent};
 use crate::domain::{ClientId, EventFormat, NewEvent, StoredEvent, Timestamp, TopicPattern};
 
+/// A migration run's failure, said in terms of what the operator did: a database that a newer
+/// (or different) build of Annals migrated is named as such, not as a file "missing from the
+/// filesystem" — the migrations are compiled in.
+pub fn migration_error(database: &str, e: refinery::Error) -> anyhow::Error {
+    match e.kind() {
+        refinery::error::Kind::MissingVersion(applied) => anyhow::anyhow!(
+            "the {database} was migrated by a newer version of annals (it has migration {applied}, \
+             which this version does not know); run that version or a later one"
+        ),
+        refinery::error::Kind::DivergentVersion(applied, ours) => anyhow::anyhow!(
+            "the {database} was migrated by a different build of annals (its migration {applied} \
+             is not this version's {ours})"
+        ),
+        _ => anyhow::Error::new(e).context(format!("running the {database} migrations")),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The write queue is full; the caller should retry after the given seconds.

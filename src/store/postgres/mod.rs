@@ -97,7 +97,7 @@ async fn migrate(
         .run_async(&mut client)
         .await
         .map(drop)
-        .context("running PostgreSQL migrations");
+        .map_err(|e| super::migration_error("PostgreSQL database", e));
     for field in indexed_fields {
         if result.is_ok() {
             // On the partitioned parent: every partition, present and future, gets it.

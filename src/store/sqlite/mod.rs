@@ -73,7 +73,7 @@ fn open_audit(path: &Path) -> anyhow::Result<Connection> {
     .context("configuring the audit database")?;
     audit_embedded::migrations::runner()
         .run(&mut conn)
-        .context("running audit database migrations")?;
+        .map_err(|e| super::migration_error("audit database", e))?;
     Ok(conn)
 }
 
@@ -178,7 +178,7 @@ pub fn open_and_migrate(path: &Path, synchronous: Synchronous) -> anyhow::Result
     .context("configuring SQLite")?;
     embedded::migrations::runner()
         .run(&mut conn)
-        .context("running SQLite migrations")?;
+        .map_err(|e| super::migration_error("SQLite database", e))?;
     Ok(conn)
 }
 
@@ -925,6 +925,31 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::domain::envelope::test_event;
+
+    #[test]
+    fn a_database_migrated_by_a_newer_version_is_named_as_such() {
+        let (dir, conn) = scratch_db();
+        let applied_on: String = conn
+            .query_row(
+                "SELECT applied_on FROM refinery_schema_history ORDER BY version DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        conn.execute(
+            "INSERT INTO refinery_schema_history VALUES (999, 'from_the_future', ?1, '1')",
+            [applied_on],
+        )
+        .unwrap();
+        drop(conn);
+        let e = open_and_migrate(&dir.path().join("scratch.db"), Synchronous::Full).unwrap_err();
+        let message = format!("{e:#}");
+        assert!(
+            message.contains("migrated by a newer version of annals"),
+            "{message}"
+        );
+        assert!(message.contains("V999__from_the_future"), "{message}");
+    }
 
     /// Sets the writer connection's page limit (`PRAGMA max_page_count`): at the file's current
     /// size, the next page the store needs fails as a full disk would.
