@@ -187,7 +187,7 @@ pub(super) fn run(
 
 /// The last seq ever assigned: the newest event's, or the one `event_sequence` remembers for
 /// events deleted since (see the module's invariants).
-pub(super) fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
+fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
     conn.query_row(
         "SELECT max(last_seq, coalesce((SELECT max(seq) FROM events), 0)) \
          FROM event_sequence WHERE id = 1",
