@@ -175,7 +175,7 @@ pub fn open_and_migrate(path: &Path, synchronous: Synchronous) -> anyhow::Result
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; \
          PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;"
     ))
-    .context("configuring SQLite")?;
+    .with_context(|| format!("configuring SQLite database {}", path.display()))?;
     embedded::migrations::runner()
         .run(&mut conn)
         .map_err(|e| super::migration_error("SQLite database", e))?;
