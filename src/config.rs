@@ -69,6 +69,19 @@ impl DatabaseLocation {
         if path.is_empty() {
             return Err(String::from("the SQLite file path is empty"));
         }
+        // SQLite reads these itself (connections are opened with URI names allowed): an
+        // in-memory store would acknowledge events it loses on exit, each read connection
+        // would see a database of its own, and the audit and lock files are named after a path.
+        if path == ":memory:" {
+            return Err(String::from(
+                "':memory:' would keep events only in memory, lost on exit; give a SQLite file path",
+            ));
+        }
+        if path.starts_with("file:") {
+            return Err(String::from(
+                "SQLite 'file:' URIs are not supported; give a plain file path (or sqlite://path)",
+            ));
+        }
         Ok(Self::Sqlite(PathBuf::from(path)))
     }
 }
@@ -423,6 +436,11 @@ mod tests {
             "",
             "redis://h",
             "sqlite://file://x",
+            ":memory:",
+            "sqlite::memory:",
+            "file::memory:",
+            "file:a.db?mode=memory",
+            "sqlite:file:a.db",
         ] {
             assert!(DatabaseLocation::parse(bad).is_err(), "{bad}");
         }

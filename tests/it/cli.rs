@@ -201,6 +201,12 @@ fn bad_cli_input_is_refused_with_a_message() {
         None,
         "not a supported database",
     );
+    refused(":memory:", None, "only in memory");
+    refused(
+        "file:cli.db?mode=memory",
+        None,
+        "'file:' URIs are not supported",
+    );
     refused(&db, Some("short-key"), "at least 16 characters");
     refused(
         &db,
