@@ -21,6 +21,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::AppState;
 use crate::auth::Principal;
 use crate::domain::json_depth::{MAX_JSON_DEPTH, depth_exceeds};
+use crate::domain::nul::{NUL_MESSAGE, json_has_nul, nul_path};
 use crate::error::ApiError;
 use crate::listener::ClientAddr;
 
@@ -254,8 +255,14 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
             format!("JSON is nested deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_json(format!("the request body is not valid JSON: {e}")))
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_json(format!("the request body is not valid JSON: {e}")))?;
+    if json_has_nul(bytes)
+        && let Some(path) = nul_path(&value)
+    {
+        return Err(ApiError::invalid(path, NUL_MESSAGE));
+    }
+    Ok(value)
 }
 
 /// Reads the body (within `limit`) and parses it as JSON.

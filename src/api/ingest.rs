@@ -15,6 +15,7 @@ use super::AppState;
 use super::extract::read_json;
 use crate::auth::Principal;
 use crate::domain::envelope::{EnvelopeRules, Rejected};
+use crate::domain::nul::NUL_MESSAGE;
 use crate::domain::type_policy::Verdict;
 use crate::domain::{ClientId, EventFormat, FieldError, NewEvent};
 use crate::error::ApiError;
@@ -72,8 +73,12 @@ fn type_field(format: EventFormat) -> &'static str {
     }
 }
 
-/// The policy's word on one event: `Ok(Some(warning))`, or the refusal as a field error.
+/// The last word on one parsed event before it is queued: refused if it holds U+0000 (no
+/// store keeps it), else the type policy's `Ok(Some(warning))` or refusal, as a field error.
 fn judge(state: &AppState, event: &NewEvent) -> Result<Option<String>, FieldError> {
+    if let Some(field) = event.nul_field() {
+        return Err(FieldError::new(field, NUL_MESSAGE));
+    }
     if event.format == EventFormat::ApiEvent {
         return Ok(None); // the seed's fixed REQUEST/RESPONSE/ERROR types
     }

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::format::EventFormat;
 use super::masking::MaskPolicy;
 use super::names::{ClientId, EventType};
+use super::nul::json_has_nul;
 use super::time::Timestamp;
 
 /// Header names the server fills in from the envelope (seed 003). A client sets them through
@@ -99,6 +100,26 @@ impl NewEvent {
     /// Bytes this event occupies in the write queue (for byte-bounded backpressure).
     pub fn approx_bytes(&self) -> usize {
         self.data.len() + self.headers.len() + 256
+    }
+
+    /// The first field holding U+0000, which no store keeps (see `nul`): a JSON body was
+    /// checked as it was parsed, but an event also comes from bodies that are not JSON.
+    pub fn nul_field(&self) -> Option<&'static str> {
+        let text = [
+            ("event_type", Some(self.event_type.as_str())),
+            ("user_id", self.user_id.as_deref()),
+            ("event_id", self.event_id.as_deref()),
+            ("source", self.source.as_deref()),
+            ("subject", self.subject.as_deref()),
+            ("correlation_id", self.correlation_id.as_deref()),
+            ("status", self.status.as_deref()),
+            ("partition_key", self.partition_key.as_deref()),
+        ];
+        text.into_iter()
+            .find(|(_, value)| value.is_some_and(|v| v.contains('\0')))
+            .map(|(field, _)| field)
+            .or_else(|| json_has_nul(self.data.as_bytes()).then_some("data"))
+            .or_else(|| json_has_nul(self.headers.as_bytes()).then_some("headers"))
     }
 }
 

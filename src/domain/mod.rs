@@ -15,6 +15,7 @@ mod fuzz_tests;
 pub mod json_depth;
 pub mod masking;
 pub mod names;
+pub mod nul;
 pub mod page;
 pub mod security;
 pub mod time;

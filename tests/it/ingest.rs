@@ -486,7 +486,96 @@ async fn sensitive_fields_are_masked_and_a_masked_retry_is_a_duplicate(backend: 
     app.stop().await;
 }
 
+/// U+0000 anywhere a client writes text: PostgreSQL keeps none (in `text` or `jsonb`), so it is
+/// a 422 naming where it was, on both stores alike, and nothing is stored.
+async fn the_nul_character_is_refused_everywhere_with_its_field(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let key = app.key("acme", "events:write,events:read").await;
+    let refused = |r: reqwest::Response, field: &'static str| async move {
+        let (status, body) = status_json(r).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {body}");
+        assert_error(&body, "validation_failed");
+        assert_eq!(body["field"], field, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("U+0000"),
+            "{body}"
+        );
+    };
+    for (event, field) in [
+        (
+            json!({"event_type": "iam.user.created", "user_id": "a\u{0}b"}),
+            "user_id",
+        ),
+        (
+            json!({"event_type": "iam.user.created", "data": {"note": "a\u{0}b"}}),
+            "data.note",
+        ),
+        (
+            json!({"event_type": "iam.user.created", "data": {"k\u{0}": 1}}),
+            "data.k\\u0000",
+        ),
+        (
+            json!({"event_type": "iam.user.created", "headers": {"h": "\u{0}"}}),
+            "headers.h",
+        ),
+    ] {
+        refused(app.post("/v1/events", &key, &event).await, field).await;
+    }
+    let batch = json!({"events": [
+        {"event_type": "iam.user.created"},
+        {"event_type": "iam.user.created", "source": "s\u{0}"},
+    ]});
+    refused(
+        app.post("/v1/events/batch", &key, &batch).await,
+        "events.1.source",
+    )
+    .await;
+    // A binary CloudEvent's text body is not JSON: the event itself is checked.
+    let r = app
+        .http
+        .post(app.url("/v1/events"))
+        .header("x-api-key", &key)
+        .header("content-type", "text/plain")
+        .header("ce-specversion", "1.0")
+        .header("ce-type", "com.example.noted")
+        .header("ce-id", "nul-1")
+        .header("ce-source", "/probe")
+        .body("a\u{0}b")
+        .send()
+        .await
+        .unwrap();
+    refused(r, "data").await;
+    assert!(
+        app.list("/v1/events", &key).await.is_empty(),
+        "nothing stored"
+    );
+
+    // Key names and security reports alike.
+    let key_body = json!({"client_id": "acme", "name": "n\u{0}", "scopes": ["events:read"]});
+    refused(
+        app.post("/v1/keys", &app.admin_key, &key_body).await,
+        "name",
+    )
+    .await;
+    let report = json!({"event_type": "FAILED_LOGIN", "severity": "LOW", "user_id": "\u{0}"});
+    refused(
+        app.post("/v1/security-events", &key, &report).await,
+        "user_id",
+    )
+    .await;
+    // An escaped backslash before `u0000` is no NUL.
+    let fine = json!({"event_type": "iam.user.created", "data": {"note": "\\u0000"}});
+    assert_eq!(
+        app.post("/v1/events", &key, &fine).await.status(),
+        StatusCode::CREATED
+    );
+    app.stop().await;
+}
+
 crate::conformance!(
+    the_nul_character_is_refused_everywhere_with_its_field,
     sensitive_fields_are_masked_and_a_masked_retry_is_a_duplicate,
     auditor_post_and_query_with_the_static_key,
     envelope_fields_round_trip_with_server_headers,
