@@ -5,6 +5,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::domain::nul::NUL_MESSAGE;
 use crate::domain::page::IdPage;
 use crate::domain::{ClientId, FieldError, Timestamp, TopicPattern};
 use crate::error::ApiError;
@@ -43,7 +44,19 @@ pub fn parse_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError>
             "'{shown}' is not UTF-8 once percent-decoded"
         )));
     }
-    serde_urlencoded::from_str::<Vec<(String, String)>>(raw).map_err(|e| malformed(e.to_string()))
+    let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(raw)
+        .map_err(|e| malformed(e.to_string()))?;
+    // No stored text holds U+0000 (see `domain::nul`), and PostgreSQL takes none as a parameter.
+    if let Some((name, _)) = pairs
+        .iter()
+        .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+    {
+        return Err(ApiError::invalid(
+            name.replace('\0', "\\u0000"),
+            NUL_MESSAGE,
+        ));
+    }
+    Ok(pairs)
 }
 
 pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiError> {
@@ -338,6 +351,19 @@ mod tests {
             let e = parse_pairs(Some(bad)).expect_err(bad);
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad}");
             assert_eq!(e.code, "invalid_query", "{bad}");
+        }
+        // U+0000 decodes, but no store can look for it: a 422 naming the parameter.
+        for (bad, field) in [
+            ("user_id=%00", "user_id"),
+            ("a=1&data.x%00=1", "data.x\\u0000"),
+        ] {
+            let e = parse_pairs(Some(bad)).expect_err(bad);
+            assert_eq!(
+                e.status,
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "{bad}"
+            );
+            assert_eq!(e.field.as_deref(), Some(field), "{bad}");
         }
     }
 

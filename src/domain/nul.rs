@@ -2,9 +2,10 @@
 //!
 //! PostgreSQL stores no NUL in `text` and no `\u0000` in `jsonb`, so an event, a key name or a
 //! security report holding one failed inside the store (a 500 or a 503). Annals refuses it at the
-//! edge instead, on both stores alike, with a 422 that names where it was: every JSON body is
-//! checked once parsed (`api::extract::parse_json`), and every event once more before it is
-//! queued (`NewEvent::nul_field`), for bodies that are not JSON (binary CloudEvents).
+//! edge instead, on both stores alike, with a 422 that names where it was: every JSON body once
+//! parsed (`api::extract::parse_json`), every query string (`api::query_params::parse_pairs`:
+//! a filter can't look for it either), and every event once more before it is queued
+//! (`NewEvent::nul_field`), for bodies that are not JSON (binary CloudEvents).
 
 use memchr::memmem;
 use serde_json::Value;

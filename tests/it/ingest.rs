@@ -565,6 +565,15 @@ async fn the_nul_character_is_refused_everywhere_with_its_field(backend: Backend
         "user_id",
     )
     .await;
+    // Nor can a listing look for it.
+    for (path, field) in [
+        ("/v1/events?user_id=%00", "user_id"),
+        ("/v1/events?data.note=a%00", "data.note"),
+        ("/v1/audit/logs?endpoint=%00", "endpoint"),
+        ("/v1/security-events?user_id=%00", "user_id"),
+    ] {
+        refused(app.get(path, &app.admin_key).await, field).await;
+    }
     // An escaped backslash before `u0000` is no NUL.
     let fine = json!({"event_type": "iam.user.created", "data": {"note": "\\u0000"}});
     assert_eq!(
