@@ -200,6 +200,7 @@ async fn update_key(
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Admin)?;
+    let id = possible_key_id(id)?;
     let map = object(read_json(&headers, body, state.body_limit()).await?)?;
     let mut patch = KeyPatch::default();
     let mut errors = Vec::new();
@@ -238,11 +239,21 @@ async fn delete_key(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Admin)?;
+    let id = possible_key_id(id)?;
     let deleted = state.keys.delete(KeySelector::KeyId(id.clone())).await?;
     if deleted.is_empty() {
         return Err(no_such_key(&id));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A key id from the path, or the 404 of one no key can have: with U+0000 (which PostgreSQL
+/// refuses as a parameter, see `domain::nul`).
+fn possible_key_id(id: String) -> Result<String, ApiError> {
+    if id.contains('\0') {
+        return Err(no_such_key(&id));
+    }
+    Ok(id)
 }
 
 fn no_such_key(id: &str) -> ApiError {

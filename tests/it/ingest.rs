@@ -574,6 +574,15 @@ async fn the_nul_character_is_refused_everywhere_with_its_field(backend: Backend
     ] {
         refused(app.get(path, &app.admin_key).await, field).await;
     }
+    // A key id with one is no key's.
+    let r = app
+        .http
+        .delete(app.url("/v1/keys/a%00"))
+        .header("x-api-key", &app.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // An escaped backslash before `u0000` is no NUL.
     let fine = json!({"event_type": "iam.user.created", "data": {"note": "\\u0000"}});
     assert_eq!(
