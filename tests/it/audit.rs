@@ -208,19 +208,19 @@ async fn bodies_are_kept_masked_when_asked(backend: Backend) {
         .post_raw("/v1/events", &key, Some("text/plain"), "password=hunter2")
         .await;
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let attributes = [
+        ("ce-id", "b1"),
+        ("ce-source", "/s"),
+        ("ce-type", "blob.file.uploaded"),
+    ];
     let r = app
-        .http
-        .post(app.url("/v1/events"))
-        .header("x-api-key", &key)
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "b1")
-        .header("ce-source", "/s")
-        .header("ce-type", "blob.file.uploaded")
-        .header("content-type", "application/octet-stream")
-        .body("password=hunter2")
-        .send()
-        .await
-        .unwrap();
+        .post_binary_cloudevent(
+            &key,
+            &attributes,
+            "application/octet-stream",
+            "password=hunter2",
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let r = app
         .post(

@@ -264,6 +264,28 @@ impl TestApp {
         req.send().await.expect("request sent")
     }
 
+    /// POSTs a binary-mode CloudEvent to `/v1/events`: `ce-specversion` 1.0 and the given
+    /// `ce-*` attributes as headers, the data as the body.
+    pub async fn post_binary_cloudevent(
+        &self,
+        key: &str,
+        attributes: &[(&str, &str)],
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        let mut req = self
+            .http
+            .post(self.url("/v1/events"))
+            .header("x-api-key", key)
+            .header("ce-specversion", "1.0")
+            .header("content-type", content_type)
+            .body(body);
+        for (name, value) in attributes {
+            req = req.header(*name, *value);
+        }
+        req.send().await.expect("request sent")
+    }
+
     pub async fn get(&self, path_and_query: &str, key: &str) -> Response {
         self.http
             .get(self.url(path_and_query))

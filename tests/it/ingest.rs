@@ -533,19 +533,14 @@ async fn the_nul_character_is_refused_everywhere_with_its_field(backend: Backend
     )
     .await;
     // A binary CloudEvent's text body is not JSON: the event itself is checked.
+    let attributes = [
+        ("ce-type", "com.example.noted"),
+        ("ce-id", "nul-1"),
+        ("ce-source", "/probe"),
+    ];
     let r = app
-        .http
-        .post(app.url("/v1/events"))
-        .header("x-api-key", &key)
-        .header("content-type", "text/plain")
-        .header("ce-specversion", "1.0")
-        .header("ce-type", "com.example.noted")
-        .header("ce-id", "nul-1")
-        .header("ce-source", "/probe")
-        .body("a\u{0}b")
-        .send()
-        .await
-        .unwrap();
+        .post_binary_cloudevent(&key, &attributes, "text/plain", "a\u{0}b")
+        .await;
     refused(r, "data").await;
     assert!(
         app.list("/v1/events", &key).await.is_empty(),
