@@ -82,7 +82,16 @@ impl DatabaseLocation {
                 "SQLite 'file:' URIs are not supported; give a plain file path (or sqlite://path)",
             ));
         }
-        Ok(Self::Sqlite(PathBuf::from(path)))
+        // Said here, before anything is created next to it (SQLite's own error comes later and
+        // names no cause).
+        let file = PathBuf::from(path);
+        if path.ends_with('/') || file.is_dir() {
+            return Err(format!(
+                "names a directory ({path}): a SQLite store is a file, such as {}",
+                file.join("annals.db").display()
+            ));
+        }
+        Ok(Self::Sqlite(file))
     }
 }
 
@@ -443,6 +452,14 @@ mod tests {
             "sqlite:file:a.db",
         ] {
             assert!(DatabaseLocation::parse(bad).is_err(), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for path in [
+            dir.path().display().to_string(),
+            format!("{}/missing/", dir.path().display()),
+        ] {
+            let refused = DatabaseLocation::parse(&path).unwrap_err();
+            assert!(refused.contains("names a directory"), "{refused}");
         }
     }
 

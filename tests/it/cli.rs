@@ -202,6 +202,7 @@ fn bad_cli_input_is_refused_with_a_message() {
         "not a supported database",
     );
     refused(":memory:", None, "only in memory");
+    refused("store/", None, "names a directory");
     refused(
         "file:cli.db?mode=memory",
         None,

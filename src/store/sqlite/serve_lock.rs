@@ -23,7 +23,7 @@ pub struct ServeLock {
 }
 
 /// The lock file next to `database`: `annals.db` → `annals.db-serve.lock`.
-pub fn lock_path(database: &Path) -> PathBuf {
+fn lock_path(database: &Path) -> PathBuf {
     let mut name = database.file_name().unwrap_or_default().to_os_string();
     name.push("-serve.lock");
     database.with_file_name(name)
@@ -31,15 +31,6 @@ pub fn lock_path(database: &Path) -> PathBuf {
 
 /// Takes the store's serve lock, or says which process-wide rule a second server broke.
 pub fn claim(database: &Path) -> anyhow::Result<ServeLock> {
-    // Said before anything is created next to it (SQLite's own error comes later and names
-    // no cause).
-    if database.is_dir() || database.as_os_str().as_encoded_bytes().ends_with(b"/") {
-        anyhow::bail!(
-            "ANNALS_DATABASE_URL names a directory ({}): a SQLite store is a file, such as {}",
-            database.display(),
-            database.join("annals.db").display()
-        );
-    }
     if let Some(dir) = database.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -80,18 +71,5 @@ mod tests {
         assert!(refused.contains("PostgreSQL"), "{refused}");
         drop(first);
         claim(&db).unwrap();
-    }
-
-    #[test]
-    fn a_directory_is_refused_before_anything_is_created() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        std::fs::create_dir(&store).unwrap();
-        for path in [store.clone(), dir.path().join("missing/")] {
-            let refused = claim(&path).unwrap_err().to_string();
-            assert!(refused.contains("names a directory"), "{refused}");
-        }
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1, "only the directory made here: {names:?}");
     }
 }
