@@ -5,7 +5,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::domain::nul::NUL_MESSAGE;
+use crate::domain::nul::{self, NUL_MESSAGE};
 use crate::domain::page::IdPage;
 use crate::domain::{ClientId, FieldError, Timestamp, TopicPattern};
 use crate::error::ApiError;
@@ -51,10 +51,7 @@ pub fn parse_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError>
         .iter()
         .find(|(name, value)| name.contains('\0') || value.contains('\0'))
     {
-        return Err(ApiError::invalid(
-            name.replace('\0', "\\u0000"),
-            NUL_MESSAGE,
-        ));
+        return Err(ApiError::invalid(nul::shown(name), NUL_MESSAGE));
     }
     Ok(pairs)
 }

@@ -27,6 +27,11 @@ pub fn json_has_nul(json: &[u8]) -> bool {
     })
 }
 
+/// `text` fit for an error's `field`: each U+0000 written as JSON writes it, `\u0000`.
+pub fn shown(text: &str) -> String {
+    text.replace('\0', "\\u0000")
+}
+
 /// The path of the first key or string in `value` that holds U+0000: object keys joined with
 /// `.`, array positions as numbers (`events.3.data.note`).
 pub fn nul_path(value: &Value) -> Option<String> {
@@ -42,7 +47,7 @@ pub fn nul_path(value: &Value) -> Option<String> {
                 found
             }),
             Value::Object(map) => map.iter().any(|(key, item)| {
-                path.push(key.replace('\0', "\\u0000"));
+                path.push(shown(key));
                 let found = key.contains('\0') || walk(item, path);
                 if !found {
                     path.pop();
