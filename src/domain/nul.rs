@@ -7,6 +7,8 @@
 //! a filter can't look for it either), and every event once more before it is queued
 //! (`NewEvent::nul_field`), for bodies that are not JSON (binary CloudEvents).
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 use serde_json::Value;
 
@@ -15,9 +17,12 @@ pub const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
 
 /// Whether JSON text holds a `\u0000` escape, the only way JSON spells U+0000. Cheap enough
 /// for every body: one SIMD search, and a look back at the backslashes before a match (an even
-/// run means the backslash is itself escaped, as in `"\\u0000"`).
+/// run means the backslash is itself escaped, as in `"\\u0000"`). The searcher is built once:
+/// building one per body cost more than the search.
 pub fn json_has_nul(json: &[u8]) -> bool {
-    memmem::find_iter(json, br"\u0000").any(|at| {
+    static ESCAPE: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(br"\u0000"));
+    ESCAPE.find_iter(json).any(|at| {
         let backslashes = json[..=at]
             .iter()
             .rev()
