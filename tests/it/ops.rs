@@ -260,3 +260,27 @@ async fn a_second_server_on_one_sqlite_store_is_refused_until_the_first_stops() 
     server.stop().await.unwrap();
     drop(app);
 }
+
+/// Two SQLite stores whose names differ only in their extension share one audit database
+/// (`annals.db` and `annals.sqlite` both keep theirs in `annals.audit.db`): the second server is
+/// refused at start (else each would show its tenants the other's calls), the first unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_audit_database_is_in_use_is_not_served() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let sibling = std::path::Path::new(&app.db.url).with_extension("sqlite");
+    let refused = annals::server::start(annals::config::ServeArgs::with_database(
+        sibling.display().to_string(),
+    ))
+    .await
+    .err()
+    .expect("a store sharing the audit database is refused")
+    .to_string();
+    assert!(refused.contains("annals.audit.db"), "{refused}");
+    assert!(refused.contains("audit log"), "{refused}");
+
+    let (status, logs) = status_json(app.get("/v1/audit/logs", &app.admin_key).await).await;
+    assert_eq!(status, StatusCode::OK, "{logs}");
+    app.stop().await;
+}

@@ -8,6 +8,11 @@
 //! commands (`annals keys …`, `annals migrate`) don't take it: they write no events, and
 //! SQLite's own locking orders their writes with the server's.
 //!
+//! The server locks its audit database the same way (`<name>.audit.db-serve.lock`): stores whose
+//! names differ only in their extension (`a.db`, `a.sqlite`) share one audit file, and a store
+//! may itself be named like another's audit file (`a.audit.db`). Without that second lock, two
+//! servers would write one audit log, and each would show its tenants the other's calls.
+//!
 //! The lock is a file of its own, not the database: on NFS `flock` is emulated with the same
 //! POSIX locks SQLite takes on the database, which a lock of ours would release or replace.
 
@@ -16,10 +21,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// Held while a server uses the store; dropping it lets the next server in.
+use super::audit_path;
+
+/// Held while a server uses the store and its audit database; dropping it lets the next
+/// server in.
 #[derive(Debug)]
 pub struct ServeLock {
-    _file: File,
+    _events: File,
+    _audit: File,
 }
 
 /// The lock file next to `database`: `annals.db` → `annals.db-serve.lock`.
@@ -29,11 +38,42 @@ fn lock_path(database: &Path) -> PathBuf {
     database.with_file_name(name)
 }
 
-/// Takes the store's serve lock, or says which process-wide rule a second server broke.
+/// Takes the serve locks of the store and of its audit database, or says which process-wide
+/// rule a second server broke.
 pub fn claim(database: &Path) -> anyhow::Result<ServeLock> {
     if let Some(dir) = database.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let events = try_lock(database)?.map_err(|lock| {
+        anyhow::anyhow!(
+            "another annals server is already serving {} or keeps its audit log there (it \
+             holds {}): a SQLite store is served by one process at a time; stop that one \
+             first, or share a PostgreSQL database between several servers",
+            database.display(),
+            lock.display()
+        )
+    })?;
+    let audit = audit_path(database);
+    let audit_lock = try_lock(&audit)?.map_err(|lock| {
+        anyhow::anyhow!(
+            "another annals server is already using {}, where {} keeps its audit log (it holds \
+             {}): stores whose names differ only in their extension (a.db, a.sqlite) share one \
+             audit database, and a store may not be named like another's audit database; \
+             rename this one, or stop that server first",
+            audit.display(),
+            database.display(),
+            lock.display()
+        )
+    })?;
+    Ok(ServeLock {
+        _events: events,
+        _audit: audit_lock,
+    })
+}
+
+/// `database`'s lock file, locked (`Ok(Ok)`), or its path when another process holds it
+/// (`Ok(Err)`).
+fn try_lock(database: &Path) -> anyhow::Result<Result<File, PathBuf>> {
     let path = lock_path(database);
     let file = OpenOptions::new()
         .create(true)
@@ -42,14 +82,8 @@ pub fn claim(database: &Path) -> anyhow::Result<ServeLock> {
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     match file.try_lock() {
-        Ok(()) => Ok(ServeLock { _file: file }),
-        Err(TryLockError::WouldBlock) => anyhow::bail!(
-            "another annals server is already serving {} (it holds {}): a SQLite store is served \
-             by one process at a time; stop that one first, or share a PostgreSQL database \
-             between several servers",
-            database.display(),
-            path.display()
-        ),
+        Ok(()) => Ok(Ok(file)),
+        Err(TryLockError::WouldBlock) => Ok(Err(path)),
         Err(TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("locking {}", path.display()))
         }
@@ -70,6 +104,25 @@ mod tests {
         assert!(refused.contains("already serving"), "{refused}");
         assert!(refused.contains("PostgreSQL"), "{refused}");
         drop(first);
+        claim(&db).unwrap();
+    }
+
+    #[test]
+    fn stores_that_share_an_audit_database_are_not_served_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let first = claim(&db).unwrap();
+        assert!(lock_path(&audit_path(&db)).ends_with("a.audit.db-serve.lock"));
+        for other in ["a.sqlite", "a", "a.audit.db"] {
+            let refused = claim(&dir.path().join(other)).unwrap_err().to_string();
+            assert!(refused.contains("a.audit.db"), "{other}: {refused}");
+        }
+        // A refused claim lets go of the store lock it took.
+        try_lock(&dir.path().join("a.sqlite")).unwrap().unwrap();
+        drop(first);
+        let other = claim(&dir.path().join("a.sqlite")).unwrap();
+        assert!(claim(&db).is_err());
+        drop(other);
         claim(&db).unwrap();
     }
 }
