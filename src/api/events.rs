@@ -22,6 +22,7 @@ use super::query_params::{next_link, parse_list_params, parse_pairs};
 use crate::auth::Principal;
 use crate::domain::access::Scope;
 use crate::domain::json_depth::{MAX_JSON_DEPTH, depth_exceeds};
+use crate::domain::unique_keys::{DUPLICATE_KEY_MESSAGE, JsonError};
 use crate::domain::{StoredEvent, cloudevents, parse_event};
 use crate::error::ApiError;
 
@@ -98,7 +99,15 @@ async fn create_event(
                 content_type,
                 &body.bytes,
             )
-            .map_err(|message| ApiError::bad_json(message).with_field("body"))?;
+            .map_err(|e| match e {
+                JsonError::Syntax(e) => ApiError::bad_json(format!(
+                    "the body is declared as JSON but is not valid JSON: {e}"
+                ))
+                .with_field("body"),
+                JsonError::DuplicateKey { path } => {
+                    ApiError::invalid(format!("body.{path}"), DUPLICATE_KEY_MESSAGE)
+                }
+            })?;
             drop(body); // parsed: its memory is free for other requests
             let rules = envelope_rules(&state);
             let parsed = cloudevents::parse_structured(structured, &principal.client_id, &rules)

@@ -22,6 +22,7 @@ use super::AppState;
 use crate::auth::Principal;
 use crate::domain::json_depth::{MAX_JSON_DEPTH, depth_exceeds};
 use crate::domain::nul::{NUL_MESSAGE, json_has_nul, nul_path};
+use crate::domain::unique_keys::{self, DUPLICATE_KEY_MESSAGE, JsonError};
 use crate::error::ApiError;
 use crate::listener::ClientAddr;
 
@@ -242,7 +243,7 @@ fn body_too_large(max_bytes: usize) -> ApiError {
     ))
 }
 
-/// Parses a JSON document within the depth limit.
+/// Parses a JSON document within the depth limit, each object's keys unique.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_json(
@@ -255,8 +256,12 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
             format!("JSON is nested deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_json(format!("the request body is not valid JSON: {e}")))?;
+    let value = unique_keys::from_slice(bytes).map_err(|e| match e {
+        JsonError::Syntax(e) => {
+            ApiError::bad_json(format!("the request body is not valid JSON: {e}"))
+        }
+        JsonError::DuplicateKey { path } => ApiError::invalid(path, DUPLICATE_KEY_MESSAGE),
+    })?;
     if json_has_nul(bytes)
         && let Some(path) = nul_path(&value)
     {

@@ -21,6 +21,7 @@ use super::envelope::{
 use super::format::EventFormat;
 use super::names::{ClientId, EventType};
 use super::time::Timestamp;
+use super::unique_keys::{self, JsonError};
 
 /// Media type of one structured-mode event.
 pub const STRUCTURED_TYPE: &str = "application/cloudevents+json";
@@ -282,13 +283,14 @@ pub fn parse_structured(
 
 /// The structured form of a binary-mode message: `attributes` are the `ce-*` headers (names
 /// without the prefix, lower-case; values percent-decoded), `content_type` the message's, `body`
-/// its bytes. JSON bodies become `data` (a parse failure is the `Err` text), UTF-8 text bodies a
-/// string `data`, anything else `data_base64`; an empty body is an event without data.
+/// its bytes. JSON bodies become `data` (a body that is not JSON, or repeats a key, is the
+/// `Err`), UTF-8 text bodies a string `data`, anything else `data_base64`; an empty body is an
+/// event without data.
 pub fn binary_to_structured(
     attributes: Vec<(String, String)>,
     content_type: Option<&str>,
     body: &[u8],
-) -> Result<Value, String> {
+) -> Result<Value, JsonError> {
     let mut map: Map<String, Value> = attributes
         .into_iter()
         .map(|(name, value)| (name, Value::String(value)))
@@ -301,8 +303,7 @@ pub fn binary_to_structured(
     }
     if !body.is_empty() {
         if is_json_media_type(content_type) {
-            let data: Value = serde_json::from_slice(body)
-                .map_err(|e| format!("the body is declared as JSON but is not valid JSON: {e}"))?;
+            let data = unique_keys::from_slice(body)?;
             map.insert(String::from("data"), data);
         } else if let Some(text) = content_type
             .filter(|t| is_text_media_type(t))

@@ -21,6 +21,7 @@ pub mod security;
 pub mod time;
 pub mod topic;
 pub mod type_policy;
+pub mod unique_keys;
 
 pub use envelope::{EnvelopeRules, FieldError, NewEvent, parse_event};
 pub use event::StoredEvent;

@@ -587,7 +587,77 @@ async fn the_nul_character_is_refused_everywhere_with_its_field(backend: Backend
     app.stop().await;
 }
 
+/// A key given twice in one object: parsers disagree on which value counts, so an audit trail
+/// takes neither. A 422 names the key's path, on every JSON body, and nothing is stored.
+async fn a_key_given_twice_in_one_object_is_refused_with_its_path(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let key = app.key("acme", "events:write,events:read").await;
+    let refused = |r: reqwest::Response, field: &'static str| async move {
+        let (status, body) = status_json(r).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {body}");
+        assert_error(&body, "validation_failed");
+        assert_eq!(body["field"], field, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("more than once"),
+            "{body}"
+        );
+    };
+    let json = Some("application/json");
+    for (body, field) in [
+        (
+            r#"{"event_type": "iam.user.created", "event_type": "iam.user.deleted"}"#,
+            "event_type",
+        ),
+        (
+            r#"{"event_type": "iam.user.created", "data": {"role": "admin", "role": "viewer"}}"#,
+            "data.role",
+        ),
+        (
+            r#"{"event_type": "iam.user.created", "data": {"a": [{"b": 1, "b": 1}]}}"#,
+            "data.a.0.b",
+        ),
+    ] {
+        refused(app.post_raw("/v1/events", &key, json, body).await, field).await;
+    }
+    let batch = r#"{"events": [{"event_type": "iam.user.created"},
+        {"event_type": "iam.user.created", "user_id": "u1", "user_id": "u2"}]}"#;
+    refused(
+        app.post_raw("/v1/events/batch", &key, json, batch).await,
+        "events.1.user_id",
+    )
+    .await;
+    let attributes = [
+        ("ce-type", "com.example.noted"),
+        ("ce-id", "twice-1"),
+        ("ce-source", "/probe"),
+    ];
+    let r = app
+        .post_binary_cloudevent(&key, &attributes, "application/json", r#"{"n": 1, "n": 2}"#)
+        .await;
+    refused(r, "body.n").await;
+    let key_body = r#"{"client_id": "acme", "client_id": "other", "scopes": ["events:read"]}"#;
+    refused(
+        app.post_raw("/v1/keys", &app.admin_key, json, key_body)
+            .await,
+        "client_id",
+    )
+    .await;
+    assert!(
+        app.list("/v1/events", &key).await.is_empty(),
+        "nothing stored"
+    );
+    // The same key in different objects is no repetition.
+    let fine =
+        r#"{"event_type": "iam.user.created", "data": {"a": {"a": 1}, "b": [{"a": 1}, {"a": 2}]}}"#;
+    let (status, body) = status_json(app.post_raw("/v1/events", &key, json, fine).await).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    app.stop().await;
+}
+
 crate::conformance!(
+    a_key_given_twice_in_one_object_is_refused_with_its_path,
     the_nul_character_is_refused_everywhere_with_its_field,
     sensitive_fields_are_masked_and_a_masked_retry_is_a_duplicate,
     auditor_post_and_query_with_the_static_key,
