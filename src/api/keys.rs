@@ -14,7 +14,8 @@ use super::extract::{Auth, read_json};
 use super::query_params::parse_pairs;
 use crate::auth::NewKeyRequest;
 use crate::domain::access::{
-    KeyPatch, KeyRecord, KeySelector, KeyView, Scope, Scopes, parse_key_name, parse_rate_limit,
+    KeyPatch, KeyRecord, KeySelector, KeyView, RATE_LIMIT_RANGE, Scope, Scopes, parse_key_name,
+    parse_rate_limit,
 };
 use crate::domain::envelope::json_kind;
 use crate::domain::{ClientId, FieldError, Timestamp};
@@ -76,7 +77,7 @@ fn rate_limit_field(value: &Value) -> Result<Option<u32>, String> {
         Value::Null => Ok(None),
         Value::Number(n) => n
             .as_u64()
-            .ok_or_else(|| String::from("must be a whole number"))
+            .ok_or_else(|| String::from(RATE_LIMIT_RANGE))
             .and_then(parse_rate_limit)
             .map(Some),
         other => Err(format!("must be a number, not {}", json_kind(other))),

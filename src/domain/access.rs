@@ -158,14 +158,16 @@ pub fn parse_key_name(text: &str) -> Result<String, String> {
     Ok(trimmed.to_string())
 }
 
+/// What a rate limit out of range (or not whole) is told.
+pub const RATE_LIMIT_RANGE: &str =
+    "must be a whole number between 1 and 1000000 requests per minute";
+
 /// Requests per minute a key may make: 1 to 1 000 000.
 pub fn parse_rate_limit(value: u64) -> Result<u32, String> {
     if (1..=1_000_000).contains(&value) {
         Ok(value as u32)
     } else {
-        Err(String::from(
-            "must be between 1 and 1000000 requests per minute",
-        ))
+        Err(String::from(RATE_LIMIT_RANGE))
     }
 }
 

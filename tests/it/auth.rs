@@ -332,6 +332,13 @@ async fn key_admin_api_creates_lists_updates_and_deletes(backend: Backend) {
     );
     let (status, _) = patch(json!({"is_active": "yes"}), key_id.clone()).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    for limit in [json!(-5), json!(1.5), json!(1_000_001)] {
+        let (status, body) = patch(json!({ "rate_limit": limit }), key_id.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["field"], "rate_limit", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("between 1 and 1000000"), "{limit}: {body}");
+    }
     let (status, body) = patch(json!({"name": "x"}), String::from("0000000000000000")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_error(&body, "not_found");
