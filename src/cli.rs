@@ -140,11 +140,13 @@ impl SelectKeys {
     }
 }
 
-pub fn init_tracing() {
+/// Logs to stderr, filtered by `ANNALS_LOG` (else `RUST_LOG`, else `default_filter`), as JSON
+/// when `ANNALS_LOG_FORMAT=json`.
+pub fn init_tracing(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("ANNALS_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("ANNALS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     // Colour only on a terminal: log files and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -190,6 +192,16 @@ fn print_keys(keys: &[KeyRecord]) {
 }
 
 impl Cli {
+    /// The log filter when `ANNALS_LOG` (or `RUST_LOG`) sets none: the service and `migrate`
+    /// log at `info` (what they start, apply and stop); `keys` and `bench` print their own
+    /// answers on stdout, so only warnings and errors join them (no migration chatter).
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            None | Some(Command::Serve(_) | Command::Migrate(_)) => "info",
+            Some(Command::Keys(_) | Command::Bench(_)) => "warn",
+        }
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             None => server::serve(self.serve).await,

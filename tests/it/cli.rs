@@ -10,6 +10,8 @@ fn annals(db: &str, args: &[&str]) -> Output {
         .args(args)
         .env("ANNALS_DATABASE_URL", db)
         .env_remove("ANNALS_API_KEY")
+        .env_remove("ANNALS_LOG")
+        .env_remove("RUST_LOG")
         .output()
         .expect("annals runs")
 }
@@ -56,7 +58,19 @@ async fn keys_create_list_toggle_delete_and_the_key_works() {
         .to_string();
     let key_id = key[4..20].to_string();
 
+    // Only the answer: no log lines (migration chatter) around it.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let out = annals(&db, &["keys", "list", "--json"]);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(list[0]["key_id"], key_id);
     assert_eq!(list[0]["client_id"], "my-app");
