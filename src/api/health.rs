@@ -30,7 +30,8 @@ async fn health(State(state): State<AppState>) -> Response {
                 [(axum::http::header::RETRY_AFTER, "1")],
                 Json(json!({
                     "status": "unavailable", "store": backend, "version": version,
-                    "error": "unavailable", "message": "the event store is not answering",
+                    "error": "unavailable",
+                    "message": "the event store can't take requests now (the server's log says why)",
                 })),
             )
                 .into_response()

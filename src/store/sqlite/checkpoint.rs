@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rusqlite::Connection;
@@ -77,11 +77,16 @@ impl Checkpointer {
         let handle = std::thread::Builder::new()
             .name(String::from("annals-checkpt")) // 15 characters at most
             .spawn(move || {
+                let mut failures = FailureStreak::default();
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
                     match checkpoint(&conn, "PASSIVE") {
-                        Ok(result) if result.frames >= RESTART_FRAMES => restart.request(),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
+                        Ok(result) => {
+                            failures.ended();
+                            if result.frames >= RESTART_FRAMES {
+                                restart.request();
+                            }
+                        }
+                        Err(e) => failures.failed(&e),
                     }
                 }
                 if let Err(e) = checkpoint(&conn, "TRUNCATE") {
@@ -96,6 +101,40 @@ impl Checkpointer {
     pub(super) fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.handle.join();
+    }
+}
+
+/// The checkpointer's failures, logged without flooding the log (a full disk fails every pass,
+/// four times a second): the first, then one line per `REPEAT` while they go on, and the end.
+#[derive(Default)]
+struct FailureStreak {
+    /// Failures since the last success, and when the last line about them was logged.
+    current: Option<(u64, Instant)>,
+}
+
+impl FailureStreak {
+    const REPEAT: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, error: &rusqlite::Error) {
+        match &mut self.current {
+            None => {
+                tracing::warn!(error = %error, "WAL checkpoint failed; retrying every {INTERVAL:?}");
+                self.current = Some((1, Instant::now()));
+            }
+            Some((failures, logged_at)) => {
+                *failures += 1;
+                if logged_at.elapsed() >= Self::REPEAT {
+                    tracing::warn!(error = %error, failures = *failures, "WAL checkpoints still failing");
+                    *logged_at = Instant::now();
+                }
+            }
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some((failures, _)) = self.current.take() {
+            tracing::info!(failures, "WAL checkpoints work again");
+        }
     }
 }
 

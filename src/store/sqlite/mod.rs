@@ -890,9 +890,14 @@ impl Store for SqliteStore {
             )));
         }
         if self.write_health.failing() {
-            return Err(StoreError::Unavailable(String::from(
-                "the last write failed for want of storage (disk full, I/O error or read-only)",
-            )));
+            let (tx, rx) = oneshot::channel();
+            let health = self.write_health.clone();
+            let command = WriterCommand::Exec(Box::new(move |conn: &mut Connection| {
+                let _ = tx.send(writer::probe(conn, &health));
+            }));
+            self.submit(command, 64)?;
+            rx.await
+                .map_err(|_| StoreError::Unavailable(String::from("the writer stopped")))??;
         }
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
             .await
@@ -951,51 +956,50 @@ mod tests {
         assert!(message.contains("V999__from_the_future"), "{message}");
     }
 
-    /// Sets the writer connection's page limit (`PRAGMA max_page_count`): at the file's current
-    /// size, the next page the store needs fails as a full disk would.
-    async fn limit_pages(store: &SqliteStore, pages: Option<i64>) {
-        store
-            .write(move |txn| {
-                let pages = match pages {
-                    Some(pages) => pages,
-                    None => txn.query_row("PRAGMA page_count", [], |r| r.get(0))?,
-                };
-                let _: i64 =
-                    txn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
-                        r.get(0)
-                    })?;
-                Ok(())
-            })
-            .await
-            .unwrap();
+    /// Makes the writer connection refuse every write (`PRAGMA query_only`: each write fails as
+    /// on a file system remounted read-only), or lets it write again.
+    async fn refuse_writes(store: &SqliteStore, refuse: bool) {
+        let (tx, rx) = oneshot::channel();
+        let command = WriterCommand::Exec(Box::new(move |conn: &mut Connection| {
+            let _ = tx.send(conn.execute_batch(&format!("PRAGMA query_only = {refuse}")));
+        }));
+        store.submit(command, 64).unwrap();
+        rx.await.unwrap().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn health_fails_while_the_disk_is_full_and_recovers_with_it() {
+    async fn health_fails_while_writes_fail_and_recovers_without_waiting_for_an_append() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(SqliteOptions::new(dir.path().join("full.db"))).unwrap();
-        let big = || {
-            test_event(
-                serde_json::json!({"event_type": "a.b.created", "data": {"pad": "x".repeat(8000)}}),
-            )
-        };
-        store.append(vec![big()]).await.unwrap();
+        let event = || test_event(serde_json::json!({"event_type": "a.b.created"}));
+        store.append(vec![event()]).await.unwrap();
         assert!(store.health().await.is_ok());
 
-        limit_pages(&store, None).await;
-        let refused = store.append(vec![big()]).await;
+        refuse_writes(&store, true).await;
+        let refused = store.append(vec![event()]).await;
         assert!(
             matches!(refused, Err(StoreError::Unavailable(_))),
             "{refused:?}"
         );
-        assert!(
-            matches!(store.health().await, Err(StoreError::Unavailable(_))),
-            "a store that can't write is not healthy"
-        );
+        for _ in 0..2 {
+            let health = store.health().await;
+            assert!(
+                matches!(&health, Err(StoreError::Unavailable(reason)) if reason.contains("test write")),
+                "a store that can't write is not healthy, and its test write says so: {health:?}"
+            );
+        }
 
-        limit_pages(&store, Some(1 << 30)).await;
-        store.append(vec![big()]).await.unwrap();
-        assert!(store.health().await.is_ok(), "healthy again after a commit");
+        // Writable again: the health check's own test write sees it, with no append to help
+        // (a load balancer sends none to a node that reports itself unhealthy).
+        refuse_writes(&store, false).await;
+        assert!(store.health().await.is_ok(), "healthy again at once");
+        assert!(store.health().await.is_ok());
+        store.append(vec![event()]).await.unwrap();
+        let probed: i64 = store
+            .read(|conn| Ok(conn.query_row("SELECT count(*) FROM write_probe", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(probed, 1, "the probe keeps one row");
         store.shutdown().await;
     }
 }

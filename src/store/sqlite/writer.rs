@@ -70,9 +70,11 @@ struct PendingAppend {
 }
 
 /// Whether the writer can write: raised when a commit fails for want of storage (disk full, I/O
-/// error, read-only file), lowered by the next commit that succeeds, each time before the
-/// requests concerned are answered. Read by the health check, so a node whose every append
-/// answers `503` does not report itself healthy.
+/// error, read-only file), lowered by the next commit that succeeds (an append's, or the health
+/// check's `probe`), each time before the requests concerned are answered. Read by the health
+/// check, so a node whose every append answers `503` does not report itself healthy, and one
+/// whose disk was freed does without waiting for traffic (which a load balancer would not send
+/// it while it reports itself unhealthy).
 #[derive(Clone, Default)]
 pub(super) struct WriteHealth(Arc<AtomicBool>);
 
@@ -278,6 +280,33 @@ pub(super) fn in_write_transaction<T>(
         tracing::error!(error = %e, "rolling back a failed group failed");
     }
     result
+}
+
+/// The health check's question while appends fail for want of storage: can a commit reach the
+/// disk now? One small real write (a no-op `UPDATE` would write nothing: SQLite leaves
+/// unchanged pages clean), committed and synced like an append's, run on this thread between
+/// groups. Success lowers `health`; a storage failure keeps it raised.
+pub(super) fn probe(conn: &Connection, health: &WriteHealth) -> Result<(), StoreError> {
+    let written = in_write_transaction(conn, |conn| {
+        conn.prepare_cached(
+            "INSERT INTO write_probe (id, probed_at) VALUES (1, ?1) \
+             ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+        )?
+        .execute([Timestamp::now().as_micros()])?;
+        Ok(())
+    });
+    match written {
+        Ok(()) => {
+            health.set_failing(false);
+            Ok(())
+        }
+        Err(e) if is_storage_failure(&e) => Err(StoreError::Unavailable(format!(
+            "the last write failed for want of storage (disk full, I/O error or read-only), \
+             and a test write still fails: {}",
+            e.root_cause()
+        ))),
+        Err(e) => Err(StoreError::Internal(e)),
+    }
 }
 
 /// Disk full, I/O error, locked database: the store can't take writes right now.
