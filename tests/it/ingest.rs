@@ -486,6 +486,15 @@ async fn sensitive_fields_are_masked_and_a_masked_retry_is_a_duplicate(backend: 
     app.stop().await;
 }
 
+/// Asserts that `r` is a `422 validation_failed` naming `field`, its message saying `said`.
+async fn assert_invalid_field(r: reqwest::Response, field: &str, said: &str) {
+    let (status, body) = status_json(r).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {body}");
+    assert_error(&body, "validation_failed");
+    assert_eq!(body["field"], field, "{body}");
+    assert!(body["message"].as_str().unwrap().contains(said), "{body}");
+}
+
 /// U+0000 anywhere a client writes text: PostgreSQL keeps none (in `text` or `jsonb`), so it is
 /// a 422 naming where it was, on both stores alike, and nothing is stored.
 async fn the_nul_character_is_refused_everywhere_with_its_field(backend: Backend) {
@@ -493,16 +502,7 @@ async fn the_nul_character_is_refused_everywhere_with_its_field(backend: Backend
         return;
     };
     let key = app.key("acme", "events:write,events:read").await;
-    let refused = |r: reqwest::Response, field: &'static str| async move {
-        let (status, body) = status_json(r).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {body}");
-        assert_error(&body, "validation_failed");
-        assert_eq!(body["field"], field, "{body}");
-        assert!(
-            body["message"].as_str().unwrap().contains("U+0000"),
-            "{body}"
-        );
-    };
+    let refused = |r, field| assert_invalid_field(r, field, "U+0000");
     for (event, field) in [
         (
             json!({"event_type": "iam.user.created", "user_id": "a\u{0}b"}),
@@ -594,16 +594,7 @@ async fn a_key_given_twice_in_one_object_is_refused_with_its_path(backend: Backe
         return;
     };
     let key = app.key("acme", "events:write,events:read").await;
-    let refused = |r: reqwest::Response, field: &'static str| async move {
-        let (status, body) = status_json(r).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {body}");
-        assert_error(&body, "validation_failed");
-        assert_eq!(body["field"], field, "{body}");
-        assert!(
-            body["message"].as_str().unwrap().contains("more than once"),
-            "{body}"
-        );
-    };
+    let refused = |r, field| assert_invalid_field(r, field, "more than once");
     let json = Some("application/json");
     for (body, field) in [
         (
