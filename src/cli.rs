@@ -110,8 +110,8 @@ struct CreateKey {
     /// Comma-separated: events:write, events:read, admin.
     #[arg(long, default_value = "events:write,events:read")]
     scopes: String,
-    /// Days until the key stops working.
-    #[arg(long)]
+    /// Days until the key stops working (1 to 36500).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     expires_in_days: Option<u32>,
 }
 

@@ -32,17 +32,37 @@ impl Timestamp {
         Self(self.0.saturating_add(days.saturating_mul(86_400_000_000)))
     }
 
+    /// The first instant RFC 3339 can write in UTC: 0000-01-01T00:00:00Z.
+    const FIRST_MICROS: i64 = -62_167_219_200_000_000;
+    /// The last: 9999-12-31T23:59:59.999999Z.
+    const LAST_MICROS: i64 = 253_402_300_800_000_000 - 1;
+
+    /// A parsed instant, if its UTC form has a four-digit year. An offset or a leap second can
+    /// carry a time written within 0000–9999 out of it (`9999-12-31T23:59:59-01:00` is in the
+    /// year 10000 in UTC), and such an instant would be rendered as `+10000-…`, which no RFC
+    /// 3339 reader takes, nor this server's own `from`/`to`.
+    fn within_years(micros: i64, text: &str) -> Result<Self, String> {
+        if (Self::FIRST_MICROS..=Self::LAST_MICROS).contains(&micros) {
+            Ok(Self(micros))
+        } else {
+            Err(format!(
+                "'{}' falls outside the years 0000 to 9999 once in UTC, which RFC 3339 can't write",
+                truncate_for_message(text)
+            ))
+        }
+    }
+
     /// Parses an RFC 3339 / ISO 8601 date-time that carries its offset (`Z` or `±hh:mm`).
     /// A time without an offset is refused: it would mean a different instant on every server.
+    /// So is one whose UTC form leaves the years 0000–9999 (`within_years`).
     pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
-        DateTime::parse_from_rfc3339(text)
-            .map(|t| Self(t.with_timezone(&Utc).timestamp_micros()))
-            .map_err(|_| {
-                format!(
-                    "'{}' is not an RFC 3339 date-time with an offset, e.g. 2026-11-21T10:00:00Z",
-                    truncate_for_message(text)
-                )
-            })
+        let parsed = DateTime::parse_from_rfc3339(text).map_err(|_| {
+            format!(
+                "'{}' is not an RFC 3339 date-time with an offset, e.g. 2026-11-21T10:00:00Z",
+                truncate_for_message(text)
+            )
+        })?;
+        Self::within_years(parsed.with_timezone(&Utc).timestamp_micros(), text)
     }
 
     /// Parses an ISO 8601 date-time as the seed-000 model does: RFC 3339 with an offset, or a
@@ -53,7 +73,7 @@ impl Timestamp {
         }
         for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
             if let Ok(local) = chrono::NaiveDateTime::parse_from_str(text, format) {
-                return Ok(Self(local.and_utc().timestamp_micros()));
+                return Self::within_years(local.and_utc().timestamp_micros(), text);
             }
         }
         Err(format!(
@@ -112,6 +132,32 @@ mod tests {
         assert_eq!(t.to_rfc3339(), "2026-11-21T10:00:00Z");
         let t = Timestamp::parse_rfc3339("2026-11-21T10:00:00.123456Z").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-21T10:00:00.123456Z");
+    }
+
+    #[test]
+    fn only_instants_with_a_four_digit_utc_year_are_taken() {
+        for (text, utc) in [
+            ("0000-01-01T00:00:00Z", "0000-01-01T00:00:00Z"),
+            ("9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999999Z"),
+            ("9999-12-31T23:59:59+01:00", "9999-12-31T22:59:59Z"),
+            ("2016-12-31T23:59:60Z", "2017-01-01T00:00:00Z"),
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(text).unwrap().to_rfc3339(), utc);
+        }
+        for text in [
+            "9999-12-31T23:59:59-01:00",
+            "9999-12-31T23:59:60Z",
+            "0000-01-01T00:00:00+01:00",
+        ] {
+            let refused = Timestamp::parse_rfc3339(text).unwrap_err();
+            assert!(
+                refused.contains("outside the years 0000 to 9999"),
+                "{refused}"
+            );
+        }
+        assert!(Timestamp::parse_iso8601("9999-12-31T23:59:60").is_err());
+        assert!(Timestamp::parse_iso8601("9999-12-31T23:59:59").is_ok());
+        assert!(Timestamp::parse_bound("9999-12-31T23:59:59-01:00").is_err());
     }
 
     #[test]

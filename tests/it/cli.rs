@@ -188,11 +188,33 @@ fn bad_cli_input_is_refused_with_a_message() {
         ],
         vec!["keys", "delete"],
         vec!["keys", "toggle", "--client-id", "a", "--key-id", "b"],
+        // Expired on creation, or past the year 9999 (rendered `+12978-…` before, or worse).
+        vec![
+            "keys",
+            "create",
+            "--client-id",
+            "ok",
+            "--name",
+            "x",
+            "--expires-in-days",
+            "0",
+        ],
+        vec![
+            "keys",
+            "create",
+            "--client-id",
+            "ok",
+            "--name",
+            "x",
+            "--expires-in-days",
+            "4000000",
+        ],
     ] {
         let out = annals(&db, &args);
         assert!(!out.status.success(), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}");
     }
+
     // bad configuration stops `serve` before it opens or creates anything
     let refused = |database: &str, key: Option<&str>, want: &str| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_annals"));

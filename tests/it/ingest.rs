@@ -329,6 +329,14 @@ async fn bad_inputs_get_clear_json_errors_and_store_nothing(backend: Backend) {
             Some("event_type"),
         ),
         (
+            // In the year 10000 once in UTC: no RFC 3339 reader could take it back.
+            None,
+            r#"{"event_type": "a.b.created", "occurred_at": "9999-12-31T23:59:59-01:00"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("occurred_at"),
+        ),
+        (
             None,
             "{\"event_type\": \"a\", \"evnt\": 1}".into(),
             StatusCode::UNPROCESSABLE_ENTITY,
