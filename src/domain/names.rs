@@ -21,16 +21,18 @@ impl ClientId {
 
     /// `parse` of a string the caller no longer needs: kept as it is, not copied.
     pub fn parse_owned(text: String) -> Result<Self, String> {
-        if text.is_empty() || text.len() > Self::MAX_LEN {
-            return Err(format!("must be 1 to {} characters long", Self::MAX_LEN));
-        }
+        // The characters first: they are ASCII, so the length in bytes is then the length in
+        // characters that the message speaks of.
         if !text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@'))
         {
             return Err(String::from(
-                "may contain only letters, digits and . _ - : @",
+                "may contain only ASCII letters, digits and . _ - : @",
             ));
+        }
+        if text.is_empty() || text.len() > Self::MAX_LEN {
+            return Err(format!("must be 1 to {} characters long", Self::MAX_LEN));
         }
         Ok(Self(text))
     }
@@ -59,13 +61,13 @@ impl EventType {
 
     /// `parse` of a string the caller no longer needs: kept as it is, not copied.
     pub fn parse_owned(text: String) -> Result<Self, String> {
-        if text.is_empty() || text.len() > Self::MAX_LEN {
-            return Err(format!("must be 1 to {} characters long", Self::MAX_LEN));
-        }
         if !text.chars().all(is_type_char) {
             return Err(String::from(
-                "may contain only letters, digits and . _ - : / (no spaces or wildcards)",
+                "may contain only ASCII letters, digits and . _ - : / (no spaces or wildcards)",
             ));
+        }
+        if text.is_empty() || text.len() > Self::MAX_LEN {
+            return Err(format!("must be 1 to {} characters long", Self::MAX_LEN));
         }
         if text.starts_with('.') || text.ends_with('.') || text.contains("..") {
             return Err(String::from("dot-separated segments must not be empty"));
@@ -99,6 +101,9 @@ mod tests {
         ] {
             assert!(EventType::parse(bad).is_err(), "{bad}");
         }
+        // 255 characters, but not ASCII ones: the characters are what is wrong.
+        let refused = EventType::parse(&"é".repeat(255)).unwrap_err();
+        assert!(refused.contains("ASCII letters"), "{refused}");
     }
 
     #[test]
@@ -107,5 +112,7 @@ mod tests {
         assert!(ClientId::parse("").is_err());
         assert!(ClientId::parse("a b").is_err());
         assert!(ClientId::parse(&"c".repeat(129)).is_err());
+        let refused = ClientId::parse(&"é".repeat(100)).unwrap_err();
+        assert!(refused.contains("ASCII letters"), "{refused}");
     }
 }

@@ -35,7 +35,7 @@ impl TopicPattern {
                 }
                 _ => {
                     return Err(String::from(
-                        "a segment is `*`, `#` or letters, digits and _ - : / (a `#` in a query string is written %23)",
+                        "a segment is `*`, `#` or ASCII letters, digits and _ - : / (a `#` in a query string is written %23)",
                     ));
                 }
             };
