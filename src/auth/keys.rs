@@ -217,6 +217,28 @@ impl Authenticator {
     }
 }
 
+/// A new key: random id and secret, the record that holds the secret's hash, and the text
+/// shown once.
+fn issue(request: NewKeyRequest) -> IssuedKey {
+    let key_id = hex::encode(random_bytes::<8>());
+    let secret = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+    let record = KeyRecord {
+        key_id: key_id.clone(),
+        client_id: request.client_id,
+        name: request.name,
+        scopes: request.scopes,
+        rate_limit: request.rate_limit,
+        is_active: true,
+        created_at: Timestamp::now(),
+        expires_at: request.expires_at,
+        secret_hash: sha256(secret.as_bytes()),
+    };
+    IssuedKey {
+        key: format!("{KEY_PREFIX}{key_id}_{secret}"),
+        record,
+    }
+}
+
 /// Key management shared by `annals keys …` and the admin HTTP API.
 #[derive(Clone)]
 pub struct KeyService {
@@ -233,24 +255,9 @@ impl KeyService {
     }
 
     pub async fn create(&self, request: NewKeyRequest) -> Result<IssuedKey, StoreError> {
-        let key_id = hex::encode(random_bytes::<8>());
-        let secret = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
-        let record = KeyRecord {
-            key_id: key_id.clone(),
-            client_id: request.client_id,
-            name: request.name,
-            scopes: request.scopes,
-            rate_limit: request.rate_limit,
-            is_active: true,
-            created_at: Timestamp::now(),
-            expires_at: request.expires_at,
-            secret_hash: sha256(secret.as_bytes()),
-        };
-        self.store.insert_key(record.clone()).await?;
-        Ok(IssuedKey {
-            key: format!("{KEY_PREFIX}{key_id}_{secret}"),
-            record,
-        })
+        let issued = issue(request);
+        self.store.insert_key(issued.record.clone()).await?;
+        Ok(issued)
     }
 
     pub async fn list(&self, client: Option<ClientId>) -> Result<Vec<KeyRecord>, StoreError> {
@@ -286,23 +293,22 @@ impl KeyService {
     }
 
     /// On an empty store with no static key, issues the first admin key (DESIGN.md
-    /// "Configuration"). Returns it so the caller can print it once.
+    /// "Configuration"). Returns it so the caller can print it once. Starts that race (nodes
+    /// of a new PostgreSQL database) make one key between them: the store inserts it only into
+    /// an empty key table, atomically.
     pub async fn bootstrap_admin(
         &self,
         client: &ClientId,
     ) -> Result<Option<IssuedKey>, StoreError> {
-        if self.store.count_keys().await? > 0 {
-            return Ok(None);
-        }
-        self.create(NewKeyRequest {
+        let issued = issue(NewKeyRequest {
             client_id: client.clone(),
             name: String::from("initial admin key"),
             scopes: Scopes::new(Scope::ALL.to_vec()),
             rate_limit: None,
             expires_at: None,
-        })
-        .await
-        .map(Some)
+        });
+        let inserted = self.store.insert_first_key(issued.record.clone()).await?;
+        Ok(inserted.then_some(issued))
     }
 }
 

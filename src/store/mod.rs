@@ -155,9 +155,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<StoredEvent>, StoreError>;
 
     async fn insert_key(&self, key: KeyRecord) -> Result<(), StoreError>;
+    /// Inserts `key` only if the store holds no key at all, atomically (nodes of one database
+    /// starting together make one first key between them); whether it was inserted.
+    async fn insert_first_key(&self, key: KeyRecord) -> Result<bool, StoreError>;
     async fn find_key(&self, key_id: String) -> Result<Option<KeyRecord>, StoreError>;
     async fn list_keys(&self, client: Option<ClientId>) -> Result<Vec<KeyRecord>, StoreError>;
-    async fn count_keys(&self) -> Result<u64, StoreError>;
     /// Deletes the selected keys; returns the ids deleted.
     async fn delete_keys(&self, selector: KeySelector) -> Result<Vec<String>, StoreError>;
     /// Applies `patch` to one key; `None` when there is no such key.

@@ -356,11 +356,49 @@ async fn key_admin_api_creates_lists_updates_and_deletes(backend: Backend) {
     app.stop().await;
 }
 
+/// The first admin key is made once however many starts race for it (the nodes of a new
+/// PostgreSQL database starting together): one start gets the key to print, the others none,
+/// and the store holds that one key.
+async fn starts_that_race_make_one_first_admin_key(backend: Backend) {
+    let Some(db) = crate::helpers::TestDatabase::create(backend).await else {
+        return;
+    };
+    let args = annals::config::ServeArgs::with_database(db.url.clone());
+    // Four nodes (each its own store: its own connections and writer), four starts on each.
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        let store = annals::server::open_store(&args.store).await.unwrap();
+        nodes.push((store.clone(), annals::auth::KeyService::new(store, None)));
+    }
+    let client = annals::domain::ClientId::parse("default").unwrap();
+    let starts = nodes
+        .iter()
+        .flat_map(|(_, keys)| (0..4).map(|_| keys.bootstrap_admin(&client)));
+    let issued: Vec<_> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .filter_map(Result::unwrap)
+        .collect();
+    assert_eq!(issued.len(), 1, "one start made the first key");
+    let keys = &nodes[0].1;
+    let stored = keys.list(None).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].key_id, issued[0].record.key_id);
+    assert!(
+        keys.bootstrap_admin(&client).await.unwrap().is_none(),
+        "a later start makes none"
+    );
+    for (store, _) in nodes {
+        store.shutdown().await;
+    }
+}
+
 fn body_for(client: &str) -> serde_json::Value {
     json!({"client_id": client, "name": "via seed path", "rate_limit": 100})
 }
 
 crate::conformance!(
+    starts_that_race_make_one_first_admin_key,
     key_admin_api_creates_lists_updates_and_deletes,
     missing_malformed_unknown_and_wrong_secret_keys_are_401,
     disabled_deleted_and_expired_keys_stop_working_at_once,

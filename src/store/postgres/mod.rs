@@ -224,6 +224,32 @@ impl PostgresStore {
     }
 }
 
+/// One key's row, inserted (by a pooled connection or inside a transaction).
+async fn insert_key_row(
+    db: &impl deadpool_postgres::GenericClient,
+    key: &KeyRecord,
+) -> Result<(), StoreError> {
+    db.execute(
+        &format!(
+            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ),
+        &[
+            &key.key_id,
+            &key.client_id.as_str(),
+            &key.name,
+            &key.scopes.to_list(),
+            &key.rate_limit.map(|r| r.min(i32::MAX as u32) as i32),
+            &key.is_active,
+            &to_datetime(key.created_at.as_micros()),
+            &key.expires_at.map(|t| to_datetime(t.as_micros())),
+            &key.secret_hash.as_slice(),
+        ],
+    )
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
 /// How long opening the store waits for its first `LISTEN`.
 const LISTEN_WAIT: Duration = Duration::from_secs(10);
 
@@ -502,26 +528,32 @@ impl Store for PostgresStore {
 
     async fn insert_key(&self, key: KeyRecord) -> Result<(), StoreError> {
         let db = self.client().await?;
-        db.execute(
-            &format!(
-                "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-            ),
-            &[
-                &key.key_id,
-                &key.client_id.as_str(),
-                &key.name,
-                &key.scopes.to_list(),
-                &key.rate_limit.map(|r| r.min(i32::MAX as u32) as i32),
-                &key.is_active,
-                &to_datetime(key.created_at.as_micros()),
-                &key.expires_at.map(|t| to_datetime(t.as_micros())),
-                &key.secret_hash.as_slice(),
-            ],
-        )
-        .await
-        .map_err(unavailable)?;
+        insert_key_row(&db, &key).await?;
         self.announce_key_change(&db).await?;
         Ok(())
+    }
+
+    async fn insert_first_key(&self, key: KeyRecord) -> Result<bool, StoreError> {
+        let mut db = self.client().await?;
+        let tx = db.transaction().await.map_err(unavailable)?;
+        // Held to the commit: a node starting at the same time waits here, then finds this
+        // node's key. Reads of the table go on meanwhile.
+        tx.batch_execute("LOCK TABLE api_keys IN EXCLUSIVE MODE")
+            .await
+            .map_err(unavailable)?;
+        let any: bool = tx
+            .query_one("SELECT EXISTS (SELECT 1 FROM api_keys)", &[])
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        if !any {
+            insert_key_row(&tx, &key).await?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        if !any {
+            self.announce_key_change(&db).await?;
+        }
+        Ok(!any)
     }
 
     async fn find_key(&self, key_id: String) -> Result<Option<KeyRecord>, StoreError> {
@@ -546,15 +578,6 @@ impl Store for PostgresStore {
             .iter()
             .map(row_to_key)
             .collect()
-    }
-
-    async fn count_keys(&self) -> Result<u64, StoreError> {
-        let db = self.client().await?;
-        let row = db
-            .query_one("SELECT COUNT(*) FROM api_keys", &[])
-            .await
-            .map_err(unavailable)?;
-        Ok(row.get::<_, i64>(0).unsigned_abs())
     }
 
     async fn delete_keys(&self, selector: KeySelector) -> Result<Vec<String>, StoreError> {

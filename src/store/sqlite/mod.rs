@@ -244,6 +244,27 @@ fn configure_reader(conn: &mut Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// One key's row, inserted.
+fn insert_key_row(tx: &rusqlite::Transaction<'_>, key: &KeyRecord) -> anyhow::Result<()> {
+    tx.execute(
+        &format!(
+            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ),
+        params![
+            key.key_id,
+            key.client_id.as_str(),
+            key.name,
+            key.scopes.to_list(),
+            key.rate_limit,
+            key.is_active,
+            key.created_at.as_micros(),
+            key.expires_at.map(Timestamp::as_micros),
+            key.secret_hash.as_slice(),
+        ],
+    )?;
+    Ok(())
+}
+
 impl SqliteStore {
     pub fn open(options: SqliteOptions) -> anyhow::Result<Self> {
         let conn = open_and_migrate(&options.path, options.synchronous)?;
@@ -556,22 +577,19 @@ impl Store for SqliteStore {
     }
 
     async fn insert_key(&self, key: KeyRecord) -> Result<(), StoreError> {
+        self.write_keys(move |tx| insert_key_row(tx, &key)).await
+    }
+
+    async fn insert_first_key(&self, key: KeyRecord) -> Result<bool, StoreError> {
+        // On the writer thread, in one `BEGIN IMMEDIATE`: nothing can insert in between.
         self.write_keys(move |tx| {
-            tx.execute(
-                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
-                params![
-                    key.key_id,
-                    key.client_id.as_str(),
-                    key.name,
-                    key.scopes.to_list(),
-                    key.rate_limit,
-                    key.is_active,
-                    key.created_at.as_micros(),
-                    key.expires_at.map(Timestamp::as_micros),
-                    key.secret_hash.as_slice(),
-                ],
-            )?;
-            Ok(())
+            let any: bool =
+                tx.query_row("SELECT EXISTS (SELECT 1 FROM api_keys)", [], |r| r.get(0))?;
+            if any {
+                return Ok(false);
+            }
+            insert_key_row(tx, &key)?;
+            Ok(true)
         })
         .await
     }
@@ -595,14 +613,6 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map([client.as_ref().map(ClientId::as_str)], row_to_key)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    async fn count_keys(&self) -> Result<u64, StoreError> {
-        self.read(|conn| {
-            let n: i64 = conn.query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get(0))?;
-            Ok(n.unsigned_abs())
         })
         .await
     }
