@@ -149,16 +149,32 @@ pub struct StoreArgs {
     )]
     pub sqlite_synchronous: Synchronous,
 
-    /// Bytes of accepted, not yet written events held in memory before ingest answers 503.
-    #[arg(long, env = "ANNALS_WRITE_QUEUE_BYTES", default_value_t = 64 * MIB)]
+    /// Bytes of accepted, not yet written events held in memory before ingest answers 503
+    /// (64 KiB to 4 GiB).
+    #[arg(
+        long,
+        env = "ANNALS_WRITE_QUEUE_BYTES",
+        default_value_t = 64 * MIB,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64 * 1024..=u32::MAX as u64)
+    )]
     pub write_queue_bytes: usize,
 
-    /// Requests waiting for the writer before ingest answers 503.
-    #[arg(long, env = "ANNALS_WRITE_QUEUE_JOBS", default_value_t = 8192)]
+    /// Requests waiting for the writer before ingest answers 503 (1 to 1000000).
+    #[arg(
+        long,
+        env = "ANNALS_WRITE_QUEUE_JOBS",
+        default_value_t = 8192,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000)
+    )]
     pub write_queue_jobs: usize,
 
-    /// A query running longer than this is stopped with 422 "query too broad".
-    #[arg(long, env = "ANNALS_QUERY_TIMEOUT_MS", default_value_t = 5000)]
+    /// A query running longer than this is stopped with 422 "query too broad" (1 to 3600000).
+    #[arg(
+        long,
+        env = "ANNALS_QUERY_TIMEOUT_MS",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000)
+    )]
     pub query_timeout_ms: u64,
 
     /// `data` fields to give an expression index at start (comma-separated, `a.b` for nested),

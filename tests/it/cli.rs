@@ -250,6 +250,27 @@ fn bad_cli_input_is_refused_with_a_message() {
         Some(" padded-static-key-0 "),
         "without surrounding spaces",
     );
+    // Store settings out of range: a 0 ms query timeout stopped every query on SQLite and
+    // meant none on PostgreSQL; huge values panicked (the queue) or overflowed (the deadline).
+    for (name, value) in [
+        ("ANNALS_QUERY_TIMEOUT_MS", "0"),
+        ("ANNALS_QUERY_TIMEOUT_MS", "18446744073709551615"),
+        ("ANNALS_WRITE_QUEUE_JOBS", "0"),
+        ("ANNALS_WRITE_QUEUE_JOBS", "18446744073709551615"),
+        ("ANNALS_WRITE_QUEUE_BYTES", "18446744073709551615"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("ANNALS_DATABASE_URL", &db)
+            .env("ANNALS_LISTEN", "127.0.0.1:0")
+            .env(name, value)
+            .output()
+            .expect("annals runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}={value}");
+        assert!(stderr.contains("is not in"), "{name}={value}: {stderr}");
+    }
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
