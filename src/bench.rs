@@ -35,10 +35,10 @@ use crate::store::sqlite::{Synchronous, open_and_migrate};
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Seconds each single-event phase runs.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub seconds: u64,
     /// Concurrent connections for single-event ingest.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one())]
     pub concurrency: usize,
     /// Seconds of unmeasured load before each single-event phase (connections opened, a new
     /// database's first pages and WAL allocated), for the no-op ceiling and annals alike.
@@ -47,16 +47,16 @@ pub struct BenchArgs {
     /// How many times the single-event phases (the no-op ceiling, audit on, audit off) run, in
     /// turn; each round's ratios compare phases run back to back, and the medians are reported
     /// (one run is at the mercy of a noisy neighbour).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one())]
     pub rounds: usize,
     /// Events per batch request.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one())]
     pub batch_size: usize,
     /// Batch requests sent (spread over `batch-concurrency` connections).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one())]
     pub batches: usize,
     /// Concurrent connections for batch ingest.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
     pub batch_concurrency: usize,
     /// Also load this many events into a fresh server and time typical queries (0 = skip).
     #[arg(long, default_value_t = 0)]
@@ -73,6 +73,12 @@ pub struct BenchArgs {
     /// the server under test); `auto` takes `wrk` when it is on PATH.
     #[arg(long, value_enum, default_value = "auto")]
     pub load_generator: LoadGenerator,
+}
+
+/// A count of at least one (connections, rounds, batches, events per batch): zero of any
+/// leaves nothing to measure.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -188,6 +188,9 @@ fn bad_cli_input_is_refused_with_a_message() {
         ],
         vec!["keys", "delete"],
         vec!["keys", "toggle", "--client-id", "a", "--key-id", "b"],
+        // Nothing to measure.
+        vec!["bench", "--concurrency", "0"],
+        vec!["bench", "--batch-size", "0"],
         // Expired on creation, or past the year 9999 (rendered `+12978-…` before, or worse).
         vec![
             "keys",
