@@ -164,10 +164,23 @@ pub fn init_tracing(default_filter: &str) {
     };
 }
 
+/// The key functions on the configured store. A SQLite file that isn't there yet is created
+/// (a first key may come before the first start), with a note on stderr: a mistyped path
+/// would otherwise put the key in a new database that no server reads.
 async fn key_service(
-    store: &StoreArgs,
+    args: &StoreArgs,
 ) -> anyhow::Result<(KeyService, std::sync::Arc<dyn crate::store::Store>)> {
-    let store = server::open_store(store).await?;
+    let new_file = match args.location()? {
+        crate::config::DatabaseLocation::Sqlite(path) => Some(path).filter(|p| !p.exists()),
+        crate::config::DatabaseLocation::Postgres(_) => None,
+    };
+    let store = server::open_store(args).await?;
+    if let Some(path) = new_file {
+        eprintln!(
+            "note: there was no database at {}; a new, empty one was created there",
+            path.display()
+        );
+    }
     Ok((KeyService::new(store.clone(), None), store))
 }
 

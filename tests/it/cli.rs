@@ -342,3 +342,26 @@ fn first_start_prints_an_admin_key_once() {
     assert!(start().contains("ank_"), "first start prints a key");
     assert!(!start().contains("ank_"), "second start does not");
 }
+
+/// A key command on a SQLite path with no database creates one (a first key may come before
+/// the first start) and says so, so a mistyped path is noticed; on an existing database it
+/// says nothing.
+#[test]
+fn a_key_command_that_creates_the_database_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("typo.db").display().to_string();
+    let out = annals(&db, &["keys", "list"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no database at") && stderr.contains("typo.db"),
+        "{stderr}"
+    );
+    let out = annals(&db, &["keys", "list"]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
