@@ -332,25 +332,33 @@ impl SqliteStore {
         })
     }
 
+    /// Runs `job` on the writer thread, between two groups, and returns what it returned.
+    async fn on_writer<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Connection) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let command = WriterCommand::Exec(Box::new(move |conn: &mut Connection| {
+            let _ = tx.send(job(conn));
+        }));
+        self.submit(command, 1024)?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable(String::from("the writer stopped")))
+    }
+
     /// Runs `job` on the writer thread in its own transaction and returns its result.
     async fn write<T: Send + 'static>(
         &self,
         job: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        let command = WriterCommand::Exec(Box::new(move |conn: &mut Connection| {
-            let result = (|| {
-                let txn =
-                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let value = job(&txn)?;
-                txn.commit()?;
-                Ok(value)
-            })();
-            let _ = tx.send(result.map_err(StoreError::Internal));
-        }));
-        self.submit(command, 1024)?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable(String::from("the writer stopped")))?
+        self.on_writer(move |conn| {
+            let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = job(&txn)?;
+            txn.commit()?;
+            Ok(value)
+        })
+        .await?
+        .map_err(StoreError::Internal)
     }
 
     /// Runs `job` in a transaction on the audit database's writing connection.
@@ -900,14 +908,9 @@ impl Store for SqliteStore {
             )));
         }
         if self.write_health.failing() {
-            let (tx, rx) = oneshot::channel();
             let health = self.write_health.clone();
-            let command = WriterCommand::Exec(Box::new(move |conn: &mut Connection| {
-                let _ = tx.send(writer::probe(conn, &health));
-            }));
-            self.submit(command, 64)?;
-            rx.await
-                .map_err(|_| StoreError::Unavailable(String::from("the writer stopped")))??;
+            self.on_writer(move |conn| writer::probe(conn, &health))
+                .await??;
         }
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
             .await
@@ -969,12 +972,11 @@ mod tests {
     /// Makes the writer connection refuse every write (`PRAGMA query_only`: each write fails as
     /// on a file system remounted read-only), or lets it write again.
     async fn refuse_writes(store: &SqliteStore, refuse: bool) {
-        let (tx, rx) = oneshot::channel();
-        let command = WriterCommand::Exec(Box::new(move |conn: &mut Connection| {
-            let _ = tx.send(conn.execute_batch(&format!("PRAGMA query_only = {refuse}")));
-        }));
-        store.submit(command, 64).unwrap();
-        rx.await.unwrap().unwrap();
+        store
+            .on_writer(move |conn| conn.execute_batch(&format!("PRAGMA query_only = {refuse}")))
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
