@@ -174,44 +174,23 @@ fn settings_come_from_annals_toml_below_the_environment() {
 fn bad_cli_input_is_refused_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cli.db").display().to_string();
+    // `keys create` for client `ok` named `x`, with `extra` arguments.
+    let create = |extra: &[&'static str]| {
+        let mut args = vec!["keys", "create", "--client-id", "ok", "--name", "x"];
+        args.extend_from_slice(extra);
+        args
+    };
     for args in [
         vec!["keys", "create", "--client-id", "bad id", "--name", "x"],
-        vec![
-            "keys",
-            "create",
-            "--client-id",
-            "ok",
-            "--name",
-            "x",
-            "--scopes",
-            "root",
-        ],
+        create(&["--scopes", "root"]),
         vec!["keys", "delete"],
         vec!["keys", "toggle", "--client-id", "a", "--key-id", "b"],
         // Nothing to measure.
         vec!["bench", "--concurrency", "0"],
         vec!["bench", "--batch-size", "0"],
         // Expired on creation, or past the year 9999 (rendered `+12978-…` before, or worse).
-        vec![
-            "keys",
-            "create",
-            "--client-id",
-            "ok",
-            "--name",
-            "x",
-            "--expires-in-days",
-            "0",
-        ],
-        vec![
-            "keys",
-            "create",
-            "--client-id",
-            "ok",
-            "--name",
-            "x",
-            "--expires-in-days",
-            "4000000",
-        ],
+        create(&["--expires-in-days", "0"]),
+        create(&["--expires-in-days", "4000000"]),
     ] {
         let out = annals(&db, &args);
         assert!(!out.status.success(), "{args:?}");
