@@ -86,7 +86,7 @@ impl Timestamp {
     pub fn parse_bound(text: &str) -> Result<Self, String> {
         if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
             let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
-            return Ok(Self(midnight.and_utc().timestamp_micros()));
+            return Self::within_years(midnight.and_utc().timestamp_micros(), text);
         }
         Self::parse_rfc3339(text)
     }
@@ -158,6 +158,11 @@ mod tests {
         assert!(Timestamp::parse_iso8601("9999-12-31T23:59:60").is_err());
         assert!(Timestamp::parse_iso8601("9999-12-31T23:59:59").is_ok());
         assert!(Timestamp::parse_bound("9999-12-31T23:59:59-01:00").is_err());
+        for date in ["+10000-01-01", "-0001-12-31"] {
+            let refused = Timestamp::parse_bound(date).unwrap_err();
+            assert!(refused.contains("outside the years"), "{date}: {refused}");
+        }
+        assert!(Timestamp::parse_bound("0000-01-01").is_ok());
     }
 
     #[test]
