@@ -74,10 +74,20 @@ const CSV_COLUMNS: [&str; 17] = [
     "headers",
 ];
 
-/// One CSV field (RFC 4180): quoted when it holds a comma, quote or line break.
+/// What a spreadsheet takes as the start of a formula in a cell (OWASP "CSV injection").
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// One CSV field (RFC 4180): quoted when it holds a comma, quote or line break. A value that a
+/// spreadsheet would run as a formula (`=HYPERLINK(…)` in a `user_id` sent by anyone who can
+/// write events) gets a leading `'`, which makes a spreadsheet take it as text (OWASP's advice);
+/// the exact value is in the ndjson export.
 fn csv_field(out: &mut String, value: &str) {
-    if value.contains([',', '"', '\n', '\r']) {
+    let formula = value.starts_with(FORMULA_STARTS);
+    if formula || value.contains([',', '"', '\n', '\r']) {
         out.push('"');
+        if formula {
+            out.push('\'');
+        }
         out.push_str(&value.replace('"', "\"\""));
         out.push('"');
     } else {
@@ -258,5 +268,27 @@ mod tests {
         let mut out = String::new();
         csv_row(&mut out, &["plain", "a,b", "say \"hi\"", "two\nlines", ""]);
         assert_eq!(out, "plain,\"a,b\",\"say \"\"hi\"\"\",\"two\nlines\",\r\n");
+    }
+
+    #[test]
+    fn csv_keeps_formulas_from_running() {
+        let mut out = String::new();
+        csv_row(
+            &mut out,
+            &[
+                "=1+1",
+                "+1",
+                "-2",
+                "@SUM(A1)",
+                "\tx",
+                "=HYPERLINK(\"http://x\")",
+                "a=b",
+                "{}",
+            ],
+        );
+        assert_eq!(
+            out,
+            "\"'=1+1\",\"'+1\",\"'-2\",\"'@SUM(A1)\",\"'\tx\",\"'=HYPERLINK(\"\"http://x\"\")\",a=b,{}\r\n"
+        );
     }
 }

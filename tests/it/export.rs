@@ -36,6 +36,7 @@ async fn export_streams_everything_in_scope(backend: Backend) {
     app.record(
         &key,
         json!({"event_type": "shop.note.added", "user_id": "say \"hi\", bye",
+                            "source": "=HYPERLINK(\"http://x\")",
                             "data": {"text": "two\nlines"}}),
     )
     .await;
@@ -111,6 +112,8 @@ async fn export_streams_everything_in_scope(backend: Backend) {
         "{csv}"
     );
     assert!(csv.contains(",\"say \"\"hi\"\", bye\","), "{csv}");
+    // A formula a spreadsheet would run is kept as text.
+    assert!(csv.contains(",\"'=HYPERLINK(\"\"http://x\"\")\","), "{csv}");
     // The data column is the stored JSON text (PostgreSQL's jsonb puts a space after ':').
     assert!(
         csv.contains(",\"{\"\"text\"\":") && csv.contains("\"\"two\\nlines\"\"}\","),
