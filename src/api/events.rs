@@ -13,7 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::AppState;
-use super::extract::{Auth, content_type_essence, read_body, read_json};
+use super::extract::{Auth, content_type_essence, read_body, read_json, refused_json};
 use super::ingest::{
     check_batch_size, envelope_rules, ingest_json, ingest_json_batch, parse_all, record_batch,
     record_one,
@@ -22,7 +22,6 @@ use super::query_params::{next_link, parse_list_params, parse_pairs};
 use crate::auth::Principal;
 use crate::domain::access::Scope;
 use crate::domain::json_depth::{MAX_JSON_DEPTH, depth_exceeds};
-use crate::domain::unique_keys::{DUPLICATE_KEY_MESSAGE, JsonError};
 use crate::domain::{StoredEvent, cloudevents, parse_event};
 use crate::error::ApiError;
 
@@ -99,14 +98,12 @@ async fn create_event(
                 content_type,
                 &body.bytes,
             )
-            .map_err(|e| match e {
-                JsonError::Syntax(e) => ApiError::bad_json(format!(
-                    "the body is declared as JSON but is not valid JSON: {e}"
-                ))
-                .with_field("body"),
-                JsonError::DuplicateKey { path } => {
-                    ApiError::invalid(format!("body.{path}"), DUPLICATE_KEY_MESSAGE)
-                }
+            .map_err(|e| {
+                refused_json(
+                    e,
+                    Some("body"),
+                    "the body is declared as JSON but is not valid JSON",
+                )
             })?;
             drop(body); // parsed: its memory is free for other requests
             let rules = envelope_rules(&state);

@@ -243,6 +243,22 @@ fn body_too_large(max_bytes: usize) -> ApiError {
     ))
 }
 
+/// The answer to a client's JSON document that `unique_keys::from_slice` refused: not JSON is a
+/// `400` (`not_json` says which document, `field` names it if it is not the whole body); a
+/// repeated key a `422` at its path, under `field`.
+pub fn refused_json(error: JsonError, field: Option<&str>, not_json: &str) -> ApiError {
+    match (error, field) {
+        (JsonError::Syntax(e), None) => ApiError::bad_json(format!("{not_json}: {e}")),
+        (JsonError::Syntax(e), Some(field)) => {
+            ApiError::bad_json(format!("{not_json}: {e}")).with_field(field)
+        }
+        (JsonError::DuplicateKey { path }, None) => ApiError::invalid(path, DUPLICATE_KEY_MESSAGE),
+        (JsonError::DuplicateKey { path }, Some(field)) => {
+            ApiError::invalid(format!("{field}.{path}"), DUPLICATE_KEY_MESSAGE)
+        }
+    }
+}
+
 /// Parses a JSON document within the depth limit, each object's keys unique.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -256,12 +272,8 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
             format!("JSON is nested deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
-    let value = unique_keys::from_slice(bytes).map_err(|e| match e {
-        JsonError::Syntax(e) => {
-            ApiError::bad_json(format!("the request body is not valid JSON: {e}"))
-        }
-        JsonError::DuplicateKey { path } => ApiError::invalid(path, DUPLICATE_KEY_MESSAGE),
-    })?;
+    let value = unique_keys::from_slice(bytes)
+        .map_err(|e| refused_json(e, None, "the request body is not valid JSON"))?;
     if json_has_nul(bytes)
         && let Some(path) = nul_path(&value)
     {
