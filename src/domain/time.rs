@@ -56,20 +56,29 @@ impl Timestamp {
     /// A time without an offset is refused: it would mean a different instant on every server.
     /// So is one whose UTC form leaves the years 0000–9999 (`within_years`).
     pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
-        let parsed = DateTime::parse_from_rfc3339(text).map_err(|_| {
-            format!(
+        Self::rfc3339(text).unwrap_or_else(|| {
+            Err(format!(
                 "'{}' is not an RFC 3339 date-time with an offset, e.g. 2026-11-21T10:00:00Z",
                 truncate_for_message(text)
-            )
-        })?;
-        Self::within_years(parsed.with_timezone(&Utc).timestamp_micros(), text)
+            ))
+        })
+    }
+
+    /// `None` if `text` is not RFC 3339 with an offset; else the instant, or why its year is
+    /// refused (a reason callers that try other forms next must not lose).
+    fn rfc3339(text: &str) -> Option<Result<Self, String>> {
+        let parsed = DateTime::parse_from_rfc3339(text).ok()?;
+        Some(Self::within_years(
+            parsed.with_timezone(&Utc).timestamp_micros(),
+            text,
+        ))
     }
 
     /// Parses an ISO 8601 date-time as the seed-000 model does: RFC 3339 with an offset, or a
     /// local date-time without one (`2026-11-21T10:00:00`, `T` or space), which is taken as UTC.
     pub fn parse_iso8601(text: &str) -> Result<Self, String> {
-        if let Ok(t) = Self::parse_rfc3339(text) {
-            return Ok(t);
+        if let Some(parsed) = Self::rfc3339(text) {
+            return parsed;
         }
         for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
             if let Ok(local) = chrono::NaiveDateTime::parse_from_str(text, format) {
@@ -156,6 +165,8 @@ mod tests {
             );
         }
         assert!(Timestamp::parse_iso8601("9999-12-31T23:59:60").is_err());
+        let refused = Timestamp::parse_iso8601("9999-12-31T23:59:59-01:00").unwrap_err();
+        assert!(refused.contains("outside the years"), "{refused}");
         assert!(Timestamp::parse_iso8601("9999-12-31T23:59:59").is_ok());
         assert!(Timestamp::parse_bound("9999-12-31T23:59:59-01:00").is_err());
         for date in ["+10000-01-01", "-0001-12-31"] {
