@@ -46,10 +46,12 @@ impl WalRestart {
     /// request is lowered even if a reader on an older snapshot kept frames uncopied: the
     /// checkpointer's next pass finds the WAL still long and asks again, so those retries come
     /// at the checkpointer's pace, never after every group.
-    pub(super) fn checkpoint_from_writer(&self, conn: &Connection) {
+    /// Failures go to `failures`, the writer's own streak.
+    pub(super) fn checkpoint_from_writer(&self, conn: &Connection, failures: &mut FailureStreak) {
         match checkpoint(conn, "PASSIVE") {
-            Ok(result) if result.busy => {}
+            Ok(result) if result.busy => failures.ended(),
             Ok(result) => {
+                failures.ended();
                 self.0.store(false, Ordering::Relaxed);
                 if result.copied >= result.frames {
                     tracing::debug!(
@@ -58,7 +60,7 @@ impl WalRestart {
                     );
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "writer-side WAL checkpoint failed; will retry"),
+            Err(e) => failures.failed(&e),
         }
     }
 }
@@ -77,7 +79,7 @@ impl Checkpointer {
         let handle = std::thread::Builder::new()
             .name(String::from("annals-checkpt")) // 15 characters at most
             .spawn(move || {
-                let mut failures = FailureStreak::default();
+                let mut failures = FailureStreak::new("WAL checkpoint");
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
                     match checkpoint(&conn, "PASSIVE") {
                         Ok(result) => {
@@ -104,10 +106,12 @@ impl Checkpointer {
     }
 }
 
-/// The checkpointer's failures, logged without flooding the log (a full disk fails every pass,
-/// four times a second): the first, then one line per `REPEAT` while they go on, and the end.
-#[derive(Default)]
-struct FailureStreak {
+/// Checkpoint failures, logged without flooding the log (on a full disk the checkpointer fails
+/// every pass, four times a second, and the writer after every group while it is asked to
+/// checkpoint): the first, then one line per `REPEAT` while they go on, and the end.
+pub(super) struct FailureStreak {
+    /// Whose checkpoints: the checkpointer's, or the writer's.
+    what: &'static str,
     /// Failures since the last success, and when the last line about them was logged.
     current: Option<(u64, Instant)>,
 }
@@ -115,16 +119,23 @@ struct FailureStreak {
 impl FailureStreak {
     const REPEAT: Duration = Duration::from_secs(60);
 
+    pub(super) fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            current: None,
+        }
+    }
+
     fn failed(&mut self, error: &rusqlite::Error) {
         match &mut self.current {
             None => {
-                tracing::warn!(error = %error, "WAL checkpoint failed; retrying every {INTERVAL:?}");
+                tracing::warn!(error = %error, "{} failed; retrying", self.what);
                 self.current = Some((1, Instant::now()));
             }
             Some((failures, logged_at)) => {
                 *failures += 1;
                 if logged_at.elapsed() >= Self::REPEAT {
-                    tracing::warn!(error = %error, failures = *failures, "WAL checkpoints still failing");
+                    tracing::warn!(error = %error, failures = *failures, "{} still failing", self.what);
                     *logged_at = Instant::now();
                 }
             }
@@ -133,7 +144,7 @@ impl FailureStreak {
 
     fn ended(&mut self) {
         if let Some((failures, _)) = self.current.take() {
-            tracing::info!(failures, "WAL checkpoints work again");
+            tracing::info!(failures, "{} works again", self.what);
         }
     }
 }
@@ -199,7 +210,10 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        restart.checkpoint_from_writer(&writer);
+        restart.checkpoint_from_writer(
+            &writer,
+            &mut FailureStreak::new("writer-side WAL checkpoint"),
+        );
         assert!(
             !restart.wanted(),
             "every frame was copied, so the request is done"

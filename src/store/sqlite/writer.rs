@@ -33,7 +33,7 @@ use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, StoredKey};
 use crate::ingest::queue::{Waited, next_group_blocking};
 
-use super::checkpoint::WalRestart;
+use super::checkpoint::{FailureStreak, WalRestart};
 use super::multi_row::{MultiRowInsert, Prepared, Row};
 use super::user_index::{Entry, UserIndex};
 use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
@@ -118,6 +118,7 @@ pub(super) fn run(
     let mut optimized_at = std::time::Instant::now();
     let mut optimized_seq = last_seq;
     let (mut groups, mut jobs) = (0u64, 0u64);
+    let mut checkpoint_failures = FailureStreak::new("writer-side WAL checkpoint");
     loop {
         let idle = user_index.idle_limit(last_seq);
         let group = match next_group_blocking(&mut rx, MAX_GROUP_JOBS, idle) {
@@ -171,7 +172,7 @@ pub(super) fn run(
             });
         }
         if wal_restart.wanted() {
-            wal_restart.checkpoint_from_writer(&conn);
+            wal_restart.checkpoint_from_writer(&conn, &mut checkpoint_failures);
         }
         // Also whenever the table has grown tenfold, so a young store gets statistics early.
         if optimized_at.elapsed() > OPTIMIZE_EVERY
