@@ -185,23 +185,49 @@ async fn key_service(
 }
 
 fn print_keys(keys: &[KeyRecord]) {
-    println!(
-        "{:<18} {:<20} {:<24} {:<30} {:>10} {:<8}",
-        "KEY ID", "CLIENT", "NAME", "SCOPES", "RATE/MIN", "ACTIVE"
-    );
-    for k in keys {
-        println!(
-            "{:<18} {:<20} {:<24} {:<30} {:>10} {:<8}",
-            k.key_id,
-            k.client_id,
-            k.name,
+    let rows = keys.iter().map(|k| {
+        [
+            k.key_id.clone(),
+            k.client_id.to_string(),
+            k.name.clone(),
             k.scopes.to_list(),
             k.rate_limit
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| String::from("default")),
-            if k.is_active { "yes" } else { "no" }
-        );
+                .map_or_else(|| String::from("default"), |r| r.to_string()),
+            String::from(if k.is_active { "yes" } else { "no" }),
+        ]
+    });
+    print!("{}", key_table(rows));
+}
+
+/// The key listing as a text table whose columns are as wide as their widest cell (a client
+/// id or name of any length keeps the columns lined up), without trailing spaces.
+fn key_table(rows: impl Iterator<Item = [String; 6]>) -> String {
+    let header = ["KEY ID", "CLIENT", "NAME", "SCOPES", "RATE/MIN", "ACTIVE"].map(String::from);
+    let rows: Vec<[String; 6]> = std::iter::once(header).chain(rows).collect();
+    let mut widths = [0; 6];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
     }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            // RATE/MIN is a number: right-aligned.
+            if i == 4 {
+                line.push_str(&format!("{cell:>width$}"));
+            } else {
+                line.push_str(&format!("{cell:<width$}"));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 impl Cli {
@@ -316,5 +342,34 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
             print_keys(&toggled);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_table_columns_fit_their_widest_cell() {
+        let row = |id: &str, client: &str, name: &str, rate: &str| {
+            [id, client, name, "events:read", rate, "yes"].map(String::from)
+        };
+        let table = key_table(
+            [
+                row("aaaa", "acme", "t1", "default"),
+                row("bbbb", "a-very-long-client-id-of-thirty", "n", "60"),
+            ]
+            .into_iter(),
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        // Every column starts at the same offset on every line.
+        let starts = |line: &str, cell: &str| line.find(cell).unwrap();
+        assert_eq!(starts(lines[0], "NAME"), starts(lines[1], "t1"));
+        assert_eq!(starts(lines[1], "t1"), starts(lines[2], " n ") + 1);
+        assert_eq!(starts(lines[0], "ACTIVE"), starts(lines[2], "yes"));
+        // RATE/MIN is right-aligned; no line ends in spaces.
+        assert!(lines[2].contains("      60  yes"), "{table}");
+        assert!(table.lines().all(|l| l == l.trim_end()), "{table}");
     }
 }

@@ -44,7 +44,8 @@ impl ClientId {
 
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad`, not `write_str`: a width or alignment asked for (`{:<20}`) is honoured.
+        f.pad(&self.0)
     }
 }
 
