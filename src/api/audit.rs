@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 
 use super::AppState;
 use super::extract::{Auth, client_ip};
-use super::query_params::{paged_json, parse_id_listing, parse_pairs};
+use super::query_params::{filter_text, paged_json, parse_id_listing, parse_pairs};
 use crate::audit::bodies::{self, TeeBody};
 use crate::auth::Principal;
 use crate::domain::Timestamp;
@@ -347,14 +347,10 @@ async fn list_logs(
             &pairs,
             "endpoint, method, status",
             |name, value| match name {
-                "endpoint" => {
-                    query.endpoint = Some(value.to_string());
-                    Some(Ok(()))
-                }
-                "method" => {
-                    query.method = Some(value.to_ascii_uppercase());
-                    Some(Ok(()))
-                }
+                "endpoint" => Some(filter_text(name, value).map(|e| query.endpoint = Some(e))),
+                "method" => Some(
+                    filter_text(name, value).map(|m| query.method = Some(m.to_ascii_uppercase())),
+                ),
                 "status" => Some(match value.parse::<u16>() {
                     Ok(s) if (100..=599).contains(&s) => {
                         query.status = Some(s);

@@ -76,28 +76,13 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiEr
             ));
             continue;
         }
-        let text = || Some(value.clone());
+        let text = || filter_text(name, value).map(Some);
         let result: Result<(), String> = match name.as_str() {
-            "user_id" => {
-                q.user_id = text();
-                Ok(())
-            }
-            "source" => {
-                q.source = text();
-                Ok(())
-            }
-            "subject" => {
-                q.subject = text();
-                Ok(())
-            }
-            "correlation_id" => {
-                q.correlation_id = text();
-                Ok(())
-            }
-            "status" => {
-                q.status = text();
-                Ok(())
-            }
+            "user_id" => text().map(|v| q.user_id = v),
+            "source" => text().map(|v| q.source = v),
+            "subject" => text().map(|v| q.subject = v),
+            "correlation_id" => text().map(|v| q.correlation_id = v),
+            "status" => text().map(|v| q.status = v),
             "event_type" => TopicPattern::parse(value).map(|p| q.event_type = Some(p)),
             "from" => Timestamp::parse_bound(value).map(|t| q.from = Some(t)),
             "to" => Timestamp::parse_bound(value).map(|t| q.to = Some(t)),
@@ -185,6 +170,19 @@ fn empty_range(from: Option<Timestamp>, to: Option<Timestamp>) -> Option<FieldEr
             Some(FieldError::new("to", "must be later than from"))
         }
         _ => None,
+    }
+}
+
+/// The value of a filter on a text field. No stored row has an empty one (ingest refuses it),
+/// so an empty filter is a mistake, often an unset variable in the caller's URL, not a question
+/// whose answer is "nothing".
+pub fn filter_text(name: &str, value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        Err(format!(
+            "must not be empty; leave {name} out to list rows with any {name}"
+        ))
+    } else {
+        Ok(value.to_string())
     }
 }
 
@@ -391,5 +389,22 @@ mod tests {
     #[test]
     fn repeated_parameters_are_refused() {
         assert!(parse_list_params(&pairs("user_id=a&user_id=b")).is_err());
+    }
+
+    #[test]
+    fn empty_text_filters_are_refused_but_empty_data_filters_are_not() {
+        let Err(e) = parse_list_params(&pairs("user_id=&source=&subject=&correlation_id=&status="))
+        else {
+            panic!("empty filters should fail");
+        };
+        let fields: Vec<_> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["user_id", "source", "subject", "correlation_id", "status"]
+        );
+        assert!(e.errors[0].message.contains("leave user_id out"), "{e:?}");
+        // A data field may hold an empty string.
+        let p = parse_list_params(&pairs("plan=")).expect("an empty data filter is a question");
+        assert_eq!(p.query.data[0].value, "");
     }
 }

@@ -125,6 +125,8 @@ async fn every_call_is_recorded_and_clients_see_only_their_own(backend: Backend)
         ("limit=0", "limit"),
         ("colour=red", "colour"),
         ("from=soon", "from"),
+        ("endpoint=", "endpoint"),
+        ("method=", "method"),
     ] {
         let (status, body) =
             status_json(app.get(&format!("/v1/audit/logs?{query}"), &admin).await).await;

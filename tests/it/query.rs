@@ -202,6 +202,8 @@ async fn bad_query_parameters_are_422_naming_each(backend: Backend) {
         ("event_type=bad%20type", "event_type"),
         ("user_id=a&user_id=b", "user_id"),
         ("data..x=1", "data..x"),
+        ("user_id=", "user_id"),
+        ("source=", "source"),
     ] {
         let (status, body) = status_json(
             app.get(&format!("/v1/events?{query}"), &app.admin_key)
