@@ -230,8 +230,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// A static admin key (the AUDITOR "key specified in the server"), at least
-    /// `MIN_STATIC_KEY_CHARS` long.
+    /// A static admin key (the AUDITOR "key specified in the server"), at least 16 characters
+    /// long.
     #[arg(long, env = "ANNALS_API_KEY", hide_env_values = true, value_parser = parse_static_key)]
     pub api_key: Option<String>,
 
@@ -437,6 +437,24 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_static_key_help_states_the_shortest_length() {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let help = <Serve as clap::CommandFactory>::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "api_key")
+            .and_then(|a| a.get_help().map(ToString::to_string))
+            .expect("api_key has help");
+        assert!(
+            help.contains(&format!("at least {MIN_STATIC_KEY_CHARS} characters")),
+            "{help}"
+        );
+    }
 
     #[test]
     fn database_locations() {
