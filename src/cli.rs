@@ -6,7 +6,9 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use crate::auth::{KeyService, NewKeyRequest};
 use crate::bench::BenchArgs;
 use crate::config::{ServeArgs, StoreArgs};
-use crate::domain::access::{KeyRecord, KeySelector, Scopes, parse_key_name, parse_rate_limit};
+use crate::domain::access::{
+    KeyRecord, KeySelector, LastAdmin, Scopes, parse_key_name, parse_rate_limit,
+};
 use crate::domain::{ClientId, Timestamp};
 use crate::server;
 
@@ -323,7 +325,7 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Delete(select) => {
             let selector = select.selector()?;
             let (keys, store) = key_service(&select.store).await?;
-            let deleted = keys.delete(selector).await?;
+            let deleted = keys.delete(selector, LastAdmin::MayGo).await?;
             store.shutdown().await;
             if deleted.is_empty() {
                 anyhow::bail!("no key matched");

@@ -187,6 +187,9 @@ impl ApiError {
                 "query_too_broad",
                 "query too broad: add user_id, event_type, correlation_id or a time range, or index the field",
             ),
+            StoreError::LastAdminKey => Self::conflict(
+                "that would leave no active admin key: create another admin key first",
+            ),
             StoreError::Internal(e) => Self::internal(format!("{e:#}")),
         }
     }

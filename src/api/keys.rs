@@ -20,6 +20,7 @@ use crate::domain::access::{
 use crate::domain::envelope::json_kind;
 use crate::domain::{ClientId, FieldError, Timestamp};
 use crate::error::ApiError;
+use crate::store::StoreError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -228,9 +229,18 @@ async fn update_key(
     if !errors.is_empty() {
         return Err(ApiError::invalid_fields(errors));
     }
-    match state.keys.update(id.clone(), patch).await? {
-        Some(key) => Ok(Json(key.view()).into_response()),
-        None => Err(no_such_key(&id)),
+    // The field that took the key's admin power away, for a refusal to name.
+    let removing_field = if patch.is_active == Some(false) {
+        "is_active"
+    } else {
+        "scopes"
+    };
+    let last_admin = state.keys.last_admin_over_http();
+    match state.keys.update(id.clone(), patch, last_admin).await {
+        Ok(Some(key)) => Ok(Json(key.view()).into_response()),
+        Ok(None) => Err(no_such_key(&id)),
+        Err(StoreError::LastAdminKey) => Err(last_admin_key(&id).with_field(removing_field)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -241,7 +251,15 @@ async fn delete_key(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Admin)?;
     let id = possible_key_id(id)?;
-    let deleted = state.keys.delete(KeySelector::KeyId(id.clone())).await?;
+    let last_admin = state.keys.last_admin_over_http();
+    let deleted = match state
+        .keys
+        .delete(KeySelector::KeyId(id.clone()), last_admin)
+        .await
+    {
+        Err(StoreError::LastAdminKey) => return Err(last_admin_key(&id)),
+        other => other?,
+    };
     if deleted.is_empty() {
         return Err(no_such_key(&id));
     }
@@ -255,6 +273,15 @@ fn possible_key_id(id: String) -> Result<String, ApiError> {
         return Err(no_such_key(&id));
     }
     Ok(id)
+}
+
+/// The 409 of a change that would leave no active admin key.
+fn last_admin_key(id: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "key '{}' is the last active admin key: create another admin key first (or manage keys \
+         with `annals keys` on the server's host)",
+        crate::domain::time::truncate_for_message(id)
+    ))
 }
 
 fn no_such_key(id: &str) -> ApiError {

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::Principal;
-use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, Scope, Scopes};
+use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, LastAdmin, Scope, Scopes};
 use crate::domain::{ClientId, Timestamp};
 use crate::error::ApiError;
 use crate::store::{Store, StoreError};
@@ -264,8 +264,12 @@ impl KeyService {
         self.store.list_keys(client).await
     }
 
-    pub async fn delete(&self, selector: KeySelector) -> Result<Vec<String>, StoreError> {
-        let deleted = self.store.delete_keys(selector).await?;
+    pub async fn delete(
+        &self,
+        selector: KeySelector,
+        last_admin: LastAdmin,
+    ) -> Result<Vec<String>, StoreError> {
+        let deleted = self.store.delete_keys(selector, last_admin).await?;
         self.invalidate();
         Ok(deleted)
     }
@@ -280,10 +284,21 @@ impl KeyService {
         &self,
         key_id: String,
         patch: KeyPatch,
+        last_admin: LastAdmin,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let updated = self.store.update_key(key_id, patch).await?;
+        let updated = self.store.update_key(key_id, patch, last_admin).await?;
         self.invalidate();
         Ok(updated)
+    }
+
+    /// What the HTTP API's key changes may do to the last admin key: with a static
+    /// `ANNALS_API_KEY` there is always a way back in, so anything; without one, an admin
+    /// must not lock every administrator out.
+    pub fn last_admin_over_http(&self) -> LastAdmin {
+        match &self.authenticator {
+            Some(a) if a.static_key_hash.is_some() => LastAdmin::MayGo,
+            _ => LastAdmin::Keep,
+        }
     }
 
     fn invalidate(&self) {

@@ -171,6 +171,18 @@ pub fn parse_rate_limit(value: u64) -> Result<u32, String> {
     }
 }
 
+/// Whether a key change may leave no key that can administer the service over HTTP (active,
+/// unexpired, with `admin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LastAdmin {
+    /// Refuse such a change: the HTTP API, when the server has no static `ANNALS_API_KEY` to
+    /// fall back on (an admin disabling or deleting the last admin key would lock out every
+    /// administrator).
+    Keep,
+    /// Allow it: the CLI, run by the operator on the host, is itself the way back.
+    MayGo,
+}
+
 /// Which keys a management command acts on (seed 002: `--client-id` acts on all of a client's).
 #[derive(Clone, Debug)]
 pub enum KeySelector {

@@ -15,7 +15,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::domain::access::{KeyPatch, KeyRecord, KeySelector};
+use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, LastAdmin};
 use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
 use crate::domain::security::{NewSecurityEvent, SecurityQuery, StoredSecurityEvent};
 use crate::domain::{ClientId, EventFormat, NewEvent, StoredEvent, Timestamp, TopicPattern};
@@ -48,6 +48,10 @@ pub enum StoreError {
     /// A query ran past its time budget.
     #[error("query too broad")]
     QueryTooBroad,
+    /// A key change under `LastAdmin::Keep` would have left no active admin key; nothing
+    /// was changed.
+    #[error("that would leave no active admin key")]
+    LastAdminKey,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -138,6 +142,17 @@ pub const COMMIT_CHANNEL_CAPACITY: usize = 1024;
 /// the caller follows the cursor for the rest.
 pub const PAGE_BYTE_BUDGET: usize = 8 * 1024 * 1024;
 
+/// The query whether some key can administer the service at the instant `now` (the backend's
+/// current time as its `expires_at` column holds it): active, unexpired, with the `admin`
+/// scope in its comma-separated list. Backs `LastAdmin::Keep`.
+pub(crate) fn admin_key_remains_sql(now: &str) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE is_active \
+         AND (expires_at IS NULL OR expires_at > {now}) \
+         AND (',' || scopes || ',') LIKE '%,admin,%')"
+    )
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Short name for health output and logs (`sqlite`, `postgres`).
@@ -160,13 +175,21 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_first_key(&self, key: KeyRecord) -> Result<bool, StoreError>;
     async fn find_key(&self, key_id: String) -> Result<Option<KeyRecord>, StoreError>;
     async fn list_keys(&self, client: Option<ClientId>) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Deletes the selected keys; returns the ids deleted.
-    async fn delete_keys(&self, selector: KeySelector) -> Result<Vec<String>, StoreError>;
-    /// Applies `patch` to one key; `None` when there is no such key.
+    /// Deletes the selected keys; returns the ids deleted. Under `LastAdmin::Keep` a deletion
+    /// that would leave no active admin key is `StoreError::LastAdminKey`, atomically (two
+    /// admins removing each other's keys at once leave one).
+    async fn delete_keys(
+        &self,
+        selector: KeySelector,
+        last_admin: LastAdmin,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Applies `patch` to one key; `None` when there is no such key. `last_admin` as for
+    /// `delete_keys`.
     async fn update_key(
         &self,
         key_id: String,
         patch: KeyPatch,
+        last_admin: LastAdmin,
     ) -> Result<Option<KeyRecord>, StoreError>;
     /// Flips `is_active` of each selected key; returns the updated records.
     async fn toggle_keys(&self, selector: KeySelector) -> Result<Vec<KeyRecord>, StoreError>;

@@ -1,6 +1,6 @@
 //! Keys, scopes and tenant isolation on every read path.
 
-use annals::domain::access::KeySelector;
+use annals::domain::access::{KeySelector, LastAdmin};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -70,7 +70,10 @@ async fn disabled_deleted_and_expired_keys_stop_working_at_once(backend: Backend
         .unwrap();
     assert_eq!(app.get("/v1/events", &key).await.status(), StatusCode::OK);
 
-    app.keys.delete(KeySelector::KeyId(key_id)).await.unwrap();
+    app.keys
+        .delete(KeySelector::KeyId(key_id), LastAdmin::MayGo)
+        .await
+        .unwrap();
     assert_eq!(
         app.get("/v1/events", &key).await.status(),
         StatusCode::UNAUTHORIZED
@@ -393,6 +396,136 @@ async fn starts_that_race_make_one_first_admin_key(backend: Backend) {
     }
 }
 
+/// Over HTTP an admin can't disable, demote or delete the last active admin key (that would
+/// lock every administrator out, with no static key to fall back on); with another admin key
+/// it can, and two admins removing each other's keys at once leave one. With a static
+/// `ANNALS_API_KEY` there is always a way in, so the last stored admin key may go.
+async fn the_last_admin_key_is_kept_over_http(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let first = app.admin_key.clone();
+    let id = |key: &str| key[4..20].to_string();
+    let patch = |key: String, target: String, body: serde_json::Value| {
+        let (http, url) = (app.http.clone(), app.url(&format!("/v1/keys/{target}")));
+        async move {
+            status_json(
+                http.patch(url)
+                    .header("x-api-key", key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let delete = |key: String, target: String| {
+        let (http, url) = (app.http.clone(), app.url(&format!("/v1/keys/{target}")));
+        async move {
+            http.delete(url)
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for (body, field) in [
+        (json!({"is_active": false}), "is_active"),
+        (json!({"scopes": ["events:read"]}), "scopes"),
+    ] {
+        let (status, error) = patch(first.clone(), id(&first), body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{error}");
+        assert_error(&error, "conflict");
+        assert_eq!(error["field"], field);
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("last active admin key"),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        delete(first.clone(), id(&first)).await,
+        StatusCode::CONFLICT
+    );
+    // Nothing changed: the key still administers.
+    let (status, keys) = status_json(app.get("/v1/keys", &first).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(keys[0]["is_active"], true);
+    assert_eq!(
+        keys[0]["scopes"],
+        json!(["events:write", "events:read", "admin"])
+    );
+
+    // With a second admin key the first may go; then the second is the last.
+    let second = app.key("default", "admin").await;
+    assert_eq!(
+        delete(second.clone(), id(&first)).await,
+        StatusCode::NO_CONTENT
+    );
+    let (status, _) = patch(second.clone(), id(&second), json!({"is_active": false})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Two admins deleting each other's key at once: one wins, one admin key is left.
+    let mut last = second;
+    for _ in 0..5 {
+        let other = app.key("default", "admin").await;
+        let (a, b) = tokio::join!(
+            delete(last.clone(), id(&other)),
+            delete(other.clone(), id(&last))
+        );
+        let mut statuses = [a, b];
+        statuses.sort();
+        assert_eq!(statuses[0], StatusCode::NO_CONTENT, "{statuses:?}");
+        assert!(
+            [StatusCode::UNAUTHORIZED, StatusCode::CONFLICT].contains(&statuses[1]),
+            "{statuses:?}"
+        );
+        let admins: Vec<_> = app
+            .keys
+            .list(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.is_active && k.scopes.is_admin())
+            .collect();
+        assert_eq!(admins.len(), 1);
+        last = if admins[0].key_id == id(&last) {
+            last
+        } else {
+            other
+        };
+    }
+    app.stop().await;
+
+    let static_key = "static-admin-key-0123456789";
+    let Some(app) = TestApp::spawn_with(backend, |a| a.api_key = Some(static_key.into())).await
+    else {
+        return;
+    };
+    let stored = app.key("default", "admin").await;
+    let r = app
+        .http
+        .delete(app.url(&format!("/v1/keys/{}", id(&stored))))
+        .header("x-api-key", &stored)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NO_CONTENT,
+        "the static key is always a way in"
+    );
+    assert_eq!(
+        app.get("/v1/keys", static_key).await.status(),
+        StatusCode::OK
+    );
+    app.stop().await;
+}
+
 fn body_for(client: &str) -> serde_json::Value {
     json!({"client_id": client, "name": "via seed path", "rate_limit": 100})
 }
@@ -400,6 +533,7 @@ fn body_for(client: &str) -> serde_json::Value {
 crate::conformance!(
     starts_that_race_make_one_first_admin_key,
     key_admin_api_creates_lists_updates_and_deletes,
+    the_last_admin_key_is_kept_over_http,
     missing_malformed_unknown_and_wrong_secret_keys_are_401,
     disabled_deleted_and_expired_keys_stop_working_at_once,
     scopes_are_enforced_with_403,

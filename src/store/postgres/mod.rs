@@ -31,7 +31,7 @@ use super::{
     AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
     PAGE_BYTE_BUDGET, Store, StoreError,
 };
-use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, Scopes};
+use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, LastAdmin, Scopes};
 use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
 use crate::domain::security::{
     NewSecurityEvent, SecurityEventType, SecurityQuery, Severity, StoredSecurityEvent,
@@ -221,6 +221,43 @@ impl PostgresStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+/// Opens a key change's transaction. Under `LastAdmin::Keep` it first takes the table's
+/// `EXCLUSIVE` lock (reads, and so authentication, go on), so two admins removing each other's
+/// keys at once are serialized and the second's `keep_an_admin` sees the first's change.
+async fn begin_key_change(
+    db: &mut deadpool_postgres::Object,
+    last_admin: LastAdmin,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    let tx = db.transaction().await.map_err(unavailable)?;
+    if last_admin == LastAdmin::Keep {
+        tx.batch_execute("LOCK TABLE api_keys IN EXCLUSIVE MODE")
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(tx)
+}
+
+/// Under `LastAdmin::Keep`, fails the key change in `tx` (dropped, so rolled back) if it left
+/// no active admin key.
+async fn keep_an_admin(
+    tx: &deadpool_postgres::Transaction<'_>,
+    last_admin: LastAdmin,
+) -> Result<(), StoreError> {
+    if last_admin == LastAdmin::MayGo {
+        return Ok(());
+    }
+    let remains: bool = tx
+        .query_one(&crate::store::admin_key_remains_sql("now()"), &[])
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    if remains {
+        Ok(())
+    } else {
+        Err(StoreError::LastAdminKey)
     }
 }
 
@@ -580,16 +617,23 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn delete_keys(&self, selector: KeySelector) -> Result<Vec<String>, StoreError> {
-        let db = self.client().await?;
+    async fn delete_keys(
+        &self,
+        selector: KeySelector,
+        last_admin: LastAdmin,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut db = self.client().await?;
+        let tx = begin_key_change(&mut db, last_admin).await?;
         let (cond, arg) = selector_sql(&selector);
-        let rows = db
+        let rows = tx
             .query(
                 &format!("DELETE FROM api_keys WHERE {cond} RETURNING key_id"),
                 &[&arg],
             )
             .await
             .map_err(unavailable)?;
+        keep_an_admin(&tx, last_admin).await?;
+        tx.commit().await.map_err(unavailable)?;
         self.announce_key_change(&db).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -598,15 +642,17 @@ impl Store for PostgresStore {
         &self,
         key_id: String,
         patch: KeyPatch,
+        last_admin: LastAdmin,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let db = self.client().await?;
+        let mut db = self.client().await?;
+        let tx = begin_key_change(&mut db, last_admin).await?;
         let sql = format!(
             "UPDATE api_keys SET name = COALESCE($2, name), scopes = COALESCE($3, scopes), \
              rate_limit = CASE WHEN $4 THEN $5 ELSE rate_limit END, is_active = COALESCE($6, is_active), \
              expires_at = CASE WHEN $7 THEN $8 ELSE expires_at END \
              WHERE key_id = $1 RETURNING {KEY_COLUMNS}"
         );
-        let row = db
+        let row = tx
             .query_opt(
                 &sql,
                 &[
@@ -628,6 +674,8 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(unavailable)?;
+        keep_an_admin(&tx, last_admin).await?;
+        tx.commit().await.map_err(unavailable)?;
         self.announce_key_change(&db).await?;
         row.map(|r| row_to_key(&r)).transpose()
     }

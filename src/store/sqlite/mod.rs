@@ -36,7 +36,7 @@ use super::{
     AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
     PAGE_BYTE_BUDGET, Store, StoreError,
 };
-use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, Scopes};
+use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, LastAdmin, Scopes};
 use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
 use crate::domain::security::{
     NewSecurityEvent, SecurityEventType, SecurityQuery, Severity, StoredSecurityEvent,
@@ -385,12 +385,16 @@ impl SqliteStore {
         .map_err(|e| StoreError::Internal(anyhow::anyhow!("audit write task failed: {e}")))?
     }
 
-    /// `write` for key changes: announces them once committed.
+    /// `write` for key changes: announces them once committed. A change refused by
+    /// `keep_an_admin` is rolled back and becomes `StoreError::LastAdminKey`.
     async fn write_keys<T: Send + 'static>(
         &self,
         job: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let result = self.write(job).await;
+        let result = self.write(job).await.map_err(|e| match e {
+            StoreError::Internal(e) if e.is::<NoAdminLeft>() => StoreError::LastAdminKey,
+            e => e,
+        });
         let _ = self.key_changes.send(());
         result
     }
@@ -504,6 +508,31 @@ fn row_to_key(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
             .try_into()
             .map_err(|_| bad(8, String::from("secret hash is not 32 bytes")))?,
     })
+}
+
+/// A key change's own refusal under `LastAdmin::Keep`, turned into `StoreError::LastAdminKey`
+/// by `write_keys` once the transaction has rolled back.
+#[derive(Debug, thiserror::Error)]
+#[error("that would leave no active admin key")]
+struct NoAdminLeft;
+
+/// Under `LastAdmin::Keep`, fails the key change in `tx` (which the writer then rolls back)
+/// if it left no active admin key. The writer thread runs one change at a time, so the check
+/// and the change are atomic.
+fn keep_an_admin(tx: &rusqlite::Transaction<'_>, last_admin: LastAdmin) -> anyhow::Result<()> {
+    if last_admin == LastAdmin::MayGo {
+        return Ok(());
+    }
+    let remains: bool = tx.query_row(
+        &crate::store::admin_key_remains_sql("?1"),
+        [Timestamp::now().as_micros()],
+        |r| r.get(0),
+    )?;
+    if remains {
+        Ok(())
+    } else {
+        Err(NoAdminLeft.into())
+    }
 }
 
 fn selector_sql(selector: &KeySelector) -> (&'static str, String) {
@@ -625,14 +654,20 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete_keys(&self, selector: KeySelector) -> Result<Vec<String>, StoreError> {
+    async fn delete_keys(
+        &self,
+        selector: KeySelector,
+        last_admin: LastAdmin,
+    ) -> Result<Vec<String>, StoreError> {
         self.write_keys(move |tx| {
             let (cond, arg) = selector_sql(&selector);
             let mut stmt = tx.prepare(&format!(
                 "DELETE FROM api_keys WHERE {cond} RETURNING key_id"
             ))?;
             let ids = stmt.query_map([arg], |r| r.get(0))?;
-            Ok(ids.collect::<Result<Vec<String>, _>>()?)
+            let ids = ids.collect::<Result<Vec<String>, _>>()?;
+            keep_an_admin(tx, last_admin)?;
+            Ok(ids)
         })
         .await
     }
@@ -641,6 +676,7 @@ impl Store for SqliteStore {
         &self,
         key_id: String,
         patch: KeyPatch,
+        last_admin: LastAdmin,
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.write_keys(move |tx| {
             let sql = format!(
@@ -649,7 +685,7 @@ impl Store for SqliteStore {
                  expires_at = CASE WHEN ?7 THEN ?8 ELSE expires_at END \
                  WHERE key_id = ?1 RETURNING {KEY_COLUMNS}"
             );
-            Ok(tx
+            let updated = tx
                 .prepare(&sql)?
                 .query_row(
                     params![
@@ -664,7 +700,9 @@ impl Store for SqliteStore {
                     ],
                     row_to_key,
                 )
-                .optional()?)
+                .optional()?;
+            keep_an_admin(tx, last_admin)?;
+            Ok(updated)
         })
         .await
     }
