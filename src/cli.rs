@@ -191,7 +191,18 @@ fn print_keys(keys: &[KeyRecord]) {
         [
             k.key_id.clone(),
             k.client_id.to_string(),
-            k.name.clone(),
+            // Names are refused with control characters, but one stored before that rule must
+            // not forge a row or drive the terminal either.
+            k.name
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_unicode().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect(),
             k.scopes.to_list(),
             k.rate_limit
                 .map_or_else(|| String::from("default"), |r| r.to_string()),

@@ -149,11 +149,18 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<Timestamp>>,
 }
 
-/// A key name: 1 to 200 characters, not blank.
+/// A key name: 1 to 200 characters, not blank, without control characters. A name is shown
+/// in `annals keys list` on an operator's terminal, where a newline would forge a row and an
+/// escape sequence would drive the terminal.
 pub fn parse_key_name(text: &str) -> Result<String, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() || trimmed.chars().count() > 200 {
         return Err(String::from("must be 1 to 200 characters"));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(String::from(
+            "must not contain control characters (newlines, tabs, escapes)",
+        ));
     }
     Ok(trimmed.to_string())
 }
@@ -193,6 +200,18 @@ pub enum KeySelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_names() {
+        assert_eq!(parse_key_name("  deploy bot ").as_deref(), Ok("deploy bot"));
+        assert!(parse_key_name("   ").is_err());
+        assert!(parse_key_name(&"n".repeat(201)).is_err());
+        for bad in ["a\nb", "a\tb", "\u{1b}[2Jwiped", "a\u{7f}", "a\u{85}b"] {
+            let e = parse_key_name(bad).unwrap_err();
+            assert!(e.contains("control characters"), "{bad:?}: {e}");
+        }
+        assert!(parse_key_name("Zoë's key — prod").is_ok());
+    }
 
     #[test]
     fn scope_lists() {

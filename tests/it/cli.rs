@@ -196,6 +196,16 @@ fn bad_cli_input_is_refused_with_a_message() {
         assert!(!out.status.success(), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}");
     }
+    // A name that would forge a row of `keys list`, or drive the operator's terminal.
+    for name in ["a\nb", "\u{1b}[2J"] {
+        let out = annals(
+            &db,
+            &["keys", "create", "--client-id", "ok", "--name", name],
+        );
+        assert!(!out.status.success(), "{name:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("control characters"), "{stderr}");
+    }
 
     // bad configuration stops `serve` before it opens or creates anything
     let refused = |database: &str, key: Option<&str>, want: &str| {
