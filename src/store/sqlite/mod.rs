@@ -53,6 +53,24 @@ mod audit_embedded {
     refinery::embed_migrations!("src/store/sqlite/audit_migrations");
 }
 
+/// The file a store path names, with symbolic links resolved (of the file, or of its directory
+/// when the file does not exist yet), so that every name of one store (`b.db` linking to
+/// `a.db`) leads to the same serve lock and audit database. Paths that can't be resolved
+/// (no such directory) are kept as given, for the open to report.
+pub fn real_path(path: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(parent), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// The audit database's path: `annals.db` → `annals.audit.db`.
 pub fn audit_path(events: &Path) -> PathBuf {
     let stem = events
@@ -266,7 +284,8 @@ fn insert_key_row(tx: &rusqlite::Transaction<'_>, key: &KeyRecord) -> anyhow::Re
 }
 
 impl SqliteStore {
-    pub fn open(options: SqliteOptions) -> anyhow::Result<Self> {
+    pub fn open(mut options: SqliteOptions) -> anyhow::Result<Self> {
+        options.path = real_path(&options.path);
         let conn = open_and_migrate(&options.path, options.synchronous)?;
         create_field_indexes(&conn, &options.indexed_fields)?;
         let manager = SqliteConnectionManager::file(&options.path)

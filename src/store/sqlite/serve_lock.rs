@@ -13,6 +13,10 @@
 //! may itself be named like another's audit file (`a.audit.db`). Without that second lock, two
 //! servers would write one audit log, and each would show its tenants the other's calls.
 //!
+//! Both are named after the store's real path (`real_path`: symbolic links resolved), so every
+//! name of one store — `b.db` linking to `a.db`, a linked directory — takes the same locks and
+//! the same audit database. (A hard link is a second name no path shows; don't serve one.)
+//!
 //! The lock is a file of its own, not the database: on NFS `flock` is emulated with the same
 //! POSIX locks SQLite takes on the database, which a lock of ours would release or replace.
 
@@ -21,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::audit_path;
+use super::{audit_path, real_path};
 
 /// Held while a server uses the store and its audit database; dropping it lets the next
 /// server in.
@@ -44,6 +48,8 @@ pub fn claim(database: &Path) -> anyhow::Result<ServeLock> {
     if let Some(dir) = database.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // Locked by the file it names, not by this name of it: `b.db` linking to `a.db` is `a.db`.
+    let database = &real_path(database);
     let events = try_lock(database)?.map_err(|lock| {
         anyhow::anyhow!(
             "another annals server is already serving {} or keeps its audit log there (it \
@@ -124,5 +130,27 @@ mod tests {
         assert!(claim(&db).is_err());
         drop(other);
         claim(&db).unwrap();
+    }
+
+    #[test]
+    fn every_name_of_one_store_takes_the_same_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        std::fs::write(&db, b"").unwrap();
+        std::os::unix::fs::symlink("a.db", dir.path().join("b.db")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/up")).unwrap();
+        let first = claim(&db).unwrap();
+        for other in ["b.db", "sub/up/a.db", "sub/up/b.db", "sub/../a.db"] {
+            let refused = claim(&dir.path().join(other)).unwrap_err().to_string();
+            assert!(refused.contains("already serving"), "{other}: {refused}");
+        }
+        drop(first);
+        // A store that does not exist yet is named by its directory's real path.
+        let new = dir.path().join("sub/up/new.db");
+        assert_eq!(
+            real_path(&new),
+            std::fs::canonicalize(dir.path()).unwrap().join("new.db")
+        );
     }
 }
