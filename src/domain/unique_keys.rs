@@ -13,6 +13,11 @@
 //!   per key, which the insert does anyway.
 //! - The path is worked out only on the way out of a refused document, so an accepted one pays
 //!   nothing for it.
+//! - Numbers keep their exact text (serde_json's `arbitrary_precision`): an audit trail stores
+//!   `12345678901234567890123` or `0.10000000000000000555` as sent, not as the nearest `f64`.
+//!   serde_json hands such a number to a visitor as a one-entry map under `NUMBER_TOKEN`; a
+//!   client object with that very key becomes the number it names, as in serde_json's own
+//!   `Value` (harmless: the client could have sent the number).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -22,6 +27,10 @@ use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
 use super::nul;
+
+/// The key under which serde_json (with `arbitrary_precision`) passes a number's text to a
+/// visitor, as the one entry of a map.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 /// What a client is told of a repeated key, next to its path.
 pub const DUPLICATE_KEY_MESSAGE: &str = "is given more than once in one object; send each key once (readers disagree on which value counts)";
@@ -137,6 +146,9 @@ impl<'de> Visitor<'de> for Strict<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
+            if map.is_empty() && key == NUMBER_TOKEN {
+                return number(&access.next_value::<String>()?).map_err(de::Error::custom);
+            }
             match map.entry(key) {
                 Entry::Occupied(entry) => {
                     self.0.duplicate.set(true);
@@ -156,6 +168,31 @@ impl<'de> Visitor<'de> for Strict<'_> {
         }
         Ok(Value::Object(map))
     }
+}
+
+/// The longest number text taken: far more digits than any integer type or decimal a client
+/// sends, and well inside PostgreSQL's `numeric` (which an unbounded one could overflow).
+const MAX_NUMBER_CHARS: usize = 100;
+
+/// A number as sent, if it is one a reader can take: at most `MAX_NUMBER_CHARS` long and
+/// within the range of an `f64`, neither overflowing (`1e400`, which the parser refused before
+/// it kept the text) nor vanishing (`1e-400`). PostgreSQL writes `jsonb` numbers out in full,
+/// so `1e100000` or `1e-100000` would come back as a 100 001-digit number, or not be stored.
+fn number(text: &str) -> Result<Value, String> {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or_default();
+    let is_zero = !mantissa.bytes().any(|b| matches!(b, b'1'..=b'9'));
+    let in_range = text
+        .parse::<f64>()
+        .is_ok_and(|v| v.is_finite() && (v != 0.0 || is_zero));
+    if text.len() > MAX_NUMBER_CHARS || !in_range {
+        return Err(format!(
+            "number out of range (at most {MAX_NUMBER_CHARS} characters, magnitude 1e-307 to \
+             1.7e308, or 0)"
+        ));
+    }
+    text.parse::<Number>()
+        .map(Value::Number)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -205,7 +242,18 @@ mod tests {
 
     #[test]
     fn what_is_not_json_is_a_syntax_error() {
-        for text in ["", "{", r#"{"a": 1} x"#, r#"{"a": 1,}"#, "[1e400]", "nul"] {
+        let long = format!("[0.{}]", "1".repeat(MAX_NUMBER_CHARS));
+        for text in [
+            "",
+            "{",
+            r#"{"a": 1} x"#,
+            r#"{"a": 1,}"#,
+            "[1e400]",
+            "[1e-400]",
+            "[-1e100000]",
+            &long,
+            "nul",
+        ] {
             assert!(
                 matches!(from_slice(text.as_bytes()), Err(JsonError::Syntax(_))),
                 "{text}"
@@ -213,6 +261,25 @@ mod tests {
         }
         let inside = from_slice(br#"{"a": {"b": [1, tru]}}"#);
         assert!(matches!(inside, Err(JsonError::Syntax(_))), "{inside:?}");
+    }
+
+    #[test]
+    fn numbers_keep_the_text_they_were_sent_in() {
+        for text in [
+            "12345678901234567890123",
+            "-9223372036854775809",
+            "0.1000000000000000055511151231257827",
+            "-0",
+            "1.0",
+            "1.5e+308",
+            "0.0e-999",
+            "2.5e-300",
+        ] {
+            let value = from_slice(format!(r#"{{"n": {text}}}"#).as_bytes()).unwrap();
+            assert_eq!(value["n"].to_string(), text);
+        }
+        // An exponent is written the one way serde_json writes it, with the same value.
+        assert_eq!(from_slice(b"[1E2]").unwrap()[0].to_string(), "1e+2");
     }
 
     fn any_json() -> impl Strategy<Value = Value> {
