@@ -115,6 +115,9 @@ struct CreateKey {
     /// Days until the key stops working (1 to 36500).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     expires_in_days: Option<u32>,
+    /// Print the new key as JSON (its listing fields plus `key`), for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -298,6 +301,12 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
                 })
                 .await?;
             store.shutdown().await;
+            if c.json {
+                let mut out = serde_json::to_value(issued.record.view())?;
+                out["key"] = serde_json::Value::String(issued.key);
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(());
+            }
             println!(
                 "Created key {} for client '{}' ({}).",
                 issued.record.key_id,

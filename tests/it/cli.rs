@@ -65,6 +65,27 @@ async fn keys_create_list_toggle_delete_and_the_key_works() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // For scripts: the new key as JSON.
+    let out = annals(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--client-id",
+            "ci",
+            "--name",
+            "CI",
+            "--scopes",
+            "events:read",
+            "--json",
+        ],
+    );
+    assert!(out.status.success() && out.stderr.is_empty());
+    let created: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(created["key"].as_str().unwrap().starts_with("ank_"));
+    assert_eq!(created["client_id"], "ci");
+    assert_eq!(created["scopes"], json!(["events:read"]));
+
     let out = annals(&db, &["keys", "list", "--json"]);
     assert!(
         out.stderr.is_empty(),
@@ -72,6 +93,8 @@ async fn keys_create_list_toggle_delete_and_the_key_works() {
         String::from_utf8_lossy(&out.stderr)
     );
     let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[1]["key_id"], created["key_id"]);
     assert_eq!(list[0]["key_id"], key_id);
     assert_eq!(list[0]["client_id"], "my-app");
     assert_eq!(list[0]["rate_limit"], 100);
