@@ -244,22 +244,9 @@ async fn key_admin_api_creates_lists_updates_and_deletes(backend: Backend) {
     assert_eq!(listed.as_array().unwrap().len(), 1);
 
     let patch = |body: serde_json::Value, id: String| {
-        let (http, url, admin) = (
-            app.http.clone(),
-            app.url(&format!("/v1/keys/{id}")),
-            admin.clone(),
-        );
-        async move {
-            status_json(
-                http.patch(url)
-                    .header("x-api-key", admin)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        }
+        let admin = admin.clone();
+        let app = &app;
+        async move { status_json(app.patch(&format!("/v1/keys/{id}"), &admin, &body).await).await }
     };
     let (status, updated) = patch(
         json!({"name": "renamed", "scopes": "events:read", "rate_limit": null}),
@@ -287,22 +274,15 @@ async fn key_admin_api_creates_lists_updates_and_deletes(backend: Backend) {
         StatusCode::UNAUTHORIZED
     );
 
-    let r = app
-        .http
-        .delete(app.url(&format!("/v1/keys/{key_id}")))
-        .header("x-api-key", &admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = app
-        .http
-        .delete(app.url(&format!("/v1/keys/{key_id}")))
-        .header("x-api-key", &admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let path = format!("/v1/keys/{key_id}");
+    assert_eq!(
+        app.delete(&path, &admin).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.delete(&path, &admin).await.status(),
+        StatusCode::NOT_FOUND
+    );
 
     // bad input: every problem named
     let (status, body) = status_json(app.post("/v1/keys", &admin, &json!({})).await).await;
@@ -407,27 +387,14 @@ async fn the_last_admin_key_is_kept_over_http(backend: Backend) {
     let first = app.admin_key.clone();
     let id = |key: &str| key[4..20].to_string();
     let patch = |key: String, target: String, body: serde_json::Value| {
-        let (http, url) = (app.http.clone(), app.url(&format!("/v1/keys/{target}")));
-        async move {
-            status_json(
-                http.patch(url)
-                    .header("x-api-key", key)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        }
+        let app = &app;
+        async move { status_json(app.patch(&format!("/v1/keys/{target}"), &key, &body).await).await }
     };
     let delete = |key: String, target: String| {
-        let (http, url) = (app.http.clone(), app.url(&format!("/v1/keys/{target}")));
+        let app = &app;
         async move {
-            http.delete(url)
-                .header("x-api-key", key)
-                .send()
+            app.delete(&format!("/v1/keys/{target}"), &key)
                 .await
-                .unwrap()
                 .status()
         }
     };
@@ -507,15 +474,10 @@ async fn the_last_admin_key_is_kept_over_http(backend: Backend) {
         return;
     };
     let stored = app.key("default", "admin").await;
-    let r = app
-        .http
-        .delete(app.url(&format!("/v1/keys/{}", id(&stored))))
-        .header("x-api-key", &stored)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        r.status(),
+        app.delete(&format!("/v1/keys/{}", id(&stored)), &stored)
+            .await
+            .status(),
         StatusCode::NO_CONTENT,
         "the static key is always a way in"
     );

@@ -246,6 +246,25 @@ impl TestApp {
             .expect("request sent")
     }
 
+    pub async fn patch(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.http
+            .patch(self.url(path))
+            .header("x-api-key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> Response {
+        self.http
+            .delete(self.url(path))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn post_raw(
         &self,
         path: &str,
