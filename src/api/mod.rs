@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::handler::Handler;
-use axum::http::{Method, Request, Uri};
+use axum::http::{HeaderValue, Method, Request, Uri, header};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -31,6 +31,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::audit::AuditLog;
@@ -134,12 +135,23 @@ pub fn json_fallbacks<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Ro
 }
 
 /// The stack every request passes through: request ids, the head limits, tracing, panic
-/// catching, compression. Public so the benchmark's no-op ceiling runs on exactly the same stack.
+/// catching, compression, and the headers every answer carries. Public so the benchmark's
+/// no-op ceiling runs on exactly the same stack.
 pub fn with_layers(routes: Router) -> Router {
     let request_id = header_names::REQUEST_ID.clone();
     routes
         .layer(
             ServiceBuilder::new()
+                // Answers are per key (events, audit logs, a new key's secret): no cache may
+                // keep one, nor a browser read a JSON answer as something else.
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                ))
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                ))
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(
                     // The span names the path only: query strings can carry tokens.

@@ -185,6 +185,34 @@ crate::conformance!(
     a_full_write_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged,
 );
 
+/// Every answer — success, error, a new key's secret, a route no one has — tells caches not to
+/// keep it (answers are per key) and browsers not to sniff its type.
+#[tokio::test]
+async fn every_answer_forbids_caching_and_sniffing() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let admin = app.admin_key.clone();
+    let answers = [
+        app.http.get(app.url("/health")).send().await.unwrap(),
+        app.get("/v1/events", &admin).await,
+        app.get("/v1/events", "ank_wrong").await,
+        app.get("/v1/nowhere", &admin).await,
+        app.post(
+            "/v1/keys",
+            &admin,
+            &json!({"client_id": "acme", "name": "cached?"}),
+        )
+        .await,
+    ];
+    for r in answers {
+        let (status, headers) = (r.status(), r.headers());
+        assert_eq!(headers["cache-control"], "no-store", "{status}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{status}");
+    }
+    app.stop().await;
+}
+
 /// A stop waits for the requests in flight, but not for ever: a route that never answers holds
 /// it up for `ANNALS_SHUTDOWN_TIMEOUT_SECS`, after which the server stops (and drains its write
 /// queue) without it. An event acknowledged before the stop is still there after it.
