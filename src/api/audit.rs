@@ -347,10 +347,10 @@ async fn list_logs(
             &pairs,
             "endpoint, method, status",
             |name, value| match name {
-                "endpoint" => Some(filter_text(name, value).map(|e| query.endpoint = Some(e))),
-                "method" => Some(
-                    filter_text(name, value).map(|m| query.method = Some(m.to_ascii_uppercase())),
-                ),
+                "endpoint" => Some(filter_text(value).map(|e| query.endpoint = Some(e))),
+                "method" => {
+                    Some(filter_text(value).map(|m| query.method = Some(m.to_ascii_uppercase())))
+                }
                 "status" => Some(match value.parse::<u16>() {
                     Ok(s) if (100..=599).contains(&s) => {
                         query.status = Some(s);

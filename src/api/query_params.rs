@@ -76,16 +76,18 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiEr
             ));
             continue;
         }
-        let text = || filter_text(name, value).map(Some);
+        let text = || filter_text(value).map(Some);
         let result: Result<(), String> = match name.as_str() {
             "user_id" => text().map(|v| q.user_id = v),
             "source" => text().map(|v| q.source = v),
             "subject" => text().map(|v| q.subject = v),
             "correlation_id" => text().map(|v| q.correlation_id = v),
             "status" => text().map(|v| q.status = v),
-            "event_type" => TopicPattern::parse(value).map(|p| q.event_type = Some(p)),
-            "from" => Timestamp::parse_bound(value).map(|t| q.from = Some(t)),
-            "to" => Timestamp::parse_bound(value).map(|t| q.to = Some(t)),
+            "event_type" => TopicPattern::parse(value)
+                .map(|p| q.event_type = Some(p))
+                .map_err(|e| with_url_hint(e, value)),
+            "from" => time_bound(value).map(|t| q.from = Some(t)),
+            "to" => time_bound(value).map(|t| q.to = Some(t)),
             "client_id" => ClientId::parse(value).map(|c| requested_client = Some(c)),
             "limit" => parse_limit(value).map(|n| q.limit = n),
             "order" => parse_order(value).map(|o| q.order = o),
@@ -140,8 +142,8 @@ pub fn parse_id_listing(
         }
         let result = match name.as_str() {
             "client_id" => ClientId::parse(value).map(|c| client = Some(c)),
-            "from" => Timestamp::parse_bound(value).map(|t| page.from = Some(t)),
-            "to" => Timestamp::parse_bound(value).map(|t| page.to = Some(t)),
+            "from" => time_bound(value).map(|t| page.from = Some(t)),
+            "to" => time_bound(value).map(|t| page.to = Some(t)),
             "limit" => parse_limit(value).map(|n| page.limit = n),
             "cursor" => decode_cursor(value).map(|id| page.before_id = Some(id)),
             other => specific(other, value).unwrap_or_else(|| {
@@ -162,6 +164,27 @@ pub fn parse_id_listing(
     }
 }
 
+/// A `from` or `to` bound (`Timestamp::parse_bound`), its refusal with `with_url_hint`.
+fn time_bound(value: &str) -> Result<Timestamp, String> {
+    Timestamp::parse_bound(value).map_err(|e| with_url_hint(e, value))
+}
+
+/// A refused query value's message, plus what the URL most likely did to it: a `+` in a query
+/// string is read as a space (`10:00:00+05:30` arrives as `10:00:00 05:30`), and a bare `#`
+/// starts the URL's fragment, so `billing.#` arrives as `billing.`.
+fn with_url_hint(message: String, value: &str) -> String {
+    if value.contains(' ') {
+        format!("{message}; a + in a query string is read as a space: write it as %2B")
+    } else if value.ends_with('.') {
+        format!(
+            "{message}; to match any number of segments write # as %23 (a bare # starts the \
+             URL's fragment and is not sent)"
+        )
+    } else {
+        message
+    }
+}
+
 /// `from` (inclusive) must come before `to` (exclusive): an empty range is a mistake, not a
 /// question with no answer.
 fn empty_range(from: Option<Timestamp>, to: Option<Timestamp>) -> Option<FieldError> {
@@ -176,10 +199,10 @@ fn empty_range(from: Option<Timestamp>, to: Option<Timestamp>) -> Option<FieldEr
 /// The value of a filter on a text field. No stored row has an empty one (ingest refuses it),
 /// so an empty filter is a mistake, often an unset variable in the caller's URL, not a question
 /// whose answer is "nothing".
-pub fn filter_text(name: &str, value: &str) -> Result<String, String> {
+pub fn filter_text(value: &str) -> Result<String, String> {
     if value.is_empty() {
-        Err(format!(
-            "must not be empty; leave {name} out to list rows with any {name}"
+        Err(String::from(
+            "must not be empty; leave the parameter out to match any value",
         ))
     } else {
         Ok(value.to_string())
@@ -374,6 +397,26 @@ mod tests {
     }
 
     #[test]
+    fn refusals_say_what_the_url_did_to_a_plus_or_a_hash() {
+        let message = |q: &str| {
+            let Err(e) = parse_list_params(&pairs(q)) else {
+                panic!("{q} should fail");
+            };
+            e.errors[0].message.clone()
+        };
+        assert!(message("from=2026-12-02T10:00:00+05:30").contains("%2B"));
+        assert!(message("to=2026-12-02T10:00:00+05:30").contains("%2B"));
+        assert!(message("event_type=billing.").contains("%23"));
+        assert!(!message("from=yesterday").contains('%'));
+        assert!(
+            parse_list_params(&pairs(
+                "from=2026-12-02T10:00:00%2B05:30&event_type=billing.%23"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn cursor_round_trip_and_link() {
         assert_eq!(decode_cursor(&encode_cursor(42)), Ok(42));
         let link = next_link("/v1/events", &pairs("user_id=a%20b&cursor=old"), 7);
@@ -402,7 +445,10 @@ mod tests {
             fields,
             ["user_id", "source", "subject", "correlation_id", "status"]
         );
-        assert!(e.errors[0].message.contains("leave user_id out"), "{e:?}");
+        assert!(
+            e.errors[0].message.contains("leave the parameter out"),
+            "{e:?}"
+        );
         // A data field may hold an empty string.
         let p = parse_list_params(&pairs("plan=")).expect("an empty data filter is a question");
         assert_eq!(p.query.data[0].value, "");

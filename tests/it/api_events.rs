@@ -287,6 +287,8 @@ async fn filters_paging_and_idempotency(backend: Backend) {
         ("?from=yesterday", "from"),
         ("?limit=0", "limit"),
         ("?endpoint=/orders", "endpoint"),
+        ("?sourceSystem=", "sourceSystem"),
+        ("?from=2026-11-21T10:00:00+01:00", "from"),
     ] {
         let (status, body) =
             status_json(app.get(&format!("/v1/api-events{query}"), &key).await).await;
