@@ -1,16 +1,20 @@
-//! The command line: `annals [serve]`, `annals migrate`, `annals keys …`, `annals bench`.
-//! Key commands call the same `KeyService` as the HTTP admin API.
+//! The command line: `annals [serve]`, `annals migrate`, `annals keys …`, `annals backup`,
+//! `annals bench`. Key commands call the same `KeyService` as the HTTP admin API.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::auth::{KeyService, NewKeyRequest};
 use crate::bench::BenchArgs;
-use crate::config::{ServeArgs, StoreArgs};
+use crate::config::{DatabaseLocation, ServeArgs, StoreArgs};
 use crate::domain::access::{
     KeyRecord, KeySelector, LastAdmin, Scopes, parse_key_name, parse_rate_limit,
 };
 use crate::domain::{ClientId, Timestamp};
 use crate::server;
+use crate::store::sqlite::backup;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -73,6 +77,8 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Copy a SQLite store and its audit log to new files, while a server keeps serving it.
+    Backup(BackupArgs),
     /// Measure ingest throughput against its ceilings (see README).
     Bench(BenchArgs),
 }
@@ -96,6 +102,15 @@ enum KeysCommand {
     Delete(SelectKeys),
     /// Enable a disabled key or disable an enabled one (each selected key flips).
     Toggle(SelectKeys),
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The copy to make (a new file, e.g. `backup-2026-12-02.db`); the audit log goes beside
+    /// it (`backup-2026-12-02.audit.db`), so the copy can be served as it is.
+    destination: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -253,7 +268,7 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
             None | Some(Command::Serve(_) | Command::Migrate(_)) => "info",
-            Some(Command::Keys(_) | Command::Bench(_)) => "warn",
+            Some(Command::Keys(_) | Command::Bench(_) | Command::Backup(_)) => "warn",
         }
     }
 
@@ -269,8 +284,51 @@ impl Cli {
             }
             Some(Command::Bench(args)) => crate::bench::run(args).await,
             Some(Command::Keys(command)) => run_keys(command).await,
+            Some(Command::Backup(args)) => run_backup(args).await,
         }
     }
+}
+
+async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
+    let store = match args.store.location()? {
+        DatabaseLocation::Sqlite(path) => path,
+        DatabaseLocation::Postgres(_) => anyhow::bail!(
+            "annals backup copies a SQLite store; back up PostgreSQL with its own tools \
+             (pg_dump -Fc, or a base backup with WAL archiving)"
+        ),
+    };
+    let destination = args.destination;
+    let report = tokio::task::spawn_blocking(move || backup::backup(&store, &destination))
+        .await
+        .context("the backup task failed")??;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let events = &report.events;
+    println!(
+        "Copied {} events (last seq {}) to {} ({:.1} MiB)",
+        events.rows,
+        events.last,
+        events.path.display(),
+        mib(events.bytes)
+    );
+    if let Some(audit) = &report.audit {
+        println!(
+            "Copied {} audit records to {} ({:.1} MiB)",
+            audit.rows,
+            audit.path.display(),
+            mib(audit.bytes)
+        );
+    }
+    let copies = if report.audit.is_some() {
+        "Both copies"
+    } else {
+        "The copy"
+    };
+    println!(
+        "{copies} passed an integrity check. Serve with --database-url {}, or move the files \
+         in place of the store's while no server runs.",
+        events.path.display()
+    );
+    Ok(())
 }
 
 async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {

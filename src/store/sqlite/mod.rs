@@ -7,6 +7,7 @@
 //! - Read connections are `query_only`; only the writer thread writes.
 //! - `synchronous=FULL` (the default) makes each group commit durable before replies are sent.
 
+pub mod backup;
 mod checkpoint;
 mod heap;
 mod multi_row;
