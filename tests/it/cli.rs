@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::helpers::get_array;
+
 fn annals(db: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_annals"))
         .args(args)
@@ -440,15 +442,7 @@ async fn backup_copies_a_store_that_is_being_written() {
     args.api_key = Some(key.into());
     let restored = annals::server::start(args).await.unwrap();
     let base = format!("http://{}", restored.addr);
-    let events: Vec<Value> = http
-        .get(format!("{base}/v1/events?limit=1000&order=asc"))
-        .header("x-api-key", key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events = get_array(&format!("{base}/v1/events?limit=1000&order=asc"), key).await;
     assert!(
         events.len() >= 200 && events.len() <= 600,
         "{}",
@@ -461,17 +455,11 @@ async fn backup_copies_a_store_that_is_being_written() {
         text.contains(&format!("Copied {} events", events.len())),
         "{text}"
     );
-    let logs: Vec<Value> = http
-        .get(format!(
-            "{base}/v1/audit/logs?endpoint=/v1/events&limit=1000"
-        ))
-        .header("x-api-key", key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let logs = get_array(
+        &format!("{base}/v1/audit/logs?endpoint=/v1/events&limit=1000"),
+        key,
+    )
+    .await;
     assert!(!logs.is_empty(), "the audit log was copied too");
     restored.stop().await.unwrap();
 

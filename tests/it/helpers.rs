@@ -348,6 +348,19 @@ pub async fn status_json(r: Response) -> (StatusCode, Value) {
     (status, body)
 }
 
+/// A JSON array from a server started outside `TestApp` (`url` complete, `key` as X-API-Key).
+pub async fn get_array(url: &str, key: &str) -> Vec<Value> {
+    let r = reqwest::Client::new()
+        .get(url)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("request sent");
+    let (status, body) = status_json(r).await;
+    assert_eq!(status, StatusCode::OK, "{url}: {body}");
+    serde_json::from_value(body).expect("a JSON array")
+}
+
 /// Asserts the error shape DESIGN.md promises.
 pub fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["error"], code, "{body}");

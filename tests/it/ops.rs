@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, status_json};
+use crate::helpers::{Backend, TestApp, get_array, status_json};
 
 async fn health_answers_without_a_key_on_every_path(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
@@ -274,15 +274,7 @@ async fn a_second_server_on_one_sqlite_store_is_refused_until_the_first_stops() 
     let server = annals::server::start(second)
         .await
         .expect("starts once the first has stopped");
-    let events: Vec<Value> = reqwest::Client::new()
-        .get(format!("http://{}/v1/events?order=asc", server.addr))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events = get_array(&format!("http://{}/v1/events?order=asc", server.addr), &key).await;
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, [1, 2]);
     server.stop().await.unwrap();
