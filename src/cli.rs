@@ -225,17 +225,38 @@ fn print_keys(keys: &[KeyRecord]) {
             k.rate_limit
                 .map_or_else(|| String::from("default"), |r| r.to_string()),
             String::from(if k.is_active { "yes" } else { "no" }),
+            expiry_cell(k.expires_at, Timestamp::now()),
         ]
     });
     print!("{}", key_table(rows));
 }
 
+/// When a key stops working, to the minute (UTC), marked once it has: `ACTIVE` says only
+/// whether it was switched off.
+fn expiry_cell(expires_at: Option<Timestamp>, now: Timestamp) -> String {
+    match expires_at {
+        None => String::from("never"),
+        Some(at) => {
+            let text = at.to_rfc3339();
+            let minute = format!("{}Z", &text[..16]);
+            if at <= now {
+                format!("{minute} (expired)")
+            } else {
+                minute
+            }
+        }
+    }
+}
+
 /// The key listing as a text table whose columns are as wide as their widest cell (a client
 /// id or name of any length keeps the columns lined up), without trailing spaces.
-fn key_table(rows: impl Iterator<Item = [String; 6]>) -> String {
-    let header = ["KEY ID", "CLIENT", "NAME", "SCOPES", "RATE/MIN", "ACTIVE"].map(String::from);
-    let rows: Vec<[String; 6]> = std::iter::once(header).chain(rows).collect();
-    let mut widths = [0; 6];
+fn key_table(rows: impl Iterator<Item = [String; 7]>) -> String {
+    let header = [
+        "KEY ID", "CLIENT", "NAME", "SCOPES", "RATE/MIN", "ACTIVE", "EXPIRES",
+    ]
+    .map(String::from);
+    let rows: Vec<[String; 7]> = std::iter::once(header).chain(rows).collect();
+    let mut widths = [0; 7];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -432,7 +453,7 @@ mod tests {
     #[test]
     fn key_table_columns_fit_their_widest_cell() {
         let row = |id: &str, client: &str, name: &str, rate: &str| {
-            [id, client, name, "events:read", rate, "yes"].map(String::from)
+            [id, client, name, "events:read", rate, "yes", "never"].map(String::from)
         };
         let table = key_table(
             [
@@ -449,7 +470,20 @@ mod tests {
         assert_eq!(starts(lines[1], "t1"), starts(lines[2], " n ") + 1);
         assert_eq!(starts(lines[0], "ACTIVE"), starts(lines[2], "yes"));
         // RATE/MIN is right-aligned; no line ends in spaces.
-        assert!(lines[2].contains("      60  yes"), "{table}");
+        assert!(lines[2].contains("      60  yes     never"), "{table}");
         assert!(table.lines().all(|l| l == l.trim_end()), "{table}");
+    }
+
+    #[test]
+    fn expiry_cells_say_never_or_the_minute_and_whether_it_passed() {
+        let now = Timestamp::parse_rfc3339("2026-12-02T15:00:00Z").unwrap();
+        assert_eq!(expiry_cell(None, now), "never");
+        let later = Timestamp::parse_rfc3339("2027-03-02T10:30:59.5Z").unwrap();
+        assert_eq!(expiry_cell(Some(later), now), "2027-03-02T10:30Z");
+        let earlier = Timestamp::parse_rfc3339("2026-12-01T08:00:00Z").unwrap();
+        assert_eq!(
+            expiry_cell(Some(earlier), now),
+            "2026-12-01T08:00Z (expired)"
+        );
     }
 }
