@@ -518,13 +518,14 @@ pub mod file {
     pub const DEFAULT_PATH: &str = "annals.toml";
 
     /// The environment settings the file supplies: `(ANNALS_NAME, value)` for each key whose
-    /// variable is not already set. `known` are the variables the command line reads.
+    /// variable is not already set. `known` are the variables the command line reads. Errors
+    /// don't name the file: the caller adds its path.
     pub fn settings(
         text: &str,
         known: &BTreeSet<String>,
         is_set: impl Fn(&str) -> bool,
     ) -> anyhow::Result<Vec<(String, String)>> {
-        let table: toml::Table = toml::from_str(text).context("annals.toml is not valid TOML")?;
+        let table: toml::Table = toml::from_str(text).context("not valid TOML")?;
         let mut out = Vec::new();
         for (key, value) in table {
             let name = format!("ANNALS_{}", key.to_ascii_uppercase());
@@ -534,7 +535,7 @@ pub mod file {
                     .map(|n| n.trim_start_matches("ANNALS_").to_ascii_lowercase())
                     .collect();
                 bail!(
-                    "annals.toml: unknown setting '{key}'; settings are {}",
+                    "unknown setting '{key}'; settings are {}",
                     names.join(", ")
                 );
             }
@@ -544,7 +545,7 @@ pub mod file {
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
                 other => bail!(
-                    "annals.toml: '{key}' must be a string, number or boolean, not {}",
+                    "'{key}' must be a string, number or boolean, not {}",
                     other.type_str()
                 ),
             };

@@ -191,6 +191,15 @@ fn settings_come_from_annals_toml_below_the_environment() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown setting 'colour'"), "{stderr}");
+    assert_eq!(stderr.matches("annals.toml").count(), 1, "the file named once: {stderr}");
+    let other = dir.path().join("prod.toml");
+    std::fs::write(&other, "listen = 127.0.0.1\n").unwrap();
+    let out = run(&[("ANNALS_CONFIG", other.to_str().unwrap())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("prod.toml: not valid TOML") && stderr.contains("line 1"),
+        "{stderr}"
+    );
     let out = run(&[("ANNALS_CONFIG", "/nonexistent/annals.toml")]);
     assert!(!out.status.success(), "a named file must exist");
 }
