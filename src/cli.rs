@@ -1,6 +1,7 @@
 //! The command line: `annals [serve]`, `annals migrate`, `annals keys …`, `annals backup`,
 //! `annals bench`. Key commands call the same `KeyService` as the HTTP admin API.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -36,7 +37,6 @@ pub struct Cli {
 ///
 /// Must be called while the process has a single thread (it sets environment variables).
 pub fn load_config_file() -> anyhow::Result<()> {
-    use clap::CommandFactory;
     let (path, required) = match std::env::var_os("ANNALS_CONFIG") {
         Some(path) => (std::path::PathBuf::from(path), true),
         None => (
@@ -49,7 +49,20 @@ pub fn load_config_file() -> anyhow::Result<()> {
         Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
     };
-    let mut known = std::collections::BTreeSet::new();
+    let known = setting_variables();
+    let settings = crate::config::file::settings(&text, &known, |n| std::env::var_os(n).is_some())
+        .map_err(|e| e.context(path.display().to_string()))?;
+    for (name, value) in settings {
+        // SAFETY: called from `main` before the runtime or any other thread starts.
+        unsafe { std::env::set_var(name, value) };
+    }
+    Ok(())
+}
+
+/// The `ANNALS_*` variables the command line reads (every flag's fallback).
+fn setting_variables() -> BTreeSet<String> {
+    use clap::CommandFactory;
+    let mut known = BTreeSet::new();
     let mut stack = vec![Cli::command()];
     while let Some(command) = stack.pop() {
         for arg in command.get_arguments() {
@@ -59,13 +72,34 @@ pub fn load_config_file() -> anyhow::Result<()> {
         }
         stack.extend(command.get_subcommands().cloned());
     }
-    let settings = crate::config::file::settings(&text, &known, |n| std::env::var_os(n).is_some())
-        .map_err(|e| e.context(path.display().to_string()))?;
-    for (name, value) in settings {
-        // SAFETY: called from `main` before the runtime or any other thread starts.
-        unsafe { std::env::set_var(name, value) };
-    }
-    Ok(())
+    known
+}
+
+/// Variables named `ANNALS_*` that are read outside clap (`ANNALS_TEST_*` belong to the tests).
+const OTHER_VARIABLES: [&str; 3] = ["ANNALS_CONFIG", "ANNALS_LOG", "ANNALS_LOG_FORMAT"];
+
+/// What to say of each `ANNALS_*` variable in `names` that nothing reads, most likely a typo
+/// (`ANNALS_MAX_BATH`) that would otherwise leave its setting at the default in silence; with
+/// the closest setting's name when one is near.
+fn unknown_variables(names: impl Iterator<Item = String>) -> Vec<String> {
+    let known = setting_variables();
+    names
+        .filter(|n| n.starts_with("ANNALS_") && !n.starts_with("ANNALS_TEST_"))
+        .filter(|n| !known.contains(n) && !OTHER_VARIABLES.contains(&n.as_str()))
+        .map(|name| {
+            let nearest = known
+                .iter()
+                .chain(OTHER_VARIABLES.map(String::from).iter())
+                .map(|k| (strsim::levenshtein(&name, k), k.clone()))
+                .min();
+            match nearest {
+                Some((distance, k)) if distance <= 3 => {
+                    format!("{name} is not a setting and is ignored; did you mean {k}?")
+                }
+                _ => format!("{name} is not a setting and is ignored"),
+            }
+        })
+        .collect()
 }
 
 #[derive(Subcommand, Debug)]
@@ -294,6 +328,10 @@ impl Cli {
     }
 
     pub async fn run(self) -> anyhow::Result<()> {
+        let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+        for warning in unknown_variables(names) {
+            tracing::warn!("{warning}");
+        }
         match self.command {
             None => server::serve(self.serve).await,
             Some(Command::Serve(args)) => server::serve(args).await,
@@ -472,6 +510,26 @@ mod tests {
         // RATE/MIN is right-aligned; no line ends in spaces.
         assert!(lines[2].contains("      60  yes     never"), "{table}");
         assert!(table.lines().all(|l| l == l.trim_end()), "{table}");
+    }
+
+    #[test]
+    fn unknown_annals_variables_are_named_with_the_nearest_setting() {
+        let names = [
+            "ANNALS_MAX_BATH",
+            "ANNALS_LISTEN",
+            "ANNALS_LOG",
+            "ANNALS_TEST_DATABASE_URL",
+            "ANNALS_SOMETHING_ELSE_ENTIRELY",
+            "HOME",
+        ]
+        .map(String::from);
+        assert_eq!(
+            unknown_variables(names.into_iter()),
+            [
+                "ANNALS_MAX_BATH is not a setting and is ignored; did you mean ANNALS_MAX_BATCH?",
+                "ANNALS_SOMETHING_ELSE_ENTIRELY is not a setting and is ignored",
+            ]
+        );
     }
 
     #[test]

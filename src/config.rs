@@ -534,10 +534,7 @@ pub mod file {
                     .iter()
                     .map(|n| n.trim_start_matches("ANNALS_").to_ascii_lowercase())
                     .collect();
-                bail!(
-                    "unknown setting '{key}'; settings are {}",
-                    names.join(", ")
-                );
+                bail!("unknown setting '{key}'; settings are {}", names.join(", "));
             }
             let text = match value {
                 toml::Value::String(s) => s,

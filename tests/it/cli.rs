@@ -191,7 +191,11 @@ fn settings_come_from_annals_toml_below_the_environment() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown setting 'colour'"), "{stderr}");
-    assert_eq!(stderr.matches("annals.toml").count(), 1, "the file named once: {stderr}");
+    assert_eq!(
+        stderr.matches("annals.toml").count(),
+        1,
+        "the file named once: {stderr}"
+    );
     let other = dir.path().join("prod.toml");
     std::fs::write(&other, "listen = 127.0.0.1\n").unwrap();
     let out = run(&[("ANNALS_CONFIG", other.to_str().unwrap())]);
