@@ -279,6 +279,9 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let sqlite = describe(&DatabaseLocation::Sqlite(dir.path().join("a.db")));
-        assert!(sqlite.starts_with('/') && sqlite.ends_with("a.db"), "{sqlite}");
+        assert!(
+            sqlite.starts_with('/') && sqlite.ends_with("a.db"),
+            "{sqlite}"
+        );
     }
 }
