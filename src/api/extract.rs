@@ -62,6 +62,7 @@ impl FromRequestParts<AppState> for Auth {
 }
 
 /// Is the declared content type JSON? A missing type is taken as JSON (curl's `-d` users).
+/// A `charset` other than UTF-8 is refused: the body would be read as UTF-8 all the same.
 fn is_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     match content_type_essence(headers) {
         None => Ok(()),
@@ -69,7 +70,16 @@ fn is_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
             if essence == "application/json"
                 || (essence.starts_with("application/") && essence.ends_with("+json")) =>
         {
-            Ok(())
+            match declared_charset(headers) {
+                Some(charset) if !charset.eq_ignore_ascii_case("utf-8") => {
+                    Err(ApiError::unsupported_media_type(format!(
+                        "charset '{}' is not supported; JSON is sent as UTF-8 (RFC 8259)",
+                        crate::domain::time::truncate_for_message(&charset)
+                    ))
+                    .with_field("content-type"))
+                }
+                _ => Ok(()),
+            }
         }
         Some(_) => {
             let text = headers
@@ -82,6 +92,17 @@ fn is_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
             )))
         }
     }
+}
+
+/// The `charset` parameter of the request's Content-Type, unquoted, if it has one.
+fn declared_charset(headers: &HeaderMap) -> Option<String> {
+    let text = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    text.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"').to_string())
+    })
 }
 
 /// The essence (`type/subtype`, lower-case, without parameters) of the request's Content-Type.
@@ -261,6 +282,14 @@ pub fn refused_json(error: JsonError, field: Option<&str>, not_json: &str) -> Ap
 
 /// Parses a JSON document within the depth limit, each object's keys unique.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    // RFC 8259 lets a parser ignore a UTF-8 byte order mark, which some Windows tools write;
+    // a UTF-16 one means the body is not UTF-8 at all, which JSON between systems must be.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\xFE\xFF") {
+        return Err(ApiError::bad_json(
+            "the request body is UTF-16; send JSON as UTF-8 (RFC 8259)",
+        ));
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_json(
             "the request body is empty; send a JSON object",
@@ -330,5 +359,36 @@ mod tests {
         assert!(is_json_content_type(&h).is_ok());
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         assert!(is_json_content_type(&h).is_err());
+        for ok in [
+            "application/json; charset=UTF-8",
+            "application/json;charset=\"utf-8\"",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ok));
+            assert!(is_json_content_type(&h).is_ok(), "{ok}");
+        }
+        for bad in [
+            "application/json; charset=utf-16",
+            "application/json; charset=latin1",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(bad));
+            let e = is_json_content_type(&h).unwrap_err();
+            assert_eq!(
+                e.status,
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_utf8_byte_order_mark_is_ignored_and_utf16_is_named() {
+        let parsed = parse_json(b"\xEF\xBB\xBF{\"a\": 1}").unwrap();
+        assert_eq!(parsed["a"], 1);
+        let e = parse_json(b"\xFF\xFE{\x00}\x00").unwrap_err();
+        assert!(e.message.contains("UTF-16"), "{}", e.message);
+        assert!(
+            parse_json(b"\xEF\xBB\xBF").is_err(),
+            "a mark alone is an empty body"
+        );
     }
 }

@@ -307,6 +307,14 @@ async fn bad_inputs_get_clear_json_errors_and_store_nothing(backend: Backend) {
             "unsupported_media_type",
             None,
         ),
+        // Read as UTF-8 whatever it says, so another charset is refused rather than misread.
+        (
+            Some("application/json; charset=utf-16"),
+            "{\"event_type\":\"a\"}".into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            Some("content-type"),
+        ),
         (
             None,
             "[1,2]".into(),
@@ -440,6 +448,16 @@ async fn bad_inputs_get_clear_json_errors_and_store_nothing(backend: Backend) {
         app.list("/v1/events", &key).await.is_empty(),
         "nothing was stored"
     );
+    // A UTF-8 byte order mark (some Windows tools write one) is no reason to refuse a body.
+    let r = app
+        .post_raw(
+            "/v1/events",
+            &key,
+            Some("application/json; charset=UTF-8"),
+            "\u{feff}{\"event_type\": \"tool.file.saved\"}",
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
     app.stop().await;
 }
 
