@@ -81,12 +81,17 @@ pub fn claim(database: &Path) -> anyhow::Result<ServeLock> {
 /// (`Ok(Err)`).
 fn try_lock(database: &Path) -> anyhow::Result<Result<File, PathBuf>> {
     let path = lock_path(database);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    // An existing lock file is opened for reading only (`flock` needs no more), so one left by
+    // a server run as another user (root, say) does not keep the service's own user out.
+    let file = match File::open(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path),
+        opened => opened,
+    }
+    .with_context(|| format!("opening {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(Ok(file)),
         Err(TryLockError::WouldBlock) => Ok(Err(path)),
@@ -130,6 +135,23 @@ mod tests {
         assert!(claim(&db).is_err());
         drop(other);
         claim(&db).unwrap();
+    }
+
+    #[test]
+    fn a_lock_file_this_user_cannot_write_still_locks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        drop(claim(&db).unwrap());
+        for lock in [lock_path(&db), lock_path(&audit_path(&db))] {
+            std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o444)).unwrap();
+        }
+        let first = claim(&db).expect("a read-only lock file is enough");
+        assert!(
+            claim(&db).is_err(),
+            "and it still keeps a second server out"
+        );
+        drop(first);
     }
 
     #[test]
