@@ -163,6 +163,50 @@ pub struct SqliteStore {
     key_changes: broadcast::Sender<()>,
     query_timeout: Duration,
     indexed_fields: Arc<[IndexedField]>,
+    /// The database file as opened, for `health` to notice it was removed or replaced.
+    file: Arc<StoreFile>,
+}
+
+/// A database file's identity (device and inode) when the store opened it. SQLite goes on
+/// writing to an open file after its name is removed (`rm annals.db`) or pointed at another
+/// file (a restore copied over it), and everything acknowledged from then on would be gone at
+/// the next start; `check` lets health say so while there is still time to act.
+#[derive(Debug)]
+struct StoreFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl StoreFile {
+    fn of(path: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Fails if the path no longer names the file the store has open. Blocking: call it off
+    /// the async threads.
+    fn check(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let same = std::fs::metadata(&self.path)
+            .is_ok_and(|meta| meta.dev() == self.dev && meta.ino() == self.ino);
+        if same {
+            Ok(())
+        } else {
+            anyhow::bail!(
+                "{} was removed or replaced while this server had it open: events written now \
+                 go to a file no name leads to and would be lost at the next start; stop the \
+                 server and put the database back",
+                self.path.display()
+            )
+        }
+    }
 }
 
 /// The writer thread's name (within Linux's 15 characters, so `top`, `perf` and
@@ -288,6 +332,7 @@ impl SqliteStore {
     pub fn open(mut options: SqliteOptions) -> anyhow::Result<Self> {
         options.path = real_path(&options.path);
         let conn = open_and_migrate(&options.path, options.synchronous)?;
+        let file = Arc::new(StoreFile::of(&options.path)?);
         create_field_indexes(&conn, &options.indexed_fields)?;
         let manager = SqliteConnectionManager::file(&options.path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
@@ -338,6 +383,7 @@ impl SqliteStore {
             key_changes: broadcast::channel(16).0,
             query_timeout: options.query_timeout,
             indexed_fields: options.indexed_fields.into(),
+            file,
         })
     }
 
@@ -970,9 +1016,13 @@ impl Store for SqliteStore {
             self.on_writer(move |conn| writer::probe(conn, &health))
                 .await??;
         }
-        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-            .await
-            .map(|_| ())
+        let file = self.file.clone();
+        self.read(move |conn| {
+            file.check()?;
+            Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn shutdown(&self) {
@@ -1035,6 +1085,25 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_fails_while_the_database_file_is_removed_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.db");
+        let store = SqliteStore::open(SqliteOptions::new(path.clone())).unwrap();
+        assert!(store.health().await.is_ok());
+        let aside = dir.path().join("aside.db");
+        std::fs::rename(&path, &aside).unwrap();
+        let e = store.health().await.unwrap_err().to_string();
+        assert!(e.contains("removed or replaced"), "{e}");
+        std::fs::rename(&aside, &path).unwrap();
+        assert!(store.health().await.is_ok(), "the file is back");
+        // A copy over the name is another file: what the server writes goes elsewhere.
+        std::fs::copy(&path, &aside).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+        assert!(store.health().await.is_err());
+        store.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
