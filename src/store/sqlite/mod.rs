@@ -369,7 +369,10 @@ impl SqliteStore {
         let writer_health = write_health.clone();
         let handle = std::thread::Builder::new()
             .name(String::from(WRITER_THREAD))
-            .spawn(move || writer::run(conn, rx, writer_commits, wal_restart, writer_health))
+            .spawn({
+                let file = file.clone();
+                move || writer::run(conn, rx, writer_commits, wal_restart, writer_health, file)
+            })
             .context("starting the SQLite writer thread")?;
         Ok(Self {
             queue,
@@ -1088,17 +1091,34 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn health_fails_while_the_database_file_is_removed_or_replaced() {
+    async fn appends_and_health_fail_while_the_database_file_is_removed_or_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("live.db");
         let store = SqliteStore::open(SqliteOptions::new(path.clone())).unwrap();
+        let event = || test_event(serde_json::json!({"event_type": "a.b.created"}));
+        store.append(vec![event()]).await.unwrap();
         assert!(store.health().await.is_ok());
         let aside = dir.path().join("aside.db");
         std::fs::rename(&path, &aside).unwrap();
         let e = store.health().await.unwrap_err().to_string();
         assert!(e.contains("removed or replaced"), "{e}");
+        // Nothing is acknowledged into a file no name leads to.
+        let refused = store.append(vec![event()]).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
         std::fs::rename(&aside, &path).unwrap();
         assert!(store.health().await.is_ok(), "the file is back");
+        store.append(vec![event()]).await.unwrap();
+        let page = store
+            .query_events(EventQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.events.len(), 2, "the refused event was not stored");
         // A copy over the name is another file: what the server writes goes elsewhere.
         std::fs::copy(&path, &aside).unwrap();
         std::fs::rename(&aside, &path).unwrap();

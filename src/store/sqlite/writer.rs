@@ -18,6 +18,9 @@
 //! - Events are indexed by user behind the commits (`user_index.rs`): each group's transaction
 //!   may carry a slice of that copy, but the group's own events are remembered for it only once
 //!   the group has committed.
+//! - No append is acknowledged while the store's path no longer names the file this connection
+//!   has open (`StoreFile::check`, one `stat` a group): such appends get `Unavailable`, since
+//!   what SQLite wrote on to the removed or replaced file would be gone at the next start.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +36,7 @@ use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, StoredKey};
 use crate::ingest::queue::{Waited, next_group_blocking};
 
+use super::StoreFile;
 use super::checkpoint::{FailureStreak, WalRestart};
 use super::multi_row::{MultiRowInsert, Prepared, Row};
 use super::user_index::{Entry, UserIndex};
@@ -94,6 +98,7 @@ pub(super) fn run(
     commits: broadcast::Sender<CommittedRange>,
     wal_restart: WalRestart,
     health: WriteHealth,
+    file: Arc<StoreFile>,
 ) {
     // The group's few statements stay cached, whatever the `Exec` jobs between groups prepare.
     conn.set_prepared_statement_cache_capacity(64);
@@ -132,12 +137,25 @@ pub(super) fn run(
         let before = last_seq;
         groups += 1;
         jobs += group.len() as u64;
+        // One `stat` a group: no append is acknowledged into a file that no name leads to.
+        let file_gone = file.check().err();
+        if let Some(e) = &file_gone
+            && !health.failing()
+        {
+            tracing::error!(error = %e, "refusing appends");
+            health.set_failing(true);
+        }
         let mut appends = Vec::with_capacity(group.len());
         let mut reservations = Vec::with_capacity(group.len());
         for queued in group {
             let (job, reservation) = queued.into_parts();
             reservations.push(reservation);
             match job {
+                WriterCommand::Append { reply, .. } if file_gone.is_some() => {
+                    let _ = reply.send(Err(StoreError::Unavailable(String::from(
+                        "the database file was removed or replaced",
+                    ))));
+                }
                 WriterCommand::Append { events, reply } => {
                     appends.push(PendingAppend { events, reply })
                 }
@@ -474,6 +492,7 @@ mod tests {
     use super::*;
     use crate::domain::envelope::test_event;
     use crate::ingest::queue::WriteQueue;
+    use std::path::Path;
 
     /// A writer on its own thread, as the store starts one, with nobody listening to its commits.
     fn spawn_writer(
@@ -481,6 +500,7 @@ mod tests {
         rx: mpsc::Receiver<Queued<WriterCommand>>,
         wal_restart: WalRestart,
     ) -> std::thread::JoinHandle<()> {
+        let file = Arc::new(StoreFile::of(Path::new(conn.path().expect("a file"))).unwrap());
         std::thread::spawn(move || {
             run(
                 conn,
@@ -488,6 +508,7 @@ mod tests {
                 broadcast::channel(4).0,
                 wal_restart,
                 WriteHealth::default(),
+                file,
             )
         })
     }
