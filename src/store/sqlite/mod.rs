@@ -163,8 +163,11 @@ pub struct SqliteStore {
     key_changes: broadcast::Sender<()>,
     query_timeout: Duration,
     indexed_fields: Arc<[IndexedField]>,
-    /// The database file as opened, for `health` to notice it was removed or replaced.
+    /// The database file as opened, for `health` and the writer to notice it was removed or
+    /// replaced.
     file: Arc<StoreFile>,
+    /// The same for the audit database, checked by `health` and before each audit write.
+    audit_file: Arc<StoreFile>,
 }
 
 /// A database file's identity (device and inode) when the store opened it. SQLite goes on
@@ -350,6 +353,7 @@ impl SqliteStore {
             insert: Prepared::new(&AUDIT_INSERT),
             conn: open_audit(&audit_file)?,
         }));
+        let audit_store_file = Arc::new(StoreFile::of(&audit_file)?);
         let audit_readers = r2d2::Pool::builder()
             .max_size(2)
             .min_idle(Some(0))
@@ -387,6 +391,7 @@ impl SqliteStore {
             query_timeout: options.query_timeout,
             indexed_fields: options.indexed_fields.into(),
             file,
+            audit_file: audit_store_file,
         })
     }
 
@@ -438,7 +443,12 @@ impl SqliteStore {
         + 'static,
     ) -> Result<T, StoreError> {
         let writer = self.audit_writer.clone();
+        let file = self.audit_file.clone();
         tokio::task::spawn_blocking(move || {
+            // Records written to a removed audit file would be gone at the next start: refused,
+            // so the audit task reports them as not stored.
+            file.check()
+                .map_err(|e| StoreError::Unavailable(format!("{e:#}")))?;
             let mut writer = writer.lock().map_err(|_| {
                 StoreError::Internal(anyhow::anyhow!("audit connection lock poisoned"))
             })?;
@@ -1019,9 +1029,10 @@ impl Store for SqliteStore {
             self.on_writer(move |conn| writer::probe(conn, &health))
                 .await??;
         }
-        let file = self.file.clone();
+        let (file, audit_file) = (self.file.clone(), self.audit_file.clone());
         self.read(move |conn| {
             file.check()?;
+            audit_file.check()?;
             Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)
         })
         .await
@@ -1119,6 +1130,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(page.events.len(), 2, "the refused event was not stored");
+        // The audit log's file is watched the same way; its records are refused meanwhile.
+        let audit = dir.path().join("live.audit.db");
+        std::fs::rename(&audit, &aside).unwrap();
+        assert!(store.health().await.is_err());
+        let record = crate::domain::audit::AuditRecord {
+            at: Timestamp::now(),
+            client_id: None,
+            key_id: None,
+            method: String::from("GET"),
+            route: None,
+            path: String::from("/"),
+            status: 200,
+            latency_us: 1,
+            ip: None,
+            user_agent: None,
+            request_id: None,
+            request_body: None,
+            response_body: None,
+        };
+        assert!(matches!(
+            store.append_audit(vec![record.clone()]).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        std::fs::rename(&aside, &audit).unwrap();
+        store.append_audit(vec![record]).await.unwrap();
+        assert!(store.health().await.is_ok());
         // A copy over the name is another file: what the server writes goes elsewhere.
         std::fs::copy(&path, &aside).unwrap();
         std::fs::rename(&aside, &path).unwrap();
