@@ -132,26 +132,7 @@ async fn write_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Timestamp;
     use crate::domain::audit::AuditQuery;
-
-    fn record(n: usize) -> AuditRecord {
-        AuditRecord {
-            at: Timestamp::now(),
-            client_id: Some(String::from("c")),
-            key_id: None,
-            method: String::from("POST"),
-            route: Some(String::from("/v1/events")),
-            path: format!("/v1/events/{n}"),
-            status: 201,
-            latency_us: 1,
-            ip: None,
-            user_agent: None,
-            request_id: None,
-            request_body: None,
-            response_body: None,
-        }
-    }
 
     /// On the runtime's paused clock, time only moves when every task waits on a timer, so
     /// the time taken counts the writer's lingers, not how fast the machine is.
@@ -161,7 +142,7 @@ mod tests {
         let (log, rx) = AuditLog::queue();
         let total = 3 * MAX_BATCH + 1;
         for n in 0..total {
-            log.record(record(n));
+            log.record(AuditRecord::sample(n));
         }
         let counters = log.counters.clone();
         drop(log);
@@ -183,7 +164,7 @@ mod tests {
     async fn the_queue_holds_at_most_its_bytes() {
         let (_dir, store) = crate::store::sqlite::scratch_store();
         let (log, rx) = AuditLog::queue();
-        let mut large = record(0);
+        let mut large = AuditRecord::sample(0);
         large.request_body = Some("b".repeat(4096));
         large.response_body = Some("r".repeat(4096));
         let each = large.approx_bytes();

@@ -26,6 +26,28 @@ pub struct AuditRecord {
     pub response_body: Option<String>,
 }
 
+#[cfg(test)]
+impl AuditRecord {
+    /// A record of client `c`'s `POST /v1/events/{n}`, answered 201, for tests.
+    pub fn sample(n: usize) -> Self {
+        Self {
+            at: Timestamp::now(),
+            client_id: Some(String::from("c")),
+            key_id: None,
+            method: String::from("POST"),
+            route: Some(String::from("/v1/events")),
+            path: format!("/v1/events/{n}"),
+            status: 201,
+            latency_us: 1,
+            ip: None,
+            user_agent: None,
+            request_id: None,
+            request_body: None,
+            response_body: None,
+        }
+    }
+}
+
 impl AuditRecord {
     /// Roughly the memory this record holds while it waits in the audit queue.
     pub fn approx_bytes(&self) -> usize {

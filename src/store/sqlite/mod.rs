@@ -1134,21 +1134,7 @@ mod tests {
         let audit = dir.path().join("live.audit.db");
         std::fs::rename(&audit, &aside).unwrap();
         assert!(store.health().await.is_err());
-        let record = crate::domain::audit::AuditRecord {
-            at: Timestamp::now(),
-            client_id: None,
-            key_id: None,
-            method: String::from("GET"),
-            route: None,
-            path: String::from("/"),
-            status: 200,
-            latency_us: 1,
-            ip: None,
-            user_agent: None,
-            request_id: None,
-            request_body: None,
-            response_body: None,
-        };
+        let record = crate::domain::audit::AuditRecord::sample(1);
         assert!(matches!(
             store.append_audit(vec![record.clone()]).await,
             Err(StoreError::Unavailable(_))
