@@ -362,17 +362,19 @@ async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
         .context("the backup task failed")??;
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let events = &report.events;
+    // "1 event", "2 events".
+    let counted = |n: i64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     println!(
-        "Copied {} events (last seq {}) to {} ({:.1} MiB)",
-        events.rows,
+        "Copied {} (last seq {}) to {} ({:.1} MiB)",
+        counted(events.rows, "event"),
         events.last,
         events.path.display(),
         mib(events.bytes)
     );
     if let Some(audit) = &report.audit {
         println!(
-            "Copied {} audit records to {} ({:.1} MiB)",
-            audit.rows,
+            "Copied {} to {} ({:.1} MiB)",
+            counted(audit.rows, "audit record"),
             audit.path.display(),
             mib(audit.bytes)
         );
