@@ -421,9 +421,7 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
                 .await?;
             store.shutdown().await;
             if c.json {
-                let mut out = serde_json::to_value(issued.record.view())?;
-                out["key"] = serde_json::Value::String(issued.key);
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                println!("{}", serde_json::to_string_pretty(&issued.view())?);
                 return Ok(());
             }
             println!(

@@ -14,7 +14,7 @@ use super::extract::{Auth, read_json};
 use super::query_params::parse_pairs;
 use crate::auth::NewKeyRequest;
 use crate::domain::access::{
-    KeyPatch, KeyRecord, KeySelector, KeyView, RATE_LIMIT_RANGE, Scope, Scopes, parse_key_name,
+    KeyPatch, KeyRecord, KeySelector, RATE_LIMIT_RANGE, Scope, Scopes, parse_key_name,
     parse_rate_limit,
 };
 use crate::domain::envelope::json_kind;
@@ -103,15 +103,6 @@ fn expiry_field(value: &Value) -> Result<Option<Timestamp>, String> {
     }
 }
 
-/// The answer to `POST /v1/keys`: the key's view plus, this once, the key itself.
-#[derive(serde::Serialize)]
-struct IssuedKeyView {
-    #[serde(flatten)]
-    key_view: KeyView,
-    key: String,
-    message: &'static str,
-}
-
 async fn create_key(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -161,12 +152,7 @@ async fn create_key(
             expires_at,
         })
         .await?;
-    let body = IssuedKeyView {
-        key_view: issued.record.view(),
-        key: issued.key,
-        message: "Store the key now: it is not shown again",
-    };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok((StatusCode::CREATED, Json(issued.view())).into_response())
 }
 
 async fn list_keys(

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::Principal;
-use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, LastAdmin, Scope, Scopes};
+use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, KeyView, LastAdmin, Scope, Scopes};
 use crate::domain::{ClientId, Timestamp};
 use crate::error::ApiError;
 use crate::store::{Store, StoreError};
@@ -60,6 +60,26 @@ pub struct NewKeyRequest {
 pub struct IssuedKey {
     pub key: String,
     pub record: KeyRecord,
+}
+
+/// A new key as `POST /v1/keys` and `annals keys create --json` show it: the key's view plus,
+/// this once, the key itself.
+#[derive(serde::Serialize)]
+pub struct IssuedKeyView {
+    #[serde(flatten)]
+    key_view: KeyView,
+    key: String,
+    message: &'static str,
+}
+
+impl IssuedKey {
+    pub fn view(&self) -> IssuedKeyView {
+        IssuedKeyView {
+            key_view: self.record.view(),
+            key: self.key.clone(),
+            message: "Store the key now: it is not shown again",
+        }
+    }
 }
 
 /// Resolves presented key text to a `Principal`.
