@@ -158,6 +158,10 @@ pub trait Store: Send + Sync + 'static {
     /// Short name for health output and logs (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
 
+    /// Where the store is, for the start-up log: a SQLite file's real path, or PostgreSQL's
+    /// hosts and database, never its password.
+    fn location(&self) -> String;
+
     /// Stores a batch atomically (a single event is a batch of one).
     async fn append(&self, events: Vec<NewEvent>) -> Result<AppendOutcome, StoreError>;
 

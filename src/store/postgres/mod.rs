@@ -73,6 +73,27 @@ pub struct PostgresStore {
     partitions: JoinHandle<()>,
     query_timeout: Duration,
     indexed_fields: Vec<IndexedField>,
+    /// `describe` of the connection settings, for `Store::location`.
+    location: String,
+}
+
+/// The database a connection config reaches, without its user or password:
+/// `postgres://host:port[,host:port…]/dbname`.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(host, port)| match host {
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+            tokio_postgres::config::Host::Unix(dir) => dir.display().to_string(),
+        })
+        .collect();
+    format!(
+        "postgres://{}/{}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or_default()
+    )
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -166,6 +187,7 @@ impl PostgresStore {
         let config = tokio_postgres::Config::from_str(&options.url)
             .context("parsing ANNALS_DATABASE_URL")?;
         migrate(&config, &options.indexed_fields).await?;
+        let location = describe(&config);
         let (commits, _) = broadcast::channel(COMMIT_CHANNEL_CAPACITY);
         let (key_changes, _) = broadcast::channel(16);
         let (listening, heard) = tokio::sync::oneshot::channel();
@@ -208,6 +230,7 @@ impl PostgresStore {
             partitions,
             query_timeout: options.query_timeout,
             indexed_fields: options.indexed_fields,
+            location,
         })
     }
 
@@ -488,6 +511,10 @@ fn selector_sql(selector: &KeySelector) -> (&'static str, String) {
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
     }
 
     async fn append(&self, events: Vec<NewEvent>) -> Result<AppendOutcome, StoreError> {
@@ -957,5 +984,23 @@ impl Store for PostgresStore {
         self.partitions.abort();
         self.listener.abort();
         self.pool.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_location_names_the_database_but_never_a_password() {
+        let pg = |url: &str| describe(&tokio_postgres::Config::from_str(url).unwrap());
+        assert_eq!(
+            pg("postgres://annals:s3cret@db.internal:6432/events"),
+            "postgres://db.internal:6432/events"
+        );
+        assert_eq!(
+            pg("postgresql://u:pw@a,b:5433/x?sslmode=disable"),
+            "postgres://a:5432,b:5433/x"
+        );
     }
 }

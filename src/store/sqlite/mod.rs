@@ -173,7 +173,8 @@ pub struct SqliteStore {
 /// A database file's identity (device and inode) when the store opened it. SQLite goes on
 /// writing to an open file after its name is removed (`rm annals.db`) or pointed at another
 /// file (a restore copied over it), and everything acknowledged from then on would be gone at
-/// the next start; `check` lets health say so while there is still time to act.
+/// the next start; `check` lets health say so, and the writers refuse to write, while there is
+/// still time to act.
 #[derive(Debug)]
 struct StoreFile {
     path: PathBuf,
@@ -203,9 +204,9 @@ impl StoreFile {
             Ok(())
         } else {
             anyhow::bail!(
-                "{} was removed or replaced while this server had it open: events written now \
-                 go to a file no name leads to and would be lost at the next start; stop the \
-                 server and put the database back",
+                "{} was removed or replaced while this server had it open: what is written to \
+                 it now goes to a file no name leads to and would be lost at the next start; \
+                 stop the server and put the database back",
                 self.path.display()
             )
         }
@@ -632,6 +633,10 @@ fn is_interrupt(e: &anyhow::Error) -> bool {
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn location(&self) -> String {
+        self.file.path.display().to_string()
     }
 
     async fn append(&self, events: Vec<NewEvent>) -> Result<AppendOutcome, StoreError> {
@@ -1099,6 +1104,18 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_location_is_the_real_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(SqliteOptions::new(dir.path().join("a.db"))).unwrap();
+        let location = store.location();
+        assert!(
+            location.starts_with('/') && location.ends_with("a.db"),
+            "{location}"
+        );
+        store.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
