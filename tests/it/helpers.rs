@@ -237,32 +237,35 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, key: &str, body: &Value) -> Response {
-        self.http
-            .post(self.url(path))
-            .header("x-api-key", key)
-            .json(body)
-            .send()
+        self.send(reqwest::Method::POST, path, key, Some(body))
             .await
-            .expect("request sent")
     }
 
     pub async fn patch(&self, path: &str, key: &str, body: &Value) -> Response {
-        self.http
-            .patch(self.url(path))
-            .header("x-api-key", key)
-            .json(body)
-            .send()
+        self.send(reqwest::Method::PATCH, path, key, Some(body))
             .await
-            .expect("request sent")
     }
 
     pub async fn delete(&self, path: &str, key: &str) -> Response {
-        self.http
-            .delete(self.url(path))
-            .header("x-api-key", key)
-            .send()
-            .await
-            .expect("request sent")
+        self.send(reqwest::Method::DELETE, path, key, None).await
+    }
+
+    /// `method` on `path` with `key` as X-API-Key, and `body` as JSON if given.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut request = self
+            .http
+            .request(method, self.url(path))
+            .header("x-api-key", key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.expect("request sent")
     }
 
     pub async fn post_raw(
