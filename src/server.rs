@@ -108,14 +108,13 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
     ));
     auth.watch_key_changes();
     let keys = KeyService::new(store.clone(), Some(auth.clone()));
-    let limiter: Arc<dyn RateLimiter> = match &args.redis_url {
-        Some(url) => Arc::new(
-            RedisRateLimiter::connect(url)
-                .await
-                .with_context(|| format!("connecting to Redis at {url}"))?,
-        ),
-        None => Arc::new(MemoryRateLimiter::default()),
-    };
+    let limiter: Arc<dyn RateLimiter> =
+        match &args.redis_url {
+            Some(url) => Arc::new(RedisRateLimiter::connect(url).await.context(
+                "ANNALS_REDIS_URL is no Redis URL (redis://[:password@]host[:port][/db])",
+            )?),
+            None => Arc::new(MemoryRateLimiter::default()),
+        };
     // The last step that can fail: a first admin key made by a start that then failed would
     // never be shown, and the next start, finding a key, would make none.
     let bootstrap_key = if args.api_key.is_none() {

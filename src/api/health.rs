@@ -19,10 +19,12 @@ pub fn router() -> Router<AppState> {
 async fn health(State(state): State<AppState>) -> Response {
     let backend = state.store.backend();
     let version = env!("CARGO_PKG_VERSION");
+    let rate_limits = state.access.limiter.scope();
     match state.store.health().await {
-        Ok(()) => {
-            Json(json!({"status": "ok", "store": backend, "version": version})).into_response()
-        }
+        Ok(()) => Json(json!({
+            "status": "ok", "store": backend, "version": version, "rate_limits": rate_limits,
+        }))
+        .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "health check failed");
             (
@@ -30,6 +32,7 @@ async fn health(State(state): State<AppState>) -> Response {
                 [(axum::http::header::RETRY_AFTER, "1")],
                 Json(json!({
                     "status": "unavailable", "store": backend, "version": version,
+                    "rate_limits": rate_limits,
                     "error": "unavailable",
                     "message": "the event store can't take requests now (the server's log says why)",
                 })),

@@ -4,12 +4,17 @@
 //! The window estimate is `previous_minute × (1 − elapsed fraction) + this_minute`: unlike a
 //! fixed window it never lets 2× the limit through around a minute boundary, and it costs two
 //! counters per bucket. Both backends feed the same `decide` so they answer identically.
-//! A Redis failure lets requests through (logged): losing the limiter must not take ingest down.
+//! Losing Redis must not take ingest down, nor slow it: while Redis does not answer, each node
+//! counts on its own in memory (a limit then holds per node, not across them), a background probe
+//! pings Redis until it answers, and the outage and the recovery are logged once each. A node
+//! also starts while Redis is down.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -77,6 +82,11 @@ pub trait RateLimiter: Send + Sync {
     /// `None` when only `check` can answer.
     fn check_now(&self, _bucket: &str, _limit: u32, _count: bool) -> Option<Decision> {
         None
+    }
+
+    /// Where the counters are now, for the health answer.
+    fn scope(&self) -> &'static str {
+        "per node"
     }
 }
 
@@ -152,11 +162,27 @@ fn counted(counts: &mut (u64, u64, u64), limit: u32, now: u64, count: bool) -> D
 }
 
 /// Counters in Redis, shared by every node: `annals:rl:<bucket>:<window>`, expiring after two
-/// windows. The read-decide-increment runs as one Lua script, so nodes never race.
+/// windows. The read-decide-increment runs as one Lua script, so nodes never race. While Redis
+/// does not answer, `fallback` counts in this process (see the module's docs).
 pub struct RedisRateLimiter {
     connection: redis::aio::ConnectionManager,
     script: redis::Script,
+    link: Arc<RedisLink>,
 }
+
+/// Whether Redis answers, and the counters used while it does not.
+struct RedisLink {
+    answering: AtomicBool,
+    fallback: MemoryRateLimiter,
+}
+
+/// How long one Redis call may take before the node counts on its own: Redis answers a local
+/// script in well under a millisecond, and a request waits for this at most once per outage.
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long connecting may take, at start and when the probe reconnects.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an unanswering Redis is asked again.
+const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 const SCRIPT: &str = r"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -171,19 +197,82 @@ return {current, previous}
 ";
 
 impl RedisRateLimiter {
+    /// Refuses a URL that is no Redis URL; a Redis that does not answer yet is logged, and the
+    /// node counts on its own until it does.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
-        let connection = redis::aio::ConnectionManager::new(client).await?;
-        Ok(Self {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
+            .set_number_of_retries(1);
+        let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, config)?;
+        let limiter = Self {
             connection,
             script: redis::Script::new(SCRIPT),
-        })
+            link: Arc::new(RedisLink {
+                answering: AtomicBool::new(true),
+                fallback: MemoryRateLimiter::default(),
+            }),
+        };
+        if let Err(e) = ping(&limiter.connection).await {
+            limiter.lost(&e);
+        }
+        Ok(limiter)
+    }
+
+    /// True while rate limits are shared through Redis, false while each node counts alone.
+    pub fn is_shared(&self) -> bool {
+        self.link.answering.load(Ordering::Relaxed)
+    }
+
+    /// Marks Redis as not answering; the first caller of an outage logs it and starts the probe
+    /// that marks it answering again.
+    fn lost(&self, error: &redis::RedisError) {
+        if !self.link.answering.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(
+            error = %error,
+            "Redis rate limiter unavailable; each node limits on its own until Redis answers"
+        );
+        let link = Arc::downgrade(&self.link);
+        let connection = self.connection.clone();
+        tokio::spawn(probe(link, connection));
+    }
+}
+
+async fn ping(connection: &redis::aio::ConnectionManager) -> redis::RedisResult<()> {
+    let mut connection = connection.clone();
+    redis::cmd("PING")
+        .query_async::<String>(&mut connection)
+        .await
+        .map(drop)
+}
+
+/// Pings Redis every `REDIS_PROBE_INTERVAL` until it answers; ends early when the limiter is
+/// gone (its server stopped).
+async fn probe(link: Weak<RedisLink>, connection: redis::aio::ConnectionManager) {
+    loop {
+        tokio::time::sleep(REDIS_PROBE_INTERVAL).await;
+        if link.strong_count() == 0 {
+            return;
+        }
+        if ping(&connection).await.is_ok() {
+            if let Some(link) = link.upgrade() {
+                link.answering.store(true, Ordering::Relaxed);
+                tracing::info!("Redis rate limiter answers again; limits are shared across nodes");
+            }
+            return;
+        }
     }
 }
 
 #[async_trait]
 impl RateLimiter for RedisRateLimiter {
     async fn check(&self, bucket: &str, limit: u32, count: bool) -> Decision {
+        if !self.is_shared() {
+            return self.link.fallback.check_local(bucket, limit, count);
+        }
         let now = now_ms();
         let window = now / WINDOW_MS;
         let weight = 1.0 - (now % WINDOW_MS) as f64 / WINDOW_MS as f64;
@@ -200,15 +289,22 @@ impl RateLimiter for RedisRateLimiter {
         match result {
             Ok((current, previous)) => decide(limit, now, current, previous),
             Err(e) => {
-                tracing::warn!(error = %e, "Redis rate limiter unavailable; letting the request through");
-                Decision {
-                    allowed: true,
-                    limit,
-                    remaining: limit,
-                    reset_secs: 60,
-                    retry_after_secs: 0,
-                }
+                self.lost(&e);
+                self.link.fallback.check_local(bucket, limit, count)
             }
+        }
+    }
+
+    /// While Redis does not answer, the node's own counters answer at once.
+    fn check_now(&self, bucket: &str, limit: u32, count: bool) -> Option<Decision> {
+        (!self.is_shared()).then(|| self.link.fallback.check_local(bucket, limit, count))
+    }
+
+    fn scope(&self) -> &'static str {
+        if self.is_shared() {
+            "shared through Redis"
+        } else {
+            "per node: Redis unavailable"
         }
     }
 }

@@ -5,6 +5,8 @@ use annals::config::ServeArgs;
 use annals::server;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::helpers::{Backend, TestApp, TestDatabase, assert_error, status_json};
@@ -156,6 +158,135 @@ async fn a_limit_shared_through_redis_holds_across_nodes() {
     assert_eq!(allowed, 10, "ten in total across both nodes, not ten each");
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// Stands between a server and Redis: until `open`, it takes connections and never answers, as
+/// a hung Redis does; then it forwards them to the real one.
+struct RedisGate {
+    addr: std::net::SocketAddr,
+    open: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RedisGate {
+    async fn start(redis_url: &str) -> Self {
+        let redis = redis_url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicBool::new(false));
+        let is_open = open.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !is_open.load(Ordering::SeqCst) {
+                    held.push(inbound);
+                    continue;
+                }
+                let redis = redis.clone();
+                tokio::spawn(async move {
+                    let mut outbound = tokio::net::TcpStream::connect(&redis).await.unwrap();
+                    tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                        .await
+                        .ok();
+                });
+            }
+        });
+        Self { addr, open, task }
+    }
+}
+
+async fn rate_limits_in_health(app: &TestApp) -> String {
+    let (status, health) = status_json(app.get("/v1/health", "").await).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    health["rate_limits"].as_str().unwrap().to_string()
+}
+
+/// A Redis that does not answer neither stops a node from starting nor opens its limits: the
+/// node counts each key on its own, health says so, and once Redis answers the limits are
+/// shared again. A closed Redis port starts too; a URL that is no Redis URL is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_limits_on_its_own_while_redis_does_not_answer() {
+    let Ok(redis_url) = std::env::var("ANNALS_TEST_REDIS_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "ANNALS_TEST_REDIS_URL must be set on CI"
+        );
+        eprintln!("SKIPPED (no ANNALS_TEST_REDIS_URL)");
+        return;
+    };
+    let gate = RedisGate::start(&redis_url).await;
+    let gate_url = format!("redis://{}", gate.addr);
+    let app = TestApp::spawn_with(Backend::Sqlite, |a| a.redis_url = Some(gate_url))
+        .await
+        .unwrap();
+    assert_eq!(
+        rate_limits_in_health(&app).await,
+        "per node: Redis unavailable"
+    );
+    let limited = key_with_limit(&app, "acme", 3).await;
+    let statuses =
+        futures_util::future::join_all((0..5).map(|_| app.get("/v1/events", &limited))).await;
+    let allowed = statuses
+        .iter()
+        .filter(|r| r.status() == StatusCode::OK)
+        .count();
+    assert_eq!(allowed, 3, "the node counts the key's limit itself");
+
+    gate.open.store(true, Ordering::SeqCst);
+    let mut waited = Duration::ZERO;
+    while rate_limits_in_health(&app).await != "shared through Redis" {
+        assert!(waited < Duration::from_secs(15), "Redis answers again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    let body = json!({"client_id": "acme", "name": "shared", "rate_limit": 2});
+    let (_, created) = status_json(app.post("/v1/keys", &app.admin_key, &body).await).await;
+    let (key, key_id) = (created["key"].as_str().unwrap(), &created["key_id"]);
+    for expected in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        assert_eq!(app.get("/v1/events", key).await.status(), expected);
+    }
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let counters: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("annals:rl:key:{}:*", key_id.as_str().unwrap()))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!counters.is_empty(), "the key is counted in Redis again");
+    app.stop().await;
+    gate.task.abort();
+
+    let closed = TestApp::spawn_with(Backend::Sqlite, |a| {
+        a.redis_url = Some("redis://127.0.0.1:1".into())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rate_limits_in_health(&closed).await,
+        "per node: Redis unavailable"
+    );
+    closed.stop().await;
+
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let mut args = ServeArgs::with_database(db.url.clone());
+    args.redis_url = Some("http://127.0.0.1:6379".into());
+    let error = server::start(args).await.err().expect("refused");
+    assert!(
+        format!("{error:#}").contains("ANNALS_REDIS_URL is no Redis URL"),
+        "{error:#}"
+    );
 }
 
 /// Reads what the server sends until it closes the connection, failing the test if it is still
