@@ -659,6 +659,8 @@ async fn query_phase(url: &str, rows: usize, sync: Synchronous) -> anyhow::Resul
         String::from("user_id=user-42"),
         String::from("event_type=svc7.resource.created"),
         String::from("event_type=svc7.%23"),
+        String::from("event_type=*.resource.created"),
+        String::from("event_type=%23.updated"),
         String::from("user_id=user-42&event_type=svc2.resource.updated"),
         format!("correlation_id=corr-{}", rows / 8),
         format!(

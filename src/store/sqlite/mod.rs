@@ -654,7 +654,12 @@ impl Store for SqliteStore {
             .read(move |conn| {
                 conn.progress_handler(10_000, Some(move || Instant::now() > deadline))?;
                 let result = (|| -> anyhow::Result<EventPage> {
-                    let (sql, args) = page_sql(&query, &indexed);
+                    // The type listing and the page read one snapshot (see `query`).
+                    let _snapshot = query::reads_type_ranges(&query)
+                        .then(|| conn.unchecked_transaction())
+                        .transpose()?;
+                    let ranges = query::pattern_ranges(conn, &query)?;
+                    let (sql, args) = page_sql(&query, &indexed, ranges.as_deref());
                     let mut stmt = conn.prepare_cached(&sql)?;
                     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
                     let mut page = EventPage::default();

@@ -5,8 +5,17 @@
 //! those up to `user_index_progress.through_seq`, found through `user_index`, and the tail
 //! above it, scanned. Both parts are read in the statement's one snapshot, so an
 //! event moving into the index between them can't be seen twice or missed.
+//!
+//! A query by type pattern (`billing.#`) without a user first lists the types the pattern
+//! matches, one index seek each (`pattern_ranges`), then merges those types' ranges of
+//! `(client_id, event_type, seq)`, each already in seq order: a page reads about `limit` rows
+//! per type instead of sorting every match. The listing and the page must share one read
+//! transaction, so a type committed between them can't leave newer events out of the page.
+//! Past `TYPE_SEEKS` seeks or `TYPE_RANGES` ranges, the query takes the pattern's one range of
+//! the type index and sorts, as before.
 
 use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::domain::page::IdPage;
 use crate::store::indexed::{IndexedField, sqlite_candidates};
@@ -73,8 +82,95 @@ impl Filters {
     }
 }
 
+/// At most this many index seeks to list the types a pattern matches.
+const TYPE_SEEKS: usize = 256;
+/// At most this many `(client, type)` ranges merged in one statement.
+const TYPE_RANGES: usize = 64;
+
+/// Whether `q` is one that `pattern_ranges` may serve: a type pattern, no user.
+pub(super) fn reads_type_ranges(q: &EventQuery) -> bool {
+    q.user_id.is_none() && q.event_type.as_ref().is_some_and(|p| !p.is_exact())
+}
+
+/// The `(client, event type)` pairs whose events a pattern query without a user reads, in the
+/// query's scope; `None` when the query is not one (`reads_type_ranges`) or the pairs are too
+/// many to merge (then `page_sql` reads one range and sorts).
+pub(super) fn pattern_ranges(
+    conn: &Connection,
+    q: &EventQuery,
+) -> rusqlite::Result<Option<Vec<(String, String)>>> {
+    let Some(pattern) = q.event_type.as_ref().filter(|_| reads_type_ranges(q)) else {
+        return Ok(None);
+    };
+    let prefix = pattern.literal_prefix();
+    // Every allowed type character is below 0x7f, so this bounds the prefix range.
+    let high = (!prefix.is_empty()).then(|| format!("{prefix}\u{7f}"));
+    let below_high = if high.is_some() {
+        " AND event_type < ?3"
+    } else {
+        ""
+    };
+    let mut first_type = conn.prepare_cached(&format!(
+        "SELECT event_type FROM events WHERE client_id = ?1 AND event_type >= ?2{below_high} \
+         ORDER BY event_type LIMIT 1"
+    ))?;
+    let mut next_type = conn.prepare_cached(&format!(
+        "SELECT event_type FROM events WHERE client_id = ?1 AND event_type > ?2{below_high} \
+         ORDER BY event_type LIMIT 1"
+    ))?;
+    let mut next_client = conn.prepare_cached(
+        "SELECT client_id FROM events WHERE client_id > ?1 ORDER BY client_id LIMIT 1",
+    )?;
+    let mut seeks = 0;
+    let mut ranges = Vec::new();
+    let mut client = match &q.client_id {
+        Some(c) => Some(c.as_str().to_string()),
+        None => {
+            seeks += 1;
+            next_client.query_row([""], |r| r.get(0)).optional()?
+        }
+    };
+    while let Some(c) = client {
+        let mut found: Option<String> = {
+            let args = rusqlite::params![c, prefix, high];
+            first_type
+                .query_row(&args[..if high.is_some() { 3 } else { 2 }], |r| r.get(0))
+                .optional()?
+        };
+        seeks += 1;
+        while let Some(event_type) = found {
+            if seeks > TYPE_SEEKS {
+                return Ok(None);
+            }
+            if pattern.matches(&event_type) {
+                if ranges.len() == TYPE_RANGES {
+                    return Ok(None);
+                }
+                ranges.push((c.clone(), event_type.clone()));
+            }
+            let args = rusqlite::params![c, event_type, high];
+            found = next_type
+                .query_row(&args[..if high.is_some() { 3 } else { 2 }], |r| r.get(0))
+                .optional()?;
+            seeks += 1;
+        }
+        client = if q.client_id.is_some() {
+            None
+        } else {
+            seeks += 1;
+            next_client.query_row([&c], |r| r.get(0)).optional()?
+        };
+    }
+    Ok(Some(ranges))
+}
+
 /// Builds the page query: `limit + 1` rows so the caller can tell whether another page exists.
-pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Vec<SqlValue>) {
+/// `ranges` (from `pattern_ranges`) turns a pattern query into a merge of those types' ranges.
+pub(super) fn page_sql(
+    q: &EventQuery,
+    indexed: &[IndexedField],
+    ranges: Option<&[(String, String)]>,
+) -> (String, Vec<SqlValue>) {
     let mut args: Vec<SqlValue> = Vec::new();
     let mut arg = |value: SqlValue| {
         args.push(value);
@@ -101,7 +197,7 @@ pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Vec
             ));
         }
     }
-    if let Some(pattern) = &q.event_type {
+    if let Some(pattern) = q.event_type.as_ref().filter(|_| ranges.is_none()) {
         if pattern.is_exact() {
             let p = arg(SqlValue::Text(pattern.as_str().to_string()));
             common.push_str(&format!(" AND event_type = {p}"));
@@ -171,14 +267,35 @@ pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Vec
     };
     // Entries above it may already be in `user_index` while a batch is being copied.
     const THROUGH: &str = "SELECT through_seq FROM user_index_progress WHERE id = 1";
-    let sql = match &user {
-        None => format!(
+    let sql = match (&user, ranges) {
+        (None, Some([])) => format!("SELECT {EVENT_COLUMNS} FROM events WHERE 0 LIMIT {limit}"),
+        // Each part is one type's range of `(client_id, event_type, seq)`, already in seq
+        // order, so SQLite merges them and stops after `limit` rows.
+        (None, Some(ranges)) => {
+            let parts: Vec<String> = ranges
+                .iter()
+                .map(|(client, event_type)| {
+                    let client = arg(SqlValue::Text(client.clone()));
+                    let event_type = arg(SqlValue::Text(event_type.clone()));
+                    format!(
+                        "SELECT {EVENT_COLUMNS} FROM events \
+                         WHERE client_id = {client} AND event_type = {event_type}{common}{}",
+                        cursor("seq")
+                    )
+                })
+                .collect();
+            format!(
+                "{} ORDER BY 1 {direction} LIMIT {limit}",
+                parts.join(" UNION ALL ")
+            )
+        }
+        (None, None) => format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1{}{common}{} ORDER BY seq {direction} LIMIT {limit}",
             and_eq("client_id", &client),
             cursor("seq"),
         ),
         // CROSS JOIN keeps `user_index` the outer loop, so its key order is the seq order.
-        Some(user) => format!(
+        (Some(user), _) => format!(
             "SELECT u_seq, {} FROM user_index CROSS JOIN events ON seq = u_seq \
              WHERE u_user = {user}{} AND u_seq <= ({THROUGH}){common}{} \
              UNION ALL \
@@ -225,7 +342,7 @@ mod tests {
             limit: 10,
             ..Default::default()
         };
-        let (sql, args) = page_sql(&q, &[]);
+        let (sql, args) = page_sql(&q, &[], None);
         assert!(!sql.contains("DROP"));
         assert!(sql.contains("annals_topic_match"));
         assert_eq!(args.len(), 7);
@@ -234,7 +351,7 @@ mod tests {
 
     /// The query plan of `q` on a fresh store, one line per step.
     fn plan_of(conn: &rusqlite::Connection, q: &EventQuery, indexed: &[IndexedField]) -> String {
-        let (sql, args) = page_sql(q, indexed);
+        let (sql, args) = page_sql(q, indexed, None);
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let rows = stmt
             .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
@@ -307,7 +424,7 @@ mod tests {
                     limit: 2,
                     ..Default::default()
                 };
-                let (sql, args) = page_sql(&q, &[]);
+                let (sql, args) = page_sql(&q, &[], None);
                 let mut stmt = conn.prepare(&sql).unwrap();
                 let page: Vec<i64> = stmt
                     .query_map(rusqlite::params_from_iter(args), |r| r.get(0))
@@ -366,5 +483,150 @@ mod tests {
             let without = plan(&[], client);
             assert!(!without.contains("events_data_order_id"), "{without}");
         }
+    }
+
+    /// `conn` with the pattern function of read connections (after its rows are in).
+    fn with_topic_match(mut conn: rusqlite::Connection) -> rusqlite::Connection {
+        super::super::configure_reader(&mut conn).unwrap();
+        conn
+    }
+
+    fn insert_typed(conn: &rusqlite::Connection, seq: i64, client: &str, event_type: &str) {
+        conn.execute(
+            "INSERT INTO events (seq, id, client_id, event_type, occurred_at, received_at, data, \
+             headers) VALUES (?1, randomblob(16), ?2, ?3, ?1, ?1, '{}', '{}')",
+            rusqlite::params![seq, client, event_type],
+        )
+        .unwrap();
+    }
+
+    /// Every page of `q`, `q.limit` events at a time, as the store pages it; with `merge`, by
+    /// the pattern's type ranges (failing if it gets none).
+    fn all_pages(conn: &rusqlite::Connection, q: &EventQuery, merge: bool) -> Vec<i64> {
+        let mut q = q.clone();
+        let mut seqs = Vec::new();
+        loop {
+            let ranges = merge.then(|| pattern_ranges(conn, &q).unwrap().expect("ranges"));
+            let (sql, args) = page_sql(&q, &[], ranges.as_deref());
+            let page: Vec<i64> = conn
+                .prepare(&sql)
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(args), |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            seqs.extend(page.iter().take(q.limit));
+            if page.len() <= q.limit {
+                return seqs;
+            }
+            q.after_seq = Some(page[q.limit - 1]);
+        }
+    }
+
+    #[test]
+    fn a_pattern_query_merges_the_ranges_of_the_types_it_matches() {
+        let (_dir, conn) = super::super::scratch_db();
+        let types = [
+            "billing",
+            "billing.invoice.paid",
+            "billing.invoice.sent",
+            "billing.refund.paid",
+            "billingx.invoice.paid",
+            "shop.order.paid",
+            "shop.order.created",
+        ];
+        for seq in 1..=120i64 {
+            let client = if seq % 5 == 0 { "globex" } else { "acme" };
+            insert_typed(
+                &conn,
+                seq,
+                client,
+                types[(seq * 7 % 11) as usize % types.len()],
+            );
+        }
+        let conn = with_topic_match(conn);
+        for pattern in [
+            "billing.#",
+            "billing.*.paid",
+            "#.paid",
+            "*.invoice.*",
+            "billing.invoice.*",
+            "nothing.#",
+            "#",
+        ] {
+            let topic = TopicPattern::parse(pattern).unwrap();
+            for client in [Some("acme"), Some("globex"), Some("initech"), None] {
+                for order in [Order::Desc, Order::Asc] {
+                    let q = EventQuery {
+                        client_id: client.map(|c| crate::domain::ClientId::parse(c).unwrap()),
+                        event_type: Some(topic.clone()),
+                        order,
+                        limit: 7,
+                        ..Default::default()
+                    };
+                    let mut expected: Vec<i64> = (1..=120i64)
+                        .filter(|seq| {
+                            let c = if seq % 5 == 0 { "globex" } else { "acme" };
+                            client.is_none_or(|want| want == c)
+                                && topic.matches(types[(seq * 7 % 11) as usize % types.len()])
+                        })
+                        .collect();
+                    if order == Order::Desc {
+                        expected.reverse();
+                    }
+                    let at = format!("{pattern} {client:?} {order:?}");
+                    assert_eq!(all_pages(&conn, &q, true), expected, "{at}");
+                    assert_eq!(all_pages(&conn, &q, false), expected, "{at}");
+                }
+            }
+        }
+        let q = EventQuery {
+            client_id: Some(crate::domain::ClientId::parse("acme").unwrap()),
+            event_type: Some(TopicPattern::parse("billing.#").unwrap()),
+            limit: 50,
+            ..Default::default()
+        };
+        let ranges = pattern_ranges(&conn, &q).unwrap().unwrap();
+        assert_eq!(ranges.len(), 4, "{ranges:?}");
+        let (sql, args) = page_sql(&q, &[], Some(&ranges));
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(args), |r| r.get(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let plan = plan.join("; ");
+        assert!(plan.contains("MERGE (UNION ALL)"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
+
+    #[test]
+    fn too_many_types_for_a_merge_fall_back_to_one_sorted_range() {
+        let (_dir, conn) = super::super::scratch_db();
+        for seq in 1..=(TYPE_RANGES as i64 + 1) {
+            insert_typed(&conn, seq, "acme", &format!("billing.item{seq}.paid"));
+        }
+        let q = |pattern: &str, client: Option<&str>| EventQuery {
+            client_id: client.map(|c| crate::domain::ClientId::parse(c).unwrap()),
+            event_type: Some(TopicPattern::parse(pattern).unwrap()),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            pattern_ranges(&conn, &q("billing.#", Some("acme"))).unwrap(),
+            None
+        );
+        assert_eq!(pattern_ranges(&conn, &q("#.paid", None)).unwrap(), None);
+        let few = pattern_ranges(&conn, &q("billing.item1.#", Some("acme"))).unwrap();
+        assert_eq!(few.map(|r| r.len()), Some(1));
+        // An exact type, or a user, is not served by ranges.
+        assert_eq!(
+            pattern_ranges(&conn, &q("billing.item1.paid", None)).unwrap(),
+            None
+        );
+        let mut by_user = q("billing.#", None);
+        by_user.user_id = Some("u1".into());
+        assert_eq!(pattern_ranges(&conn, &by_user).unwrap(), None);
     }
 }
