@@ -111,6 +111,22 @@ pub struct EventQuery {
     pub after_seq: Option<i64>,
 }
 
+impl EventQuery {
+    /// A type pattern without a user: the stores list the types the pattern matches (one index
+    /// seek each, at most `TYPE_SEEKS`) and merge those types' ranges of
+    /// `(client_id, event_type, seq)`, each already in seq order, so a page reads about `limit`
+    /// rows per type instead of sorting every match. More than `TYPE_RANGES` pairs of client
+    /// and type, or more seeks, and the query reads the pattern's one range and sorts.
+    pub fn reads_type_ranges(&self) -> bool {
+        self.user_id.is_none() && self.event_type.as_ref().is_some_and(|p| !p.is_exact())
+    }
+}
+
+/// At most this many index seeks to list the types a pattern matches (`reads_type_ranges`).
+pub const TYPE_SEEKS: usize = 256;
+/// At most this many `(client, type)` ranges merged in one statement (`reads_type_ranges`).
+pub const TYPE_RANGES: usize = 64;
+
 /// A page of events. `next_after` is set when there may be more rows.
 #[derive(Clone, Debug, Default)]
 pub struct EventPage {

@@ -76,8 +76,13 @@ impl TestDatabase {
                     .await
                     .expect("connect to ANNALS_TEST_DATABASE_URL");
                 tokio::spawn(conn);
+                // A linguistic collation, as many installations have, rather than the C one
+                // a test server often has: text must not be assumed to sort by bytes.
                 client
-                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .batch_execute(&format!(
+                        "CREATE DATABASE {name} TEMPLATE template0 \
+                         LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                    ))
                     .await
                     .expect("create test database");
                 let url = with_database(&admin_url, &name);
@@ -387,8 +392,18 @@ impl TestApp {
 
 /// Every event visible to `key` at `base`, oldest first, following the `Link` pages.
 pub async fn all_events(http: &reqwest::Client, base: &str, key: &str) -> Vec<serde_json::Value> {
+    all_pages(http, base, "/v1/events?limit=1000&order=asc", key).await
+}
+
+/// Every page of the listing `path_and_query` at `base`, following its `Link` headers.
+pub async fn all_pages(
+    http: &reqwest::Client,
+    base: &str,
+    path_and_query: &str,
+    key: &str,
+) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    let mut next = Some(format!("{base}/v1/events?limit=1000&order=asc"));
+    let mut next = Some(format!("{base}{path_and_query}"));
     while let Some(url) = next.take() {
         let r = http
             .get(&url)

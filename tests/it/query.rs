@@ -158,6 +158,90 @@ async fn order_limit_and_cursor_paging_visit_every_event_once(backend: Backend) 
     app.stop().await;
 }
 
+/// Type patterns page through every match, for each client's key and for an admin, whether
+/// the store merges the matching types' ranges or (past 64 types) sorts one range.
+async fn type_patterns_page_through_every_match(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let mut keys = vec![(None, app.admin_key.clone())];
+    for client in ["acme", "globex"] {
+        keys.push((
+            Some(client),
+            app.key(client, "events:write events:read").await,
+        ));
+    }
+    let types = [
+        "billing",
+        "billing.invoice.paid",
+        "billing.invoice.sent",
+        "billing.refund.paid",
+        "billingx.invoice.paid",
+        "shop.order.paid",
+    ];
+    // (client, type) in seq order: the clients interleave, and acme has 70 types of its own.
+    let mut stored: Vec<(&str, String)> = Vec::new();
+    for i in 0..48 {
+        let client = if i % 3 == 0 { "globex" } else { "acme" };
+        stored.push((client, types[i * 5 % types.len()].to_string()));
+    }
+    for i in 0..70 {
+        stored.push(("acme", format!("bulk.t{i}.made")));
+    }
+    for chunk in stored.chunks(20) {
+        for client in ["acme", "globex"] {
+            let key = &keys.iter().find(|(c, _)| *c == Some(client)).unwrap().1;
+            let events: Vec<Value> = chunk
+                .iter()
+                .filter(|(c, _)| *c == client)
+                .map(|(_, t)| json!({"event_type": t}))
+                .collect();
+            if !events.is_empty() {
+                let r = app
+                    .post("/v1/events/batch", key, &json!({"events": events}))
+                    .await;
+                assert_eq!(r.status(), StatusCode::CREATED);
+            }
+        }
+    }
+    let all = crate::helpers::all_events(&app.http, &app.base, &app.admin_key).await;
+    assert_eq!(all.len(), stored.len());
+    for pattern in [
+        "billing.%23",
+        "billing.*.paid",
+        "%23.paid",
+        "*.invoice.*",
+        "%23",
+        "nothing.%23",
+        "bulk.%23",
+        "%23.made",
+        "bulk.t1.*",
+    ] {
+        let topic = annals::domain::TopicPattern::parse(&pattern.replace("%23", "#")).unwrap();
+        for (client, key) in &keys {
+            for order in ["asc", "desc"] {
+                let mut want: Vec<i64> = all
+                    .iter()
+                    .filter(|e| client.is_none_or(|c| e["client_id"] == c))
+                    .filter(|e| topic.matches(e["event_type"].as_str().unwrap()))
+                    .map(|e| e["seq"].as_i64().unwrap())
+                    .collect();
+                if order == "desc" {
+                    want.reverse();
+                }
+                let path = format!("/v1/events?event_type={pattern}&limit=7&order={order}");
+                let got: Vec<i64> = crate::helpers::all_pages(&app.http, &app.base, &path, key)
+                    .await
+                    .iter()
+                    .map(|e| e["seq"].as_i64().unwrap())
+                    .collect();
+                assert_eq!(got, want, "{path} as {client:?}");
+            }
+        }
+    }
+    app.stop().await;
+}
+
 async fn get_by_id_and_not_found(backend: Backend) {
     let Some(app) = seeded(backend).await else {
         return;
@@ -316,6 +400,7 @@ crate::conformance!(
     filters_on_envelope_fields,
     filters_on_data_fields,
     order_limit_and_cursor_paging_visit_every_event_once,
+    type_patterns_page_through_every_match,
     get_by_id_and_not_found,
     bad_query_parameters_are_422_naming_each,
     a_query_past_its_time_budget_is_refused_as_too_broad,

@@ -29,7 +29,7 @@ use self::query::{EVENT_COLUMNS, Filters, page_sql, to_datetime};
 use self::writer::WriterCommand;
 use super::{
     AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
-    PAGE_BYTE_BUDGET, Store, StoreError,
+    PAGE_BYTE_BUDGET, Store, StoreError, TYPE_RANGES, TYPE_SEEKS,
 };
 use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, LastAdmin, Scopes};
 use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
@@ -310,6 +310,67 @@ async fn insert_key_row(
     Ok(())
 }
 
+/// A failed event query: past `statement_timeout` it was too broad; a database's refusal is
+/// ours to fix; anything else means the database is unavailable.
+fn query_error(e: tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+        StoreError::QueryTooBroad
+    } else if e.as_db_error().is_some() {
+        StoreError::Internal(anyhow::Error::new(e))
+    } else {
+        unavailable(e)
+    }
+}
+
+/// The `(client, event type)` pairs a pattern query reads (`EventQuery::reads_type_ranges`),
+/// listed with loose index scans in the page's snapshot; `None` when the query is not one, or
+/// the clients, seeks or pairs are more than a merge takes.
+async fn pattern_ranges(
+    tx: &deadpool_postgres::Transaction<'_>,
+    q: &EventQuery,
+) -> Result<Option<Vec<(String, String)>>, tokio_postgres::Error> {
+    let Some(pattern) = q.event_type.as_ref().filter(|_| q.reads_type_ranges()) else {
+        return Ok(None);
+    };
+    let clients: Vec<String> = match &q.client_id {
+        Some(client) => vec![client.as_str().to_string()],
+        None => {
+            let most = TYPE_RANGES as i64 + 1;
+            let rows = tx.query(query::CLIENTS_SQL, &[&most]).await?;
+            if rows.len() > TYPE_RANGES {
+                return Ok(None);
+            }
+            rows.iter().map(|r| r.get(0)).collect()
+        }
+    };
+    let low = pattern.literal_prefix();
+    // Every allowed type character is below 0x7f, so this bounds the prefix range.
+    let high = format!("{low}\u{7f}");
+    let mut seeks = clients.len();
+    let mut ranges = Vec::new();
+    for client in clients {
+        let budget = TYPE_SEEKS.saturating_sub(seeks);
+        let most = budget as i64 + 1;
+        let rows = tx
+            .query(query::TYPES_SQL, &[&client, &low, &high, &most])
+            .await?;
+        if rows.len() > budget {
+            return Ok(None);
+        }
+        seeks += rows.len() + 1;
+        for row in &rows {
+            let event_type: String = row.get(0);
+            if pattern.matches(&event_type) {
+                if ranges.len() == TYPE_RANGES {
+                    return Ok(None);
+                }
+                ranges.push((client.clone(), event_type));
+            }
+        }
+    }
+    Ok(Some(ranges))
+}
+
 /// How long opening the store waits for its first `LISTEN`.
 const LISTEN_WAIT: Duration = Duration::from_secs(10);
 
@@ -536,32 +597,26 @@ impl Store for PostgresStore {
 
     async fn query_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .read_only(true)
-            .start()
-            .await
-            .map_err(unavailable)?;
+        let mut tx = client.build_transaction().read_only(true);
+        if query.reads_type_ranges() {
+            // The type listing and the page read one snapshot: a type committed between them
+            // can't leave newer events out of the page.
+            tx = tx.isolation_level(tokio_postgres::IsolationLevel::RepeatableRead);
+        }
+        let tx = tx.start().await.map_err(unavailable)?;
         tx.batch_execute(&format!(
             "SET LOCAL statement_timeout = {}",
             self.query_timeout.as_millis()
         ))
         .await
         .map_err(unavailable)?;
-        let (sql, args) = page_sql(&query, &self.indexed_fields);
+        let ranges = pattern_ranges(&tx, &query).await.map_err(query_error)?;
+        let (sql, args) = page_sql(&query, &self.indexed_fields, ranges.as_deref());
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
             .iter()
             .map(|a| a.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
-        let rows = tx.query(&sql, &params).await.map_err(|e| {
-            if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
-                StoreError::QueryTooBroad
-            } else if e.as_db_error().is_some() {
-                StoreError::Internal(anyhow::Error::new(e))
-            } else {
-                unavailable(e)
-            }
-        })?;
+        let rows = tx.query(&sql, &params).await.map_err(query_error)?;
         let _ = tx.commit().await;
         let mut page = EventPage::default();
         let mut bytes = 0usize;

@@ -95,8 +95,15 @@ impl Filters {
 }
 
 /// Builds the page query: `limit + 1` rows so the caller can tell whether another page exists.
-pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Params) {
-    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE TRUE");
+/// `ranges` (from `pattern_ranges`) turns a pattern query into one read of each type's range
+/// of `(client_id, event_type, seq)`, at most a page each, and a sort of those.
+pub(super) fn page_sql(
+    q: &EventQuery,
+    indexed: &[IndexedField],
+    ranges: Option<&[(String, String)]>,
+) -> (String, Params) {
+    // The terms after `WHERE TRUE`; a merge repeats them in each range's part.
+    let mut sql = String::new();
     let mut args: Params = Vec::new();
     let mut push = |sql: &mut String, template: &str, value: Box<dyn ToSql + Sync + Send>| {
         args.push(value);
@@ -105,7 +112,10 @@ pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Par
     for (column, value) in [
         (
             "client_id",
-            q.client_id.as_ref().map(|c| c.as_str().to_string()),
+            q.client_id
+                .as_ref()
+                .filter(|_| ranges.is_none())
+                .map(|c| c.as_str().to_string()),
         ),
         ("user_id", q.user_id.clone()),
         ("source", q.source.clone()),
@@ -117,7 +127,7 @@ pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Par
             push(&mut sql, &format!(" AND {column} = $?"), Box::new(v));
         }
     }
-    if let Some(pattern) = &q.event_type {
+    if let Some(pattern) = q.event_type.as_ref().filter(|_| ranges.is_none()) {
         if pattern.is_exact() {
             push(
                 &mut sql,
@@ -188,9 +198,54 @@ pub(super) fn page_sql(q: &EventQuery, indexed: &[IndexedField]) -> (String, Par
         Order::Asc => "ASC",
     };
     args.push(Box::new(q.limit as i64 + 1));
-    sql.push_str(&format!(" ORDER BY seq {direction} LIMIT ${}", args.len()));
+    let limit = format!("${}", args.len());
+    let terms = sql;
+    let sql = match ranges {
+        None => format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE TRUE{terms} ORDER BY seq {direction} LIMIT {limit}"
+        ),
+        Some([]) => format!("SELECT {EVENT_COLUMNS} FROM events WHERE FALSE LIMIT {limit}"),
+        Some(ranges) => {
+            let mut parts = Vec::with_capacity(ranges.len());
+            for (client, event_type) in ranges {
+                args.push(Box::new(client.clone()));
+                args.push(Box::new(event_type.clone()));
+                parts.push(format!(
+                    "(SELECT {EVENT_COLUMNS} FROM events WHERE client_id = ${} AND event_type = ${}\
+                     {terms} ORDER BY seq {direction} LIMIT {limit})",
+                    args.len() - 1,
+                    args.len()
+                ));
+            }
+            format!(
+                "SELECT * FROM ({}) merged ORDER BY seq {direction} LIMIT {limit}",
+                parts.join(" UNION ALL ")
+            )
+        }
+    };
     (sql, args)
 }
+
+/// The distinct clients of `events` in index order, one seek each, at most `$1`.
+pub(super) const CLIENTS_SQL: &str = "WITH RECURSIVE c(client_id) AS ( \
+     (SELECT client_id FROM events ORDER BY client_id LIMIT 1) \
+     UNION ALL \
+     SELECT (SELECT e.client_id FROM events e WHERE e.client_id > c.client_id \
+             ORDER BY e.client_id LIMIT 1) \
+     FROM c WHERE c.client_id IS NOT NULL) \
+     SELECT client_id FROM c WHERE client_id IS NOT NULL LIMIT $1";
+
+/// The distinct event types of client `$1` in `[$2, $3)`, one seek each, at most `$4`.
+/// `event_type` collates as "C", so the range is the prefix's whatever the database's locale.
+pub(super) const TYPES_SQL: &str = "WITH RECURSIVE t(event_type) AS ( \
+     (SELECT event_type FROM events WHERE client_id = $1 AND event_type >= $2 \
+      AND event_type < $3 ORDER BY event_type LIMIT 1) \
+     UNION ALL \
+     SELECT (SELECT e.event_type FROM events e WHERE e.client_id = $1 \
+             AND e.event_type > t.event_type AND e.event_type < $3 \
+             ORDER BY e.event_type LIMIT 1) \
+     FROM t WHERE t.event_type IS NOT NULL) \
+     SELECT event_type FROM t WHERE event_type IS NOT NULL LIMIT $4";
 
 pub(super) fn to_datetime(micros: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()

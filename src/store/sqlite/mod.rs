@@ -655,7 +655,8 @@ impl Store for SqliteStore {
                 conn.progress_handler(10_000, Some(move || Instant::now() > deadline))?;
                 let result = (|| -> anyhow::Result<EventPage> {
                     // The type listing and the page read one snapshot (see `query`).
-                    let _snapshot = query::reads_type_ranges(&query)
+                    let _snapshot = query
+                        .reads_type_ranges()
                         .then(|| conn.unchecked_transaction())
                         .transpose()?;
                     let ranges = query::pattern_ranges(conn, &query)?;

@@ -6,20 +6,16 @@
 //! above it, scanned. Both parts are read in the statement's one snapshot, so an
 //! event moving into the index between them can't be seen twice or missed.
 //!
-//! A query by type pattern (`billing.#`) without a user first lists the types the pattern
-//! matches, one index seek each (`pattern_ranges`), then merges those types' ranges of
-//! `(client_id, event_type, seq)`, each already in seq order: a page reads about `limit` rows
-//! per type instead of sorting every match. The listing and the page must share one read
+//! A query by type pattern without a user merges the ranges of the types it matches
+//! (`EventQuery::reads_type_ranges`); the type listing and the page share one read
 //! transaction, so a type committed between them can't leave newer events out of the page.
-//! Past `TYPE_SEEKS` seeks or `TYPE_RANGES` ranges, the query takes the pattern's one range of
-//! the type index and sorts, as before.
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::domain::page::IdPage;
 use crate::store::indexed::{IndexedField, sqlite_candidates};
-use crate::store::{EventQuery, Order};
+use crate::store::{EventQuery, Order, TYPE_RANGES, TYPE_SEEKS};
 
 /// The columns of an event read after `seq`, in the order `row_to_event` expects.
 macro_rules! columns_after_seq {
@@ -82,24 +78,14 @@ impl Filters {
     }
 }
 
-/// At most this many index seeks to list the types a pattern matches.
-const TYPE_SEEKS: usize = 256;
-/// At most this many `(client, type)` ranges merged in one statement.
-const TYPE_RANGES: usize = 64;
-
-/// Whether `q` is one that `pattern_ranges` may serve: a type pattern, no user.
-pub(super) fn reads_type_ranges(q: &EventQuery) -> bool {
-    q.user_id.is_none() && q.event_type.as_ref().is_some_and(|p| !p.is_exact())
-}
-
 /// The `(client, event type)` pairs whose events a pattern query without a user reads, in the
-/// query's scope; `None` when the query is not one (`reads_type_ranges`) or the pairs are too
-/// many to merge (then `page_sql` reads one range and sorts).
+/// query's scope; `None` when the query is not one (`EventQuery::reads_type_ranges`) or the
+/// pairs are too many to merge (then `page_sql` reads one range and sorts).
 pub(super) fn pattern_ranges(
     conn: &Connection,
     q: &EventQuery,
 ) -> rusqlite::Result<Option<Vec<(String, String)>>> {
-    let Some(pattern) = q.event_type.as_ref().filter(|_| reads_type_ranges(q)) else {
+    let Some(pattern) = q.event_type.as_ref().filter(|_| q.reads_type_ranges()) else {
         return Ok(None);
     };
     let prefix = pattern.literal_prefix();
