@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
-use self::query::{EVENT_COLUMNS, Filters, page_sql, to_datetime};
+use self::query::{EVENT_COLUMNS, Filters, Part, page_sql, to_datetime};
 use self::writer::WriterCommand;
 use super::{
     AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
@@ -322,16 +322,18 @@ fn query_error(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-/// The `(client, event type)` pairs a pattern query reads (`EventQuery::reads_type_ranges`),
-/// listed with loose index scans in the page's snapshot; `None` when the query is not one, or
-/// the clients, seeks or pairs are more than a merge takes.
-async fn pattern_ranges(
+/// The parts a query is split into, listed with loose index scans in the page's snapshot: a
+/// pattern query's `(client, type)` pairs (`EventQuery::reads_type_ranges`), or an admin
+/// query's clients (`splits_by_client`). `None` when the query is not split, or the clients,
+/// seeks or parts are more than a merge takes.
+async fn merge_parts(
     tx: &deadpool_postgres::Transaction<'_>,
     q: &EventQuery,
-) -> Result<Option<Vec<(String, String)>>, tokio_postgres::Error> {
-    let Some(pattern) = q.event_type.as_ref().filter(|_| q.reads_type_ranges()) else {
+) -> Result<Option<Vec<Part>>, tokio_postgres::Error> {
+    let by_type = q.reads_type_ranges();
+    if !by_type && !query::splits_by_client(q) {
         return Ok(None);
-    };
+    }
     let clients: Vec<String> = match &q.client_id {
         Some(client) => vec![client.as_str().to_string()],
         None => {
@@ -343,11 +345,14 @@ async fn pattern_ranges(
             rows.iter().map(|r| r.get(0)).collect()
         }
     };
+    let Some(pattern) = q.event_type.as_ref().filter(|_| by_type) else {
+        return Ok(Some(clients.into_iter().map(|c| (c, None)).collect()));
+    };
     let low = pattern.literal_prefix();
     // Every allowed type character is below 0x7f, so this bounds the prefix range.
     let high = format!("{low}\u{7f}");
     let mut seeks = clients.len();
-    let mut ranges = Vec::new();
+    let mut parts = Vec::new();
     for client in clients {
         let budget = TYPE_SEEKS.saturating_sub(seeks);
         let most = budget as i64 + 1;
@@ -361,14 +366,14 @@ async fn pattern_ranges(
         for row in &rows {
             let event_type: String = row.get(0);
             if pattern.matches(&event_type) {
-                if ranges.len() == TYPE_RANGES {
+                if parts.len() == TYPE_RANGES {
                     return Ok(None);
                 }
-                ranges.push((client.clone(), event_type));
+                parts.push((client.clone(), Some(event_type)));
             }
         }
     }
-    Ok(Some(ranges))
+    Ok(Some(parts))
 }
 
 /// How long opening the store waits for its first `LISTEN`.
@@ -598,9 +603,9 @@ impl Store for PostgresStore {
     async fn query_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
         let mut client = self.client().await?;
         let mut tx = client.build_transaction().read_only(true);
-        if query.reads_type_ranges() {
-            // The type listing and the page read one snapshot: a type committed between them
-            // can't leave newer events out of the page.
+        if query.reads_type_ranges() || query::splits_by_client(&query) {
+            // The listing of parts and the page read one snapshot: a type or client committed
+            // between them can't leave newer events out of the page.
             tx = tx.isolation_level(tokio_postgres::IsolationLevel::RepeatableRead);
         }
         let tx = tx.start().await.map_err(unavailable)?;
@@ -610,8 +615,8 @@ impl Store for PostgresStore {
         ))
         .await
         .map_err(unavailable)?;
-        let ranges = pattern_ranges(&tx, &query).await.map_err(query_error)?;
-        let (sql, args) = page_sql(&query, &self.indexed_fields, ranges.as_deref());
+        let parts = merge_parts(&tx, &query).await.map_err(query_error)?;
+        let (sql, args) = page_sql(&query, &self.indexed_fields, parts.as_deref());
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
             .iter()
             .map(|a| a.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))

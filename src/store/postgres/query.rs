@@ -95,13 +95,15 @@ impl Filters {
 }
 
 /// Builds the page query: `limit + 1` rows so the caller can tell whether another page exists.
-/// `ranges` (from `pattern_ranges`) turns a pattern query into one read of each type's range
-/// of `(client_id, event_type, seq)`, at most a page each, and a sort of those.
+/// `parts` (from `merge_parts`) splits the query into one read per client, or per client and
+/// event type, each along its index range for at most a page, and a sort of those.
 pub(super) fn page_sql(
     q: &EventQuery,
     indexed: &[IndexedField],
-    ranges: Option<&[(String, String)]>,
+    parts: Option<&[Part]>,
 ) -> (String, Params) {
+    // Parts name the client, and the type when they split a pattern query by type.
+    let by_type = parts.is_some() && q.reads_type_ranges();
     // The terms after `WHERE TRUE`; a merge repeats them in each range's part.
     let mut sql = String::new();
     let mut args: Params = Vec::new();
@@ -114,7 +116,7 @@ pub(super) fn page_sql(
             "client_id",
             q.client_id
                 .as_ref()
-                .filter(|_| ranges.is_none())
+                .filter(|_| parts.is_none())
                 .map(|c| c.as_str().to_string()),
         ),
         ("user_id", q.user_id.clone()),
@@ -127,7 +129,7 @@ pub(super) fn page_sql(
             push(&mut sql, &format!(" AND {column} = $?"), Box::new(v));
         }
     }
-    if let Some(pattern) = q.event_type.as_ref().filter(|_| ranges.is_none()) {
+    if let Some(pattern) = q.event_type.as_ref().filter(|_| !by_type) {
         if pattern.is_exact() {
             push(
                 &mut sql,
@@ -200,30 +202,49 @@ pub(super) fn page_sql(
     args.push(Box::new(q.limit as i64 + 1));
     let limit = format!("${}", args.len());
     let terms = sql;
-    let sql = match ranges {
+    let sql = match parts {
         None => format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE TRUE{terms} ORDER BY seq {direction} LIMIT {limit}"
         ),
         Some([]) => format!("SELECT {EVENT_COLUMNS} FROM events WHERE FALSE LIMIT {limit}"),
-        Some(ranges) => {
-            let mut parts = Vec::with_capacity(ranges.len());
-            for (client, event_type) in ranges {
+        Some(parts) => {
+            let mut selects = Vec::with_capacity(parts.len());
+            for (client, event_type) in parts {
                 args.push(Box::new(client.clone()));
-                args.push(Box::new(event_type.clone()));
-                parts.push(format!(
-                    "(SELECT {EVENT_COLUMNS} FROM events WHERE client_id = ${} AND event_type = ${}\
-                     {terms} ORDER BY seq {direction} LIMIT {limit})",
-                    args.len() - 1,
-                    args.len()
+                let mut part = format!("client_id = ${}", args.len());
+                if let Some(event_type) = event_type {
+                    args.push(Box::new(event_type.clone()));
+                    part.push_str(&format!(" AND event_type = ${}", args.len()));
+                }
+                selects.push(format!(
+                    "(SELECT {EVENT_COLUMNS} FROM events WHERE {part}{terms} \
+                     ORDER BY seq {direction} LIMIT {limit})"
                 ));
             }
             format!(
                 "SELECT * FROM ({}) merged ORDER BY seq {direction} LIMIT {limit}",
-                parts.join(" UNION ALL ")
+                selects.join(" UNION ALL ")
             )
         }
     };
     (sql, args)
+}
+
+/// One part of a split query: a client, and an event type when a pattern query is split by
+/// type (`EventQuery::reads_type_ranges`).
+pub(super) type Part = (String, Option<String>);
+
+/// Whether an admin query (every client) is split by client: when it filters on a column
+/// whose index starts with `client_id`, each client's part reads that index in seq order,
+/// where the whole query would walk every event by seq.
+pub(super) fn splits_by_client(q: &EventQuery) -> bool {
+    q.client_id.is_none()
+        && (q.user_id.is_some()
+            || q.event_type.is_some()
+            || q.source.is_some()
+            || q.correlation_id.is_some()
+            || q.from.is_some()
+            || q.to.is_some())
 }
 
 /// The distinct clients of `events` in index order, one seek each, at most `$1`.
