@@ -112,13 +112,25 @@ pub struct EventQuery {
 }
 
 impl EventQuery {
-    /// A type pattern without a user: the stores list the types the pattern matches (one index
-    /// seek each, at most `TYPE_SEEKS`) and merge those types' ranges of
-    /// `(client_id, event_type, seq)`, each already in seq order, so a page reads about `limit`
-    /// rows per type instead of sorting every match. More than `TYPE_RANGES` pairs of client
-    /// and type, or more seeks, and the query reads the pattern's one range and sorts.
+    /// A type pattern and no other filter (a client aside): the stores list the types the
+    /// pattern matches (one index seek each, at most `TYPE_SEEKS`) and merge those types' ranges
+    /// of `(client_id, event_type, seq)`, each already in seq order, so a page reads about
+    /// `limit` rows instead of sorting every match. More than `TYPE_RANGES` pairs of client and
+    /// type, or more seeks, and the query reads the pattern's one range and sorts.
+    /// With another filter the merge could read every row of every matching type through the
+    /// index to find a few (`#` with a rare `amount=42` took 5 s on 2M events, against 4 ms for
+    /// a walk by seq), so those queries are left to the planner.
     pub fn reads_type_ranges(&self) -> bool {
-        self.user_id.is_none() && self.event_type.as_ref().is_some_and(|p| !p.is_exact())
+        self.event_type.as_ref().is_some_and(|p| !p.is_exact())
+            && self.user_id.is_none()
+            && self.source.is_none()
+            && self.subject.is_none()
+            && self.correlation_id.is_none()
+            && self.status.is_none()
+            && self.from.is_none()
+            && self.to.is_none()
+            && self.data.is_empty()
+            && self.format.is_none()
     }
 }
 

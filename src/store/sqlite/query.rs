@@ -614,5 +614,15 @@ mod tests {
         let mut by_user = q("billing.#", None);
         by_user.user_id = Some("u1".into());
         assert_eq!(pattern_ranges(&conn, &by_user).unwrap(), None);
+        // Nor is a pattern with another filter: the merge could read every row to find a few.
+        let mut with_data = q("billing.item1.#", None);
+        with_data.data = vec![DataFilter {
+            path: vec!["amount".into()],
+            value: "42".into(),
+        }];
+        assert_eq!(pattern_ranges(&conn, &with_data).unwrap(), None);
+        let mut with_source = q("billing.item1.#", Some("acme"));
+        with_source.source = Some("shop".into());
+        assert_eq!(pattern_ranges(&conn, &with_source).unwrap(), None);
     }
 }
