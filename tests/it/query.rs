@@ -158,6 +158,15 @@ async fn order_limit_and_cursor_paging_visit_every_event_once(backend: Backend) 
     app.stop().await;
 }
 
+/// The seqs of every page of the listing `path`, following its `Link` headers.
+async fn seqs_of_all_pages(app: &TestApp, path: &str, key: &str) -> Vec<i64> {
+    crate::helpers::all_pages(&app.http, &app.base, path, key)
+        .await
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect()
+}
+
 /// Type patterns page through every match, for each client's key and for an admin, whether
 /// the store merges the matching types' ranges or (past 64 types) sorts one range.
 async fn type_patterns_page_through_every_match(backend: Backend) {
@@ -230,11 +239,7 @@ async fn type_patterns_page_through_every_match(backend: Backend) {
                     want.reverse();
                 }
                 let path = format!("/v1/events?event_type={pattern}&limit=7&order={order}");
-                let got: Vec<i64> = crate::helpers::all_pages(&app.http, &app.base, &path, key)
-                    .await
-                    .iter()
-                    .map(|e| e["seq"].as_i64().unwrap())
-                    .collect();
+                let got = seqs_of_all_pages(&app, &path, key).await;
                 assert_eq!(got, want, "{path} as {client:?}");
             }
         }
@@ -303,12 +308,7 @@ async fn admin_filters_page_through_every_client(backend: Backend) {
             }
             assert!(want.len() >= 6, "{filter}: the case spans pages");
             let path = format!("/v1/events?{filter}&limit=4&order={order}");
-            let got: Vec<i64> =
-                crate::helpers::all_pages(&app.http, &app.base, &path, &app.admin_key)
-                    .await
-                    .iter()
-                    .map(|e| e["seq"].as_i64().unwrap())
-                    .collect();
+            let got = seqs_of_all_pages(&app, &path, &app.admin_key).await;
             assert_eq!(got, want, "{path}");
         }
     }
