@@ -60,7 +60,7 @@ impl TopicPattern {
 
     /// The literal text every matching type starts with (the segments before the first wildcard,
     /// without a trailing dot so `billing.#` still covers `billing` itself). Empty if the pattern
-    /// starts with a wildcard. Stores use it to narrow an index range before calling `matches`.
+    /// starts with a wildcard. `type_range` bounds it.
     pub fn literal_prefix(&self) -> String {
         let literals: Vec<&str> = self
             .segments
@@ -71,6 +71,16 @@ impl TopicPattern {
             })
             .collect();
         literals.join(".")
+    }
+
+    /// `[low, high)` in byte order, holding every type the pattern can match: the literal prefix,
+    /// and the prefix followed by U+007F, above every character a type may hold. With no prefix
+    /// (`low` empty) it holds every type. Stores narrow an index with it before `matches`; it
+    /// holds only where text compares by bytes.
+    pub fn type_range(&self) -> (String, String) {
+        let low = self.literal_prefix();
+        let high = format!("{low}\u{7f}");
+        (low, high)
     }
 
     /// A POSIX regular expression equivalent to `matches`, applied to `'.' || event_type` (the

@@ -139,6 +139,79 @@ pub const TYPE_SEEKS: usize = 256;
 /// At most this many `(client, type)` ranges merged in one statement (`reads_type_ranges`).
 pub const TYPE_RANGES: usize = 64;
 
+/// The distinct clients of `events` in index order, one seek each, at most `$1`. Both dialects
+/// read it: SQLite takes `$N` as a named parameter numbered by first appearance.
+pub(crate) const CLIENTS_SQL: &str = "WITH RECURSIVE c(client_id) AS ( \
+     SELECT (SELECT client_id FROM events ORDER BY client_id LIMIT 1) \
+     UNION ALL \
+     SELECT (SELECT e.client_id FROM events e WHERE e.client_id > c.client_id \
+             ORDER BY e.client_id LIMIT 1) \
+     FROM c WHERE c.client_id IS NOT NULL) \
+     SELECT client_id FROM c WHERE client_id IS NOT NULL LIMIT $1";
+
+/// The distinct event types of client `$1` in `[$2, $3)` (`TopicPattern::type_range`), one
+/// seek each, at most `$4`; both dialects, as `CLIENTS_SQL`. The range needs byte order:
+/// SQLite compares `BINARY`, PostgreSQL's `event_type` collates "C".
+pub(crate) const TYPES_SQL: &str = "WITH RECURSIVE t(event_type) AS ( \
+     SELECT (SELECT event_type FROM events WHERE client_id = $1 AND event_type >= $2 \
+             AND event_type < $3 ORDER BY event_type LIMIT 1) \
+     UNION ALL \
+     SELECT (SELECT e.event_type FROM events e WHERE e.client_id = $1 \
+             AND e.event_type > t.event_type AND e.event_type < $3 \
+             ORDER BY e.event_type LIMIT 1) \
+     FROM t WHERE t.event_type IS NOT NULL) \
+     SELECT event_type FROM t WHERE event_type IS NOT NULL LIMIT $4";
+
+/// Gathers the `(client, type)` pairs a pattern query merges (`EventQuery::reads_type_ranges`)
+/// from each client's types as `TYPES_SQL` lists them, within `TYPE_SEEKS` seeks and
+/// `TYPE_RANGES` pairs. Each store runs the listings on its own connection.
+pub(crate) struct TypeRanges<'p> {
+    pattern: &'p TopicPattern,
+    seeks: usize,
+    pairs: Vec<(String, String)>,
+}
+
+impl<'p> TypeRanges<'p> {
+    /// `clients` is how many clients were listed, a seek each.
+    pub fn new(pattern: &'p TopicPattern, clients: usize) -> Self {
+        Self {
+            pattern,
+            seeks: clients,
+            pairs: Vec::new(),
+        }
+    }
+
+    /// `TYPES_SQL`'s `LIMIT` for the next client: one past the seeks left, so a listing that
+    /// would pass them shows.
+    pub fn listing_limit(&self) -> i64 {
+        (TYPE_SEEKS.saturating_sub(self.seeks) + 1) as i64
+    }
+
+    /// Takes one client's listed types; false once the seeks or pairs pass their limits (then
+    /// the query is not merged).
+    pub fn take(&mut self, client: &str, types: impl IntoIterator<Item = String>) -> bool {
+        for event_type in types {
+            self.seeks += 1;
+            if self.seeks > TYPE_SEEKS {
+                return false;
+            }
+            if self.pattern.matches(&event_type) {
+                if self.pairs.len() == TYPE_RANGES {
+                    return false;
+                }
+                self.pairs.push((client.to_string(), event_type));
+            }
+        }
+        // The seek that found no more.
+        self.seeks += 1;
+        true
+    }
+
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        self.pairs
+    }
+}
+
 /// A page of events. `next_after` is set when there may be more rows.
 #[derive(Clone, Debug, Default)]
 pub struct EventPage {

@@ -28,8 +28,8 @@ use uuid::Uuid;
 use self::query::{EVENT_COLUMNS, Filters, Part, page_sql, to_datetime};
 use self::writer::WriterCommand;
 use super::{
-    AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
-    PAGE_BYTE_BUDGET, Store, StoreError, TYPE_RANGES, TYPE_SEEKS,
+    AppendOutcome, CLIENTS_SQL, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
+    PAGE_BYTE_BUDGET, Store, StoreError, TYPE_RANGES, TYPES_SQL, TypeRanges,
 };
 use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, LastAdmin, Scopes};
 use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
@@ -338,7 +338,7 @@ async fn merge_parts(
         Some(client) => vec![client.as_str().to_string()],
         None => {
             let most = TYPE_RANGES as i64 + 1;
-            let rows = tx.query(query::CLIENTS_SQL, &[&most]).await?;
+            let rows = tx.query(CLIENTS_SQL, &[&most]).await?;
             if rows.len() > TYPE_RANGES {
                 return Ok(None);
             }
@@ -348,32 +348,23 @@ async fn merge_parts(
     let Some(pattern) = q.event_type.as_ref().filter(|_| by_type) else {
         return Ok(Some(clients.into_iter().map(|c| (c, None)).collect()));
     };
-    let low = pattern.literal_prefix();
-    // Every allowed type character is below 0x7f, so this bounds the prefix range.
-    let high = format!("{low}\u{7f}");
-    let mut seeks = clients.len();
-    let mut parts = Vec::new();
-    for client in clients {
-        let budget = TYPE_SEEKS.saturating_sub(seeks);
-        let most = budget as i64 + 1;
+    let (low, high) = pattern.type_range();
+    let mut ranges = TypeRanges::new(pattern, clients.len());
+    for client in &clients {
         let rows = tx
-            .query(query::TYPES_SQL, &[&client, &low, &high, &most])
+            .query(TYPES_SQL, &[client, &low, &high, &ranges.listing_limit()])
             .await?;
-        if rows.len() > budget {
+        if !ranges.take(client, rows.iter().map(|r| r.get(0))) {
             return Ok(None);
         }
-        seeks += rows.len() + 1;
-        for row in &rows {
-            let event_type: String = row.get(0);
-            if pattern.matches(&event_type) {
-                if parts.len() == TYPE_RANGES {
-                    return Ok(None);
-                }
-                parts.push((client.clone(), Some(event_type)));
-            }
-        }
     }
-    Ok(Some(parts))
+    Ok(Some(
+        ranges
+            .into_pairs()
+            .into_iter()
+            .map(|(client, event_type)| (client, Some(event_type)))
+            .collect(),
+    ))
 }
 
 /// How long opening the store waits for its first `LISTEN`.

@@ -137,14 +137,10 @@ pub(super) fn page_sql(
                 Box::new(pattern.as_str().to_string()),
             );
         } else {
-            let prefix = pattern.literal_prefix();
-            if !prefix.is_empty() {
-                push(&mut sql, " AND event_type >= $?", Box::new(prefix.clone()));
-                push(
-                    &mut sql,
-                    " AND event_type < $?",
-                    Box::new(format!("{prefix}\u{7f}")),
-                );
+            let (low, high) = pattern.type_range();
+            if !low.is_empty() {
+                push(&mut sql, " AND event_type >= $?", Box::new(low));
+                push(&mut sql, " AND event_type < $?", Box::new(high));
             }
             push(
                 &mut sql,
@@ -246,27 +242,6 @@ pub(super) fn splits_by_client(q: &EventQuery) -> bool {
             || q.from.is_some()
             || q.to.is_some())
 }
-
-/// The distinct clients of `events` in index order, one seek each, at most `$1`.
-pub(super) const CLIENTS_SQL: &str = "WITH RECURSIVE c(client_id) AS ( \
-     (SELECT client_id FROM events ORDER BY client_id LIMIT 1) \
-     UNION ALL \
-     SELECT (SELECT e.client_id FROM events e WHERE e.client_id > c.client_id \
-             ORDER BY e.client_id LIMIT 1) \
-     FROM c WHERE c.client_id IS NOT NULL) \
-     SELECT client_id FROM c WHERE client_id IS NOT NULL LIMIT $1";
-
-/// The distinct event types of client `$1` in `[$2, $3)`, one seek each, at most `$4`.
-/// `event_type` collates as "C", so the range is the prefix's whatever the database's locale.
-pub(super) const TYPES_SQL: &str = "WITH RECURSIVE t(event_type) AS ( \
-     (SELECT event_type FROM events WHERE client_id = $1 AND event_type >= $2 \
-      AND event_type < $3 ORDER BY event_type LIMIT 1) \
-     UNION ALL \
-     SELECT (SELECT e.event_type FROM events e WHERE e.client_id = $1 \
-             AND e.event_type > t.event_type AND e.event_type < $3 \
-             ORDER BY e.event_type LIMIT 1) \
-     FROM t WHERE t.event_type IS NOT NULL) \
-     SELECT event_type FROM t WHERE event_type IS NOT NULL LIMIT $4";
 
 pub(super) fn to_datetime(micros: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()

@@ -10,12 +10,12 @@
 //! (`EventQuery::reads_type_ranges`); the type listing and the page share one read
 //! transaction, so a type committed between them can't leave newer events out of the page.
 
+use rusqlite::Connection;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension};
 
 use crate::domain::page::IdPage;
 use crate::store::indexed::{IndexedField, sqlite_candidates};
-use crate::store::{EventQuery, Order, TYPE_RANGES, TYPE_SEEKS};
+use crate::store::{CLIENTS_SQL, EventQuery, Order, TYPE_RANGES, TYPES_SQL, TypeRanges};
 
 /// The columns of an event read after `seq`, in the order `row_to_event` expects.
 macro_rules! columns_after_seq {
@@ -78,9 +78,9 @@ impl Filters {
     }
 }
 
-/// The `(client, event type)` pairs whose events a pattern query without a user reads, in the
-/// query's scope; `None` when the query is not one (`EventQuery::reads_type_ranges`) or the
-/// pairs are too many to merge (then `page_sql` reads one range and sorts).
+/// The `(client, event type)` pairs whose events a pattern query reads, in the query's scope;
+/// `None` when the query is not one (`EventQuery::reads_type_ranges`) or the clients, seeks or
+/// pairs are more than a merge takes (then `page_sql` reads one range and sorts).
 pub(super) fn pattern_ranges(
     conn: &Connection,
     q: &EventQuery,
@@ -88,66 +88,35 @@ pub(super) fn pattern_ranges(
     let Some(pattern) = q.event_type.as_ref().filter(|_| q.reads_type_ranges()) else {
         return Ok(None);
     };
-    let prefix = pattern.literal_prefix();
-    // Every allowed type character is below 0x7f, so this bounds the prefix range.
-    let high = (!prefix.is_empty()).then(|| format!("{prefix}\u{7f}"));
-    let below_high = if high.is_some() {
-        " AND event_type < ?3"
-    } else {
-        ""
-    };
-    let mut first_type = conn.prepare_cached(&format!(
-        "SELECT event_type FROM events WHERE client_id = ?1 AND event_type >= ?2{below_high} \
-         ORDER BY event_type LIMIT 1"
-    ))?;
-    let mut next_type = conn.prepare_cached(&format!(
-        "SELECT event_type FROM events WHERE client_id = ?1 AND event_type > ?2{below_high} \
-         ORDER BY event_type LIMIT 1"
-    ))?;
-    let mut next_client = conn.prepare_cached(
-        "SELECT client_id FROM events WHERE client_id > ?1 ORDER BY client_id LIMIT 1",
-    )?;
-    let mut seeks = 0;
-    let mut ranges = Vec::new();
-    let mut client = match &q.client_id {
-        Some(c) => Some(c.as_str().to_string()),
+    let clients: Vec<String> = match &q.client_id {
+        Some(client) => vec![client.as_str().to_string()],
         None => {
-            seeks += 1;
-            next_client.query_row([""], |r| r.get(0)).optional()?
-        }
-    };
-    while let Some(c) = client {
-        let mut found: Option<String> = {
-            let args = rusqlite::params![c, prefix, high];
-            first_type
-                .query_row(&args[..if high.is_some() { 3 } else { 2 }], |r| r.get(0))
-                .optional()?
-        };
-        seeks += 1;
-        while let Some(event_type) = found {
-            if seeks > TYPE_SEEKS {
+            let most = TYPE_RANGES as i64 + 1;
+            let clients = conn
+                .prepare_cached(CLIENTS_SQL)?
+                .query_map([most], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            if clients.len() > TYPE_RANGES {
                 return Ok(None);
             }
-            if pattern.matches(&event_type) {
-                if ranges.len() == TYPE_RANGES {
-                    return Ok(None);
-                }
-                ranges.push((c.clone(), event_type.clone()));
-            }
-            let args = rusqlite::params![c, event_type, high];
-            found = next_type
-                .query_row(&args[..if high.is_some() { 3 } else { 2 }], |r| r.get(0))
-                .optional()?;
-            seeks += 1;
+            clients
         }
-        client = if q.client_id.is_some() {
-            None
-        } else {
-            seeks += 1;
-            next_client.query_row([&c], |r| r.get(0)).optional()?
-        };
+    };
+    let (low, high) = pattern.type_range();
+    let mut ranges = TypeRanges::new(pattern, clients.len());
+    let mut listing = conn.prepare_cached(TYPES_SQL)?;
+    for client in &clients {
+        let types = listing
+            .query_map(
+                rusqlite::params![client, low, high, ranges.listing_limit()],
+                |r| r.get(0),
+            )?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        if !ranges.take(client, types) {
+            return Ok(None);
+        }
     }
-    Ok(Some(ranges))
+    Ok(Some(ranges.into_pairs()))
 }
 
 /// Builds the page query: `limit + 1` rows so the caller can tell whether another page exists.
@@ -188,11 +157,10 @@ pub(super) fn page_sql(
             let p = arg(SqlValue::Text(pattern.as_str().to_string()));
             common.push_str(&format!(" AND event_type = {p}"));
         } else {
-            let prefix = pattern.literal_prefix();
-            if !prefix.is_empty() {
-                // Every allowed type character is below 0x7f, so this bounds the prefix range.
-                let low = arg(SqlValue::Text(prefix.clone()));
-                let high = arg(SqlValue::Text(format!("{prefix}\u{7f}")));
+            let (low, high) = pattern.type_range();
+            if !low.is_empty() {
+                let low = arg(SqlValue::Text(low));
+                let high = arg(SqlValue::Text(high));
                 common.push_str(&format!(" AND event_type >= {low} AND event_type < {high}"));
             }
             let p = arg(SqlValue::Text(pattern.as_str().to_string()));
