@@ -221,7 +221,7 @@ impl RedisRateLimiter {
     }
 
     /// True while rate limits are shared through Redis, false while each node counts alone.
-    pub fn is_shared(&self) -> bool {
+    fn is_shared(&self) -> bool {
         self.link.answering.load(Ordering::Relaxed)
     }
 
