@@ -15,6 +15,7 @@ use crate::domain::access::{
 };
 use crate::domain::{ClientId, Timestamp};
 use crate::server;
+use crate::store::copy::{CopyProgress, copy_store};
 use crate::store::sqlite::backup;
 
 #[derive(Parser, Debug)]
@@ -113,6 +114,9 @@ enum Command {
     Keys(KeysCommand),
     /// Copy a SQLite store and its audit log to new files, while a server keeps serving it.
     Backup(BackupArgs),
+    /// Copy everything a store holds into another (SQLite to PostgreSQL, or back), keeping
+    /// seqs, ids, keys and the audit trail; run again, it carries on where it stopped.
+    Copy(CopyArgs),
     /// Measure ingest throughput against its ceilings (see README).
     Bench(BenchArgs),
 }
@@ -145,6 +149,20 @@ struct BackupArgs {
     /// The copy to make (a new file, e.g. `backup-2026-12-02.db`); the audit log goes beside
     /// it (`backup-2026-12-02.audit.db`), so the copy can be served as it is.
     destination: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct CopyArgs {
+    /// The store to copy from (`--database-url`, as for `serve`); it may keep serving.
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The store to copy into: a SQLite file path or `postgres://…`. It must be empty or an
+    /// earlier copy of the source, and no server may serve it until the copy is done.
+    #[arg(long, value_parser = crate::config::parse_database_url)]
+    to: String,
+    /// Rows written per transaction (100 to 100000).
+    #[arg(long, default_value_t = 5000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(100..=100_000))]
+    batch: usize,
 }
 
 #[derive(Args, Debug)]
@@ -323,7 +341,9 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
             None | Some(Command::Serve(_) | Command::Migrate(_)) => "info",
-            Some(Command::Keys(_) | Command::Bench(_) | Command::Backup(_)) => "warn",
+            Some(Command::Keys(_) | Command::Bench(_) | Command::Backup(_) | Command::Copy(_)) => {
+                "warn"
+            }
         }
     }
 
@@ -344,6 +364,7 @@ impl Cli {
             Some(Command::Bench(args)) => crate::bench::run(args).await,
             Some(Command::Keys(command)) => run_keys(command).await,
             Some(Command::Backup(args)) => run_backup(args).await,
+            Some(Command::Copy(args)) => run_copy(args).await,
         }
     }
 }
@@ -390,6 +411,95 @@ async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
         events.path.display()
     );
     Ok(())
+}
+
+async fn run_copy(args: CopyArgs) -> anyhow::Result<()> {
+    let source_args = args.store;
+    let destination_args = StoreArgs {
+        database_url: args.to,
+        ..source_args.clone()
+    };
+    // No server may take events into a SQLite destination while the copy writes it, nor start
+    // on it half-copied.
+    let _lock = match destination_args.location()? {
+        DatabaseLocation::Sqlite(path) => Some(
+            crate::store::sqlite::serve_lock::claim(&path)
+                .context("the destination is being served")?,
+        ),
+        DatabaseLocation::Postgres(_) => None,
+    };
+    let source = server::open_store(&source_args).await?;
+    let destination = server::open_store(&destination_args).await?;
+    let outcome = if source.location() == destination.location() {
+        Err(anyhow::anyhow!(
+            "--to names the store being copied ({}); give another database",
+            source.location()
+        ))
+    } else {
+        eprintln!(
+            "Copying {} ({}) into {} ({})",
+            source.location(),
+            source.backend(),
+            destination.location(),
+            destination.backend()
+        );
+        copy_store(
+            &*source,
+            &*destination,
+            args.batch,
+            &mut ProgressBars::default(),
+        )
+        .await
+    };
+    // Stopped either way, so a SQLite destination is left checkpointed and unlocked.
+    source.shutdown().await;
+    destination.shutdown().await;
+    let report = outcome?;
+    let counted = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    println!(
+        "Copied {} (the destination's newest event is seq {}), {}, {} and {}.",
+        counted(report.events, "event"),
+        report.last_seq,
+        counted(report.keys, "API key"),
+        counted(report.security_events, "security event"),
+        counted(report.audit_records, "audit record")
+    );
+    println!(
+        "Run the same command again to take what arrived at the source meanwhile; once the \
+         source no longer takes events, a last run makes the copy complete."
+    );
+    Ok(())
+}
+
+/// A progress bar per table on stderr (indicatif draws nothing when stderr is no terminal).
+#[derive(Default)]
+struct ProgressBars {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl CopyProgress for ProgressBars {
+    fn start(&mut self, what: &'static str, total: Option<u64>) {
+        let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg:>16} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what);
+        self.bar = Some(bar);
+    }
+
+    fn advance(&mut self, rows: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(rows);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
 }
 
 async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {

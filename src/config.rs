@@ -111,7 +111,7 @@ fn parse_static_key(text: &str) -> Result<String, String> {
 
 /// Checks `ANNALS_DATABASE_URL` when the configuration is read, so a bad one stops `annals`
 /// with the other configuration errors.
-fn parse_database_url(text: &str) -> Result<String, String> {
+pub(crate) fn parse_database_url(text: &str) -> Result<String, String> {
     DatabaseLocation::parse(text).map(|_| text.to_string())
 }
 

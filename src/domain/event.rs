@@ -7,7 +7,11 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use std::net::IpAddr;
+
+use super::envelope::NewEvent;
 use super::format::EventFormat;
+use super::names::{ClientId, EventType};
 use super::time::Timestamp;
 
 #[derive(Clone, Debug)]
@@ -36,6 +40,39 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// This stored event as a write to another store (`annals copy`), with its idempotency
+    /// key's `content_hash` (all zeros without one, as for a new event). Its `seq`, `id` and
+    /// `received_at` are the caller's to keep. The client id, event type and address are
+    /// checked again: a row that no longer passes is named rather than carried over.
+    pub fn into_new(self, content_hash: Option<[u8; 32]>) -> Result<NewEvent, String> {
+        let seq = self.seq;
+        let bad = |field: &str, e: String| format!("event {seq}: {field}: {e}");
+        Ok(NewEvent {
+            client_id: ClientId::parse_owned(self.client_id).map_err(|e| bad("client_id", e))?,
+            event_type: EventType::parse_owned(self.event_type)
+                .map_err(|e| bad("event_type", e))?,
+            user_id: self.user_id,
+            data: self.data,
+            event_id: self.event_id,
+            source: self.source,
+            subject: self.subject,
+            occurred_at: Some(self.occurred_at),
+            correlation_id: self.correlation_id,
+            status: self.status,
+            ip_address: self
+                .ip_address
+                .map(|ip| {
+                    ip.parse::<IpAddr>()
+                        .map_err(|e| bad("ip_address", e.to_string()))
+                })
+                .transpose()?,
+            headers: self.headers,
+            partition_key: self.partition_key,
+            format: self.format,
+            content_hash: content_hash.unwrap_or_default(),
+        })
+    }
+
     /// Approximate size of the rendered event, for byte-bounded pages.
     pub fn approx_bytes(&self) -> usize {
         self.data.len() + self.headers.len() + 512

@@ -8,6 +8,7 @@
 //!   so concurrent duplicates are caught as well as sequential ones.
 //! - Every read takes an explicit client scope (`None` only for admin callers).
 
+pub mod copy;
 pub mod indexed;
 pub mod postgres;
 pub mod sqlite;
@@ -19,6 +20,8 @@ use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, LastAdmin};
 use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
 use crate::domain::security::{NewSecurityEvent, SecurityQuery, StoredSecurityEvent};
 use crate::domain::{ClientId, EventFormat, NewEvent, StoredEvent, Timestamp, TopicPattern};
+
+use self::copy::{CopyRows, CopyTable};
 
 /// A migration run's failure, said in terms of what the operator did: a database that a newer
 /// (or different) build of Annals migrated is named as such, not as a file "missing from the
@@ -331,6 +334,22 @@ pub trait Store: Send + Sync + 'static {
         client: Option<String>,
         reviewer: String,
     ) -> Result<Option<StoredSecurityEvent>, StoreError>;
+
+    /// `annals copy`, reading: up to `limit` rows of `table` past `after` (a `seq` for events,
+    /// a row id otherwise), oldest first, with all a copy keeps (see `copy`). Events come with
+    /// the last seq this store assigned.
+    async fn copy_out(
+        &self,
+        table: CopyTable,
+        after: i64,
+        limit: usize,
+    ) -> Result<CopyRows, StoreError>;
+    /// `annals copy`, writing: rows another store's `copy_out` read, in one transaction, keeping
+    /// their seqs, ids and times. Events must lie above every seq this store holds; keys and
+    /// security events replace the rows of the same id.
+    async fn copy_in(&self, rows: CopyRows) -> Result<(), StoreError>;
+    /// The newest event's `seq` (events) or the highest row id (security, audit); 0 when none.
+    async fn copy_position(&self, table: CopyTable) -> Result<i64, StoreError>;
 
     /// Committed seq ranges as they happen, for live fan-out (seed 003's notify-on-create).
     fn commits(&self) -> tokio::sync::broadcast::Receiver<CommittedRange>;

@@ -174,6 +174,11 @@ impl TestApp {
         Some(Self::start_routes(args, db, extra).await)
     }
 
+    /// A server on a database made outside `TestApp` (say, the destination of a copy).
+    pub async fn serve(db: TestDatabase) -> Self {
+        Self::start(ServeArgs::with_database(db.url.clone()), db).await
+    }
+
     async fn start(args: ServeArgs, db: TestDatabase) -> Self {
         Self::start_routes(args, db, axum::Router::new()).await
     }

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod cli;
 mod cloudevents;
+mod copy;
 mod crash;
 mod encoding;
 mod export;

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use self::query::{EVENT_COLUMNS, Filters, Part, page_sql, to_datetime};
 use self::writer::WriterCommand;
+use super::copy::{CopiedEvent, CopyRows, CopyTable};
 use super::{
     AppendOutcome, CLIENTS_SQL, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
     PAGE_BYTE_BUDGET, Store, StoreError, TYPE_RANGES, TYPES_SQL, TypeRanges,
@@ -144,14 +145,26 @@ async fn migrate(
 
 /// Creates the monthly partitions for this month and the next two, if missing.
 async fn ensure_partitions(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let months: Vec<(i32, u32)> = (0..3)
+        .map(|ahead| {
+            let month0 = now.month0() + ahead;
+            (now.year() + (month0 / 12) as i32, month0 % 12 + 1)
+        })
+        .collect();
+    create_partitions(client, &months).await
+}
+
+/// Creates the partitions of the given `(year, month)`s, if missing, under the schema lock.
+async fn create_partitions(
+    client: &tokio_postgres::Client,
+    months: &[(i32, u32)],
+) -> anyhow::Result<()> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
         .await?;
-    let now = Utc::now();
     let mut result = Ok(());
-    for ahead in 0..3 {
-        let month0 = now.month0() + ahead;
-        let (year, month) = (now.year() + (month0 / 12) as i32, month0 % 12 + 1);
+    for &(year, month) in months {
         let (next_year, next_month) = if month == 12 {
             (year + 1, 1)
         } else {
@@ -504,6 +517,119 @@ fn row_to_event(row: &Row) -> StoredEvent {
     }
 }
 
+const AUDIT_COLUMNS: &str = "id, at, client_id, key_id, method, route, path, status, latency_us, ip, \
+user_agent, request_id, request_body, response_body";
+
+fn row_to_audit(r: &Row) -> StoredAudit {
+    let at: chrono::DateTime<Utc> = r.get(1);
+    let status: i16 = r.get(7);
+    StoredAudit {
+        id: r.get(0),
+        record: AuditRecord {
+            at: Timestamp::from_micros(at.timestamp_micros()),
+            client_id: r.get(2),
+            key_id: r.get(3),
+            method: r.get(4),
+            route: r.get(5),
+            path: r.get(6),
+            status: status as u16,
+            latency_us: r.get(8),
+            ip: r.get(9),
+            user_agent: r.get(10),
+            request_id: r.get(11),
+            request_body: r.get(12),
+            response_body: r.get(13),
+        },
+    }
+}
+
+/// Inserts audit records with one `INSERT … SELECT FROM UNNEST(…)`; with `ids`, under those row
+/// ids (`annals copy`), else under new ones.
+async fn insert_audit<'r>(
+    db: &deadpool_postgres::Object,
+    records: impl Iterator<Item = &'r AuditRecord> + Clone,
+    ids: Option<Vec<i64>>,
+) -> Result<(), StoreError> {
+    fn column<'r, T>(
+        records: impl Iterator<Item = &'r AuditRecord>,
+        f: impl Fn(&'r AuditRecord) -> T,
+    ) -> Vec<T> {
+        records.map(f).collect()
+    }
+    let at = column(records.clone(), |r| to_datetime(r.at.as_micros()));
+    if at.is_empty() {
+        return Ok(());
+    }
+    let client = column(records.clone(), |r| r.client_id.as_deref());
+    let key = column(records.clone(), |r| r.key_id.as_deref());
+    let method = column(records.clone(), |r| r.method.as_str());
+    let route = column(records.clone(), |r| r.route.as_deref());
+    let path = column(records.clone(), |r| r.path.as_str());
+    let status = column(records.clone(), |r| r.status as i16);
+    let latency = column(records.clone(), |r| r.latency_us);
+    let ip = column(records.clone(), |r| r.ip.as_deref());
+    let agent = column(records.clone(), |r| r.user_agent.as_deref());
+    let request = column(records.clone(), |r| r.request_id.as_deref());
+    let request_body = column(records.clone(), |r| r.request_body.as_deref());
+    let response_body = column(records, |r| r.response_body.as_deref());
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &at,
+        &client,
+        &key,
+        &method,
+        &route,
+        &path,
+        &status,
+        &latency,
+        &ip,
+        &agent,
+        &request,
+        &request_body,
+        &response_body,
+    ];
+    let (id_column, id_array) = match &ids {
+        Some(ids) => {
+            params.push(ids);
+            ("id, ", "$14::bigint[], ")
+        }
+        None => ("", ""),
+    };
+    db.execute(
+        &format!(
+            "INSERT INTO audit_logs ({id_column}at, client_id, key_id, method, route, path, status, \
+             latency_us, ip, user_agent, request_id, request_body, response_body) SELECT * FROM \
+             UNNEST({id_array}$1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::smallint[], $8::bigint[], $9::text[], $10::text[], $11::text[], \
+             $12::text[], $13::text[])"
+        ),
+        &params,
+    )
+    .await
+    .map_err(unavailable)?;
+    if ids.is_some() {
+        move_id_sequence(db, "audit_logs").await?;
+    }
+    Ok(())
+}
+
+/// After rows went in under ids of their own, moves `table`'s id sequence past them, so new
+/// rows never take one of those ids.
+async fn move_id_sequence(
+    db: &impl deadpool_postgres::GenericClient,
+    table: &str,
+) -> Result<(), StoreError> {
+    db.execute(
+        &format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+             greatest((SELECT max(id) FROM {table}), 1))"
+        ),
+        &[],
+    )
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
 const SECURITY_COLUMNS: &str = "id, client_id, event_type, severity, user_id, ip_address, user_agent, \
 event_details::text, requires_review, reviewed_by, reviewed_at, occurred_at, dedup_key, count";
 
@@ -773,47 +899,15 @@ impl Store for PostgresStore {
     }
 
     async fn append_audit(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
         let db = self.client().await?;
-        let at: Vec<_> = records
-            .iter()
-            .map(|r| to_datetime(r.at.as_micros()))
-            .collect();
-        let client: Vec<_> = records.iter().map(|r| r.client_id.clone()).collect();
-        let key: Vec<_> = records.iter().map(|r| r.key_id.clone()).collect();
-        let method: Vec<_> = records.iter().map(|r| r.method.clone()).collect();
-        let route: Vec<_> = records.iter().map(|r| r.route.clone()).collect();
-        let path: Vec<_> = records.iter().map(|r| r.path.clone()).collect();
-        let status: Vec<i16> = records.iter().map(|r| r.status as i16).collect();
-        let latency: Vec<i64> = records.iter().map(|r| r.latency_us).collect();
-        let ip: Vec<_> = records.iter().map(|r| r.ip.clone()).collect();
-        let agent: Vec<_> = records.iter().map(|r| r.user_agent.clone()).collect();
-        let request: Vec<_> = records.iter().map(|r| r.request_id.clone()).collect();
-        let request_body: Vec<_> = records.iter().map(|r| r.request_body.clone()).collect();
-        let response_body: Vec<_> = records.iter().map(|r| r.response_body.clone()).collect();
-        db.execute(
-            "INSERT INTO audit_logs (at, client_id, key_id, method, route, path, status, latency_us, ip, \
-             user_agent, request_id, request_body, response_body) SELECT * FROM UNNEST($1::timestamptz[], \
-             $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::bigint[], \
-             $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])",
-            &[
-                &at, &client, &key, &method, &route, &path, &status, &latency, &ip, &agent, &request,
-                &request_body, &response_body,
-            ],
-        )
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        insert_audit(&db, records.iter(), None).await
     }
 
     async fn query_audit(&self, query: AuditQuery) -> Result<Vec<StoredAudit>, StoreError> {
         let db = self.client().await?;
-        let mut f = Filters::new(
-            "SELECT id, at, client_id, key_id, method, route, path, status, latency_us, ip, user_agent, \
-             request_id, request_body, response_body FROM audit_logs WHERE TRUE",
-        );
+        let mut f = Filters::new(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_logs WHERE TRUE"
+        ));
         if let Some(c) = &query.client_id {
             f.add(" AND client_id = $#", Box::new(c.as_str().to_string()));
         }
@@ -831,31 +925,7 @@ impl Store for PostgresStore {
         }
         let f = f.page("at", &query.page);
         let rows = db.query(&f.sql, &f.params()).await.map_err(unavailable)?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let at: chrono::DateTime<Utc> = r.get(1);
-                let status: i16 = r.get(7);
-                StoredAudit {
-                    id: r.get(0),
-                    record: AuditRecord {
-                        at: Timestamp::from_micros(at.timestamp_micros()),
-                        client_id: r.get(2),
-                        key_id: r.get(3),
-                        method: r.get(4),
-                        route: r.get(5),
-                        path: r.get(6),
-                        status: status as u16,
-                        latency_us: r.get(8),
-                        ip: r.get(9),
-                        user_agent: r.get(10),
-                        request_id: r.get(11),
-                        request_body: r.get(12),
-                        response_body: r.get(13),
-                    },
-                }
-            })
-            .collect())
+        Ok(rows.iter().map(row_to_audit).collect())
     }
 
     async fn delete_events_before(
@@ -995,6 +1065,193 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?;
         row.map(|r| row_to_security(&r)).transpose()
+    }
+
+    async fn copy_out(
+        &self,
+        table: CopyTable,
+        after: i64,
+        limit: usize,
+    ) -> Result<CopyRows, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut db = self.client().await?;
+        match table {
+            CopyTable::Events => {
+                // One snapshot: the events, their keys and the sequence agree.
+                let tx = db
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await
+                    .map_err(unavailable)?;
+                let rows = tx
+                    .query(
+                        &format!(
+                            "SELECT {EVENT_COLUMNS}, (SELECT k.content_hash FROM idempotency_keys k \
+                             WHERE k.client_id = e.client_id AND k.source = coalesce(e.source, '') \
+                             AND k.event_id = e.event_id AND k.event_seq = e.seq) \
+                             FROM events e WHERE e.seq > $1 ORDER BY e.seq LIMIT $2"
+                        ),
+                        &[&after, &limit],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                let last_assigned: i64 = tx
+                    .query_one("SELECT last_seq FROM event_sequence WHERE id = 1", &[])
+                    .await
+                    .map_err(unavailable)?
+                    .get(0);
+                tx.commit().await.map_err(unavailable)?;
+                let mut events = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let hash: Option<Vec<u8>> = row.get(17);
+                    let content_hash = hash
+                        .map(|h| {
+                            h.try_into().map_err(|_| {
+                                StoreError::Internal(anyhow::anyhow!(
+                                    "stored content hash is not 32 bytes"
+                                ))
+                            })
+                        })
+                        .transpose()?;
+                    events.push(CopiedEvent {
+                        event: row_to_event(row),
+                        content_hash,
+                    });
+                }
+                Ok(CopyRows::Events {
+                    events,
+                    last_assigned,
+                })
+            }
+            CopyTable::Security => {
+                let rows = db
+                    .query(
+                        &format!(
+                            "SELECT {SECURITY_COLUMNS} FROM security_events WHERE id > $1 ORDER BY id LIMIT $2"
+                        ),
+                        &[&after, &limit],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                Ok(CopyRows::Security(
+                    rows.iter().map(row_to_security).collect::<Result<_, _>>()?,
+                ))
+            }
+            CopyTable::Audit => {
+                let rows = db
+                    .query(
+                        &format!(
+                            "SELECT {AUDIT_COLUMNS} FROM audit_logs WHERE id > $1 ORDER BY id LIMIT $2"
+                        ),
+                        &[&after, &limit],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                Ok(CopyRows::Audit(rows.iter().map(row_to_audit).collect()))
+            }
+        }
+    }
+
+    async fn copy_in(&self, rows: CopyRows) -> Result<(), StoreError> {
+        match rows {
+            CopyRows::Events {
+                events,
+                last_assigned,
+            } => {
+                let mut imported = Vec::with_capacity(events.len());
+                for CopiedEvent {
+                    event,
+                    content_hash,
+                } in events
+                {
+                    let (seq, id, received_at) = (event.seq, event.id, event.received_at);
+                    let event = event
+                        .into_new(content_hash)
+                        .map_err(|e| StoreError::Internal(anyhow::anyhow!(e)))?;
+                    imported.push(writer::Imported {
+                        event,
+                        seq,
+                        id,
+                        received_at,
+                    });
+                }
+                writer::import(&self.pool, &imported, last_assigned).await
+            }
+            CopyRows::Keys(keys) => {
+                let mut db = self.client().await?;
+                let tx = db.transaction().await.map_err(unavailable)?;
+                for key in &keys {
+                    tx.execute("DELETE FROM api_keys WHERE key_id = $1", &[&key.key_id])
+                        .await
+                        .map_err(unavailable)?;
+                    insert_key_row(&tx, key).await?;
+                }
+                tx.commit().await.map_err(unavailable)?;
+                self.announce_key_change(&db).await
+            }
+            CopyRows::Security(events) => {
+                let mut db = self.client().await?;
+                let tx = db.transaction().await.map_err(unavailable)?;
+                let stmt = tx
+                    .prepare(&format!(
+                        "INSERT INTO security_events ({}) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14) \
+                         ON CONFLICT (id) DO UPDATE SET client_id = excluded.client_id, \
+                         event_type = excluded.event_type, severity = excluded.severity, \
+                         user_id = excluded.user_id, ip_address = excluded.ip_address, \
+                         user_agent = excluded.user_agent, event_details = excluded.event_details, \
+                         requires_review = excluded.requires_review, reviewed_by = excluded.reviewed_by, \
+                         reviewed_at = excluded.reviewed_at, occurred_at = excluded.occurred_at, \
+                         dedup_key = excluded.dedup_key, count = excluded.count",
+                        SECURITY_COLUMNS.replace("::text", "")
+                    ))
+                    .await
+                    .map_err(unavailable)?;
+                for s in &events {
+                    let e = &s.event;
+                    tx.execute(
+                        &stmt,
+                        &[
+                            &s.id,
+                            &e.client_id,
+                            &e.event_type.as_str(),
+                            &e.severity.as_str(),
+                            &e.user_id,
+                            &e.ip_address,
+                            &e.user_agent,
+                            &e.details,
+                            &e.requires_review,
+                            &s.reviewed_by,
+                            &s.reviewed_at.map(|t| to_datetime(t.as_micros())),
+                            &to_datetime(e.occurred_at.as_micros()),
+                            &e.dedup_key,
+                            &e.count,
+                        ],
+                    )
+                    .await
+                    .map_err(writer::internal_or_unavailable)?;
+                }
+                move_id_sequence(&tx, "security_events").await?;
+                tx.commit().await.map_err(unavailable)
+            }
+            CopyRows::Audit(records) => {
+                let db = self.client().await?;
+                let ids = records.iter().map(|r| r.id).collect();
+                insert_audit(&db, records.iter().map(|r| &r.record), Some(ids)).await
+            }
+        }
+    }
+
+    async fn copy_position(&self, table: CopyTable) -> Result<i64, StoreError> {
+        let sql = match table {
+            CopyTable::Events => "SELECT coalesce(max(seq), 0) FROM events",
+            CopyTable::Security => "SELECT coalesce(max(id), 0) FROM security_events",
+            CopyTable::Audit => "SELECT coalesce(max(id), 0) FROM audit_logs",
+        };
+        let db = self.client().await?;
+        Ok(db.query_one(sql, &[]).await.map_err(unavailable)?.get(0))
     }
 
     fn commits(&self) -> broadcast::Receiver<CommittedRange> {

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use bytes::{BufMut, BytesMut};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -107,6 +107,7 @@ struct EventRow<'a> {
     seq: i64,
     id: Uuid,
     occurred_at: DateTime<Utc>,
+    received_at: DateTime<Utc>,
     event: &'a NewEvent,
 }
 
@@ -161,7 +162,6 @@ const COPY_TYPES: [Type; 17] = [
 async fn copy_events(
     tx: &deadpool_postgres::Transaction<'_>,
     rows: &[EventRow<'_>],
-    received: &DateTime<Utc>,
 ) -> Result<(), tokio_postgres::Error> {
     let sink = tx.copy_in(COPY_EVENTS).await?;
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
@@ -183,7 +183,7 @@ async fn copy_events(
             &ip,
             &e.partition_key,
             &row.occurred_at,
-            received,
+            &row.received_at,
             &JsonText(&e.data),
             &JsonText(&e.headers),
             &format,
@@ -202,6 +202,44 @@ struct KeyColumns {
     event_uuid: Vec<Uuid>,
     event_seq: Vec<i64>,
     content_hash: Vec<Vec<u8>>,
+    received_at: Vec<DateTime<Utc>>,
+}
+
+impl KeyColumns {
+    /// Adds the idempotency key of `event` (stored as `seq`, `id`), if it has one; returns it.
+    fn push<'e>(
+        &mut self,
+        event: &'e NewEvent,
+        seq: i64,
+        id: Uuid,
+        received_at: DateTime<Utc>,
+    ) -> Option<(&'e str, &'e str, &'e str)> {
+        let (c, s, e) = idempotency::key_of(event)?;
+        self.client_id.push(c.to_string());
+        self.source.push(s.to_string());
+        self.event_id.push(e.to_string());
+        self.event_uuid.push(id);
+        self.event_seq.push(seq);
+        self.content_hash.push(event.content_hash.to_vec());
+        self.received_at.push(received_at);
+        Some((c, s, e))
+    }
+
+    /// Inserts the keys with one `INSERT … SELECT FROM UNNEST(…)`.
+    async fn insert(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+        if self.event_seq.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            "INSERT INTO idempotency_keys (client_id, source, event_id, event_uuid, event_seq, content_hash, received_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::bigint[], $6::bytea[], \
+             $7::timestamptz[])",
+            &[&self.client_id, &self.source, &self.event_id, &self.event_uuid, &self.event_seq, &self.content_hash, &self.received_at],
+        )
+        .await
+        .map_err(internal_or_unavailable)?;
+        Ok(())
+    }
 }
 
 async fn write_group(
@@ -298,15 +336,10 @@ async fn write_group(
                         occurred_at: to_datetime(
                             event.occurred_at.unwrap_or(received_at).as_micros(),
                         ),
+                        received_at: received,
                         event,
                     });
-                    if let Some((c, s, e)) = idempotency::key_of(event) {
-                        keys.client_id.push(c.to_string());
-                        keys.source.push(s.to_string());
-                        keys.event_id.push(e.to_string());
-                        keys.event_uuid.push(id);
-                        keys.event_seq.push(seq);
-                        keys.content_hash.push(event.content_hash.to_vec());
+                    if let Some((c, s, e)) = keys.push(event, seq, id, received) {
                         group_keys.insert(
                             (c.to_string(), s.to_string(), e.to_string()),
                             StoredKey {
@@ -327,21 +360,11 @@ async fn write_group(
     }
 
     if !rows.is_empty() {
-        copy_events(&tx, &rows, &received)
+        copy_events(&tx, &rows)
             .await
             .map_err(internal_or_unavailable)?;
     }
-    if !keys.event_seq.is_empty() {
-        tx.execute(
-            "INSERT INTO idempotency_keys (client_id, source, event_id, event_uuid, event_seq, content_hash, received_at) \
-             SELECT u.c, u.s, u.e, u.id, u.seq, u.h, $7 \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::bigint[], $6::bytea[]) \
-               AS u(c, s, e, id, seq, h)",
-            &[&keys.client_id, &keys.source, &keys.event_id, &keys.event_uuid, &keys.event_seq, &keys.content_hash, &received],
-        )
-        .await
-        .map_err(internal_or_unavailable)?;
-    }
+    keys.insert(&tx).await?;
     if seq > first_seq {
         let advance = tx
             .prepare_cached(
@@ -358,9 +381,90 @@ async fn write_group(
     Ok(outcomes)
 }
 
+/// One event copied from another store (`annals copy`), with the seq, id and receipt time it
+/// keeps.
+pub(super) struct Imported {
+    pub event: NewEvent,
+    pub seq: i64,
+    pub id: Uuid,
+    pub received_at: Timestamp,
+}
+
+/// Writes copied events in one transaction, keeping their seqs, ids and times, with their
+/// idempotency keys, under the sequence row's lock like any group; raises the sequence to
+/// `last_assigned`. Refuses seqs at or below the last assigned one, or out of order, so a seq
+/// is never handed out twice. The months they were received in get their partitions first.
+pub(super) async fn import(
+    pool: &Pool,
+    events: &[Imported],
+    last_assigned: i64,
+) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(unavailable)?;
+    let mut months: Vec<(i32, u32)> = events
+        .iter()
+        .map(|e| {
+            let at = to_datetime(e.received_at.as_micros());
+            (at.year(), at.month())
+        })
+        .collect();
+    months.dedup();
+    months.sort_unstable();
+    months.dedup();
+    super::create_partitions(&client, &months)
+        .await
+        .map_err(StoreError::Internal)?;
+    let tx = client.transaction().await.map_err(unavailable)?;
+    let last: i64 = tx
+        .query_one(
+            "SELECT last_seq FROM event_sequence WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    let mut previous = last;
+    let mut rows = Vec::with_capacity(events.len());
+    let mut keys = KeyColumns::default();
+    for e in events {
+        if e.seq <= previous {
+            return Err(StoreError::Internal(anyhow::anyhow!(
+                "event {} is not above seq {previous}, the last this store assigned",
+                e.seq
+            )));
+        }
+        previous = e.seq;
+        let received_at = to_datetime(e.received_at.as_micros());
+        rows.push(EventRow {
+            seq: e.seq,
+            id: e.id,
+            occurred_at: to_datetime(e.event.occurred_at.unwrap_or(e.received_at).as_micros()),
+            received_at,
+            event: &e.event,
+        });
+        keys.push(&e.event, e.seq, e.id, received_at);
+    }
+    if !rows.is_empty() {
+        copy_events(&tx, &rows)
+            .await
+            .map_err(internal_or_unavailable)?;
+    }
+    keys.insert(&tx).await?;
+    let newest = previous.max(last_assigned);
+    if newest > last {
+        tx.execute(
+            "UPDATE event_sequence SET last_seq = $1 WHERE id = 1",
+            &[&newest],
+        )
+        .await
+        .map_err(unavailable)?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(())
+}
+
 /// A database error from a statement (bad data, constraint) is internal; a lost connection is
 /// unavailability.
-fn internal_or_unavailable(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn internal_or_unavailable(e: tokio_postgres::Error) -> StoreError {
     if e.as_db_error().is_some() {
         StoreError::Internal(anyhow::Error::new(e))
     } else {

@@ -32,7 +32,8 @@ use uuid::Uuid;
 
 use self::multi_row::{MultiRowInsert, Prepared};
 use self::query::{EVENT_COLUMNS, Filters, TOPIC_MATCH_FN, page_sql};
-use self::writer::WriterCommand;
+use self::writer::{Imported, WriterCommand};
+use super::copy::{CopiedEvent, CopyRows, CopyTable};
 use super::{
     AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
     PAGE_BYTE_BUDGET, Store, StoreError,
@@ -312,10 +313,19 @@ fn configure_reader(conn: &mut Connection) -> rusqlite::Result<()> {
 }
 
 /// One key's row, inserted.
-fn insert_key_row(tx: &rusqlite::Transaction<'_>, key: &KeyRecord) -> anyhow::Result<()> {
+/// Inserts `key`; with `Replace`, over any key of the same id (`annals copy`).
+fn insert_key_row(
+    tx: &rusqlite::Transaction<'_>,
+    key: &KeyRecord,
+    existing: Existing,
+) -> anyhow::Result<()> {
+    let verb = match existing {
+        Existing::Refuse => "INSERT",
+        Existing::Replace => "INSERT OR REPLACE",
+    };
     tx.execute(
         &format!(
-            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            "{verb} INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
         ),
         params![
             key.key_id,
@@ -330,6 +340,13 @@ fn insert_key_row(tx: &rusqlite::Transaction<'_>, key: &KeyRecord) -> anyhow::Re
         ],
     )?;
     Ok(())
+}
+
+/// What an insert does about a row of the same id.
+#[derive(Clone, Copy)]
+enum Existing {
+    Refuse,
+    Replace,
 }
 
 impl SqliteStore {
@@ -536,6 +553,30 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
     })
 }
 
+const AUDIT_COLUMNS: &str = "id, at, client_id, key_id, method, route, path, status, latency_us, ip, \
+user_agent, request_id, request_body, response_body";
+
+fn row_to_audit(r: &Row<'_>) -> rusqlite::Result<StoredAudit> {
+    Ok(StoredAudit {
+        id: r.get(0)?,
+        record: AuditRecord {
+            at: Timestamp::from_micros(r.get(1)?),
+            client_id: r.get(2)?,
+            key_id: r.get(3)?,
+            method: r.get(4)?,
+            route: r.get(5)?,
+            path: r.get(6)?,
+            status: r.get(7)?,
+            latency_us: r.get(8)?,
+            ip: r.get(9)?,
+            user_agent: r.get(10)?,
+            request_id: r.get(11)?,
+            request_body: r.get(12)?,
+            response_body: r.get(13)?,
+        },
+    })
+}
+
 const SECURITY_COLUMNS: &str = "id, client_id, event_type, severity, user_id, ip_address, user_agent, \
 event_details, requires_review, reviewed_by, reviewed_at, occurred_at, dedup_key, count";
 
@@ -704,7 +745,8 @@ impl Store for SqliteStore {
     }
 
     async fn insert_key(&self, key: KeyRecord) -> Result<(), StoreError> {
-        self.write_keys(move |tx| insert_key_row(tx, &key)).await
+        self.write_keys(move |tx| insert_key_row(tx, &key, Existing::Refuse))
+            .await
     }
 
     async fn insert_first_key(&self, key: KeyRecord) -> Result<bool, StoreError> {
@@ -715,7 +757,7 @@ impl Store for SqliteStore {
             if any {
                 return Ok(false);
             }
-            insert_key_row(tx, &key)?;
+            insert_key_row(tx, &key, Existing::Refuse)?;
             Ok(true)
         })
         .await
@@ -837,10 +879,9 @@ impl Store for SqliteStore {
     async fn query_audit(&self, query: AuditQuery) -> Result<Vec<StoredAudit>, StoreError> {
         self.read_audit(move |conn| {
             use rusqlite::types::Value as V;
-            let mut f = Filters::new(
-                "SELECT id, at, client_id, key_id, method, route, path, status, latency_us, ip, \
-                 user_agent, request_id, request_body, response_body FROM audit_logs WHERE 1 = 1",
-            );
+            let mut f = Filters::new(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_logs WHERE 1 = 1"
+            ));
             if let Some(c) = &query.client_id {
                 f.add(" AND client_id = ?#", V::Text(c.as_str().to_string()));
             }
@@ -858,26 +899,7 @@ impl Store for SqliteStore {
             }
             let f = f.page("at", &query.page);
             let mut stmt = conn.prepare(&f.sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(f.args), |r| {
-                Ok(StoredAudit {
-                    id: r.get(0)?,
-                    record: AuditRecord {
-                        at: Timestamp::from_micros(r.get(1)?),
-                        client_id: r.get(2)?,
-                        key_id: r.get(3)?,
-                        method: r.get(4)?,
-                        route: r.get(5)?,
-                        path: r.get(6)?,
-                        status: r.get(7)?,
-                        latency_us: r.get(8)?,
-                        ip: r.get(9)?,
-                        user_agent: r.get(10)?,
-                        request_id: r.get(11)?,
-                        request_body: r.get(12)?,
-                        response_body: r.get(13)?,
-                    },
-                })
-            })?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(f.args), row_to_audit)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -1014,6 +1036,205 @@ impl Store for SqliteStore {
                 .optional()?)
         })
         .await
+    }
+
+    async fn copy_out(
+        &self,
+        table: CopyTable,
+        after: i64,
+        limit: usize,
+    ) -> Result<CopyRows, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match table {
+            CopyTable::Events => {
+                self.read(move |conn| {
+                    // One snapshot: the events, their keys and the sequence agree.
+                    let tx = conn.unchecked_transaction()?;
+                    let mut keys = tx.prepare_cached(
+                        "SELECT content_hash FROM idempotency_keys \
+                         WHERE client_id = ?1 AND source = ?2 AND event_id = ?3 AND event_seq = ?4",
+                    )?;
+                    let mut stmt = tx.prepare_cached(&format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                    ))?;
+                    let mut events = Vec::new();
+                    for event in stmt.query_map([after, limit], row_to_event)? {
+                        let event = event?;
+                        let content_hash = match &event.event_id {
+                            Some(event_id) => keys
+                                .query_row(
+                                    params![
+                                        event.client_id,
+                                        event.source.as_deref().unwrap_or(""),
+                                        event_id,
+                                        event.seq
+                                    ],
+                                    |r| r.get::<_, Vec<u8>>(0),
+                                )
+                                .optional()?
+                                .map(|hash| {
+                                    hash.try_into().map_err(|_| {
+                                        anyhow::anyhow!("stored content hash is not 32 bytes")
+                                    })
+                                })
+                                .transpose()?,
+                            None => None,
+                        };
+                        events.push(CopiedEvent {
+                            event,
+                            content_hash,
+                        });
+                    }
+                    let last_assigned = writer::load_last_seq(&tx)?;
+                    Ok(CopyRows::Events {
+                        events,
+                        last_assigned,
+                    })
+                })
+                .await
+            }
+            CopyTable::Security => {
+                self.read(move |conn| {
+                    let mut stmt = conn.prepare_cached(&format!(
+                        "SELECT {SECURITY_COLUMNS} FROM security_events WHERE id > ?1 ORDER BY id LIMIT ?2"
+                    ))?;
+                    let rows = stmt.query_map([after, limit], row_to_security)?;
+                    Ok(CopyRows::Security(rows.collect::<Result<_, _>>()?))
+                })
+                .await
+            }
+            CopyTable::Audit => {
+                self.read_audit(move |conn| {
+                    let mut stmt = conn.prepare_cached(&format!(
+                        "SELECT {AUDIT_COLUMNS} FROM audit_logs WHERE id > ?1 ORDER BY id LIMIT ?2"
+                    ))?;
+                    let rows = stmt.query_map([after, limit], row_to_audit)?;
+                    Ok(CopyRows::Audit(rows.collect::<Result<_, _>>()?))
+                })
+                .await
+            }
+        }
+    }
+
+    async fn copy_in(&self, rows: CopyRows) -> Result<(), StoreError> {
+        match rows {
+            CopyRows::Events {
+                events,
+                last_assigned,
+            } => {
+                let mut bytes = 0;
+                let mut imported = Vec::with_capacity(events.len());
+                for CopiedEvent {
+                    event,
+                    content_hash,
+                } in events
+                {
+                    let (seq, id, received_at) = (event.seq, event.id, event.received_at);
+                    let event = event
+                        .into_new(content_hash)
+                        .map_err(|e| StoreError::Internal(anyhow::anyhow!(e)))?;
+                    bytes += event.approx_bytes();
+                    imported.push(Imported {
+                        event,
+                        seq,
+                        id,
+                        received_at,
+                    });
+                }
+                let (reply, answer) = oneshot::channel();
+                self.submit(
+                    WriterCommand::Import {
+                        events: imported,
+                        last_assigned,
+                        reply,
+                    },
+                    bytes,
+                )?;
+                answer
+                    .await
+                    .map_err(|_| StoreError::Unavailable(String::from("the writer stopped")))?
+            }
+            CopyRows::Keys(keys) => {
+                self.write_keys(move |tx| {
+                    for key in &keys {
+                        insert_key_row(tx, key, Existing::Replace)?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+            CopyRows::Security(events) => {
+                self.write(move |tx| {
+                    let mut stmt = tx.prepare_cached(&format!(
+                        "INSERT OR REPLACE INTO security_events ({SECURITY_COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                    ))?;
+                    for s in &events {
+                        let e = &s.event;
+                        stmt.execute(params![
+                            s.id,
+                            e.client_id,
+                            e.event_type.as_str(),
+                            e.severity.as_str(),
+                            e.user_id,
+                            e.ip_address,
+                            e.user_agent,
+                            e.details,
+                            e.requires_review,
+                            s.reviewed_by,
+                            s.reviewed_at.map(Timestamp::as_micros),
+                            e.occurred_at.as_micros(),
+                            e.dedup_key,
+                            e.count,
+                        ])?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+            CopyRows::Audit(records) => {
+                self.write_audit(move |tx, _| {
+                    let mut stmt = tx.prepare_cached(&format!(
+                        "INSERT INTO audit_logs ({AUDIT_COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                    ))?;
+                    for a in &records {
+                        let r = &a.record;
+                        stmt.execute(params![
+                            a.id,
+                            r.at.as_micros(),
+                            r.client_id,
+                            r.key_id,
+                            r.method,
+                            r.route,
+                            r.path,
+                            r.status,
+                            r.latency_us,
+                            r.ip,
+                            r.user_agent,
+                            r.request_id,
+                            r.request_body,
+                            r.response_body,
+                        ])?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
+
+    async fn copy_position(&self, table: CopyTable) -> Result<i64, StoreError> {
+        let sql = match table {
+            CopyTable::Events => "SELECT coalesce(max(seq), 0) FROM events",
+            CopyTable::Security => "SELECT coalesce(max(id), 0) FROM security_events",
+            CopyTable::Audit => "SELECT coalesce(max(id), 0) FROM audit_logs",
+        };
+        let read = move |conn: &Connection| Ok(conn.query_row(sql, [], |r| r.get(0))?);
+        match table {
+            CopyTable::Audit => self.read_audit(read).await,
+            _ => self.read(read).await,
+        }
     }
 
     fn commits(&self) -> broadcast::Receiver<CommittedRange> {

@@ -64,8 +64,23 @@ pub(super) enum WriterCommand {
     },
     /// A rare write (key management) run in its own transaction, in queue order.
     Exec(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// Events copied from another store (`annals copy`), with their seqs, ids and times, in
+    /// one transaction of their own; `last_assigned` raises the sequence past them.
+    Import {
+        events: Vec<Imported>,
+        last_assigned: i64,
+        reply: Reply<()>,
+    },
     /// Commit what is queued, refuse new jobs, and stop.
     Shutdown,
+}
+
+/// One event of an `Import`: the event, and the seq, id and receipt time it keeps.
+pub(super) struct Imported {
+    pub event: NewEvent,
+    pub seq: i64,
+    pub id: Uuid,
+    pub received_at: Timestamp,
 }
 
 struct PendingAppend {
@@ -170,6 +185,29 @@ pub(super) fn run(
                     );
                     job(&mut conn);
                 }
+                WriterCommand::Import {
+                    events,
+                    last_assigned,
+                    reply,
+                } => {
+                    commit_group(
+                        &conn,
+                        &mut insert,
+                        std::mem::take(&mut appends),
+                        &mut last_seq,
+                        &mut user_index,
+                        &health,
+                    );
+                    let imported =
+                        import(&conn, &mut insert, &events, last_assigned, &mut last_seq);
+                    let _ = reply.send(match imported {
+                        Ok(entries) => {
+                            user_index.committed(entries);
+                            Ok(())
+                        }
+                        Err(e) => Err(StoreError::Internal(e)),
+                    });
+                }
                 WriterCommand::Shutdown => rx.close(),
             }
         }
@@ -208,7 +246,7 @@ pub(super) fn run(
 
 /// The last seq ever assigned: the newest event's, or the one `event_sequence` remembers for
 /// events deleted since (see the module's invariants).
-fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
+pub(super) fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
     conn.query_row(
         "SELECT max(last_seq, coalesce((SELECT max(seq) FROM events), 0)) \
          FROM event_sequence WHERE id = 1",
@@ -243,9 +281,15 @@ fn commit_group(
         let mut outcomes = Vec::with_capacity(appends.len());
         let mut rows = Vec::new();
         for append in &appends {
-            outcomes.push(statements.apply(&append.events, &mut seq, &mut rows, &mut entries)?);
+            outcomes.push(statements.apply(
+                &append.events,
+                received_at,
+                &mut seq,
+                &mut rows,
+                &mut entries,
+            )?);
         }
-        insert_events(conn, insert, &rows, received_at)?;
+        insert_events(conn, insert, &rows)?;
         let events = (seq - *last_seq) as usize;
         Ok((outcomes, user_index.copy_slice(conn, *last_seq, events)))
     });
@@ -278,6 +322,60 @@ fn commit_group(
             }
         }
     }
+}
+
+/// Writes events copied from another store in one transaction of their own, keeping their
+/// seqs, ids and times, with their idempotency keys; raises the sequence to `last_assigned`.
+/// Refuses seqs at or below the last assigned one, or out of order, so a seq is never handed
+/// out twice. Returns the user-index entries of the events with a user.
+fn import(
+    conn: &Connection,
+    insert: &mut Prepared,
+    events: &[Imported],
+    last_assigned: i64,
+    last_seq: &mut i64,
+) -> anyhow::Result<Vec<Entry>> {
+    let mut previous = *last_seq;
+    for e in events {
+        anyhow::ensure!(
+            e.seq > previous,
+            "event {} is not above seq {previous}, the last this store assigned",
+            e.seq
+        );
+        previous = e.seq;
+    }
+    let last = previous.max(last_assigned);
+    in_write_transaction(conn, |conn| {
+        let mut statements = AppendStatements::prepare(conn)?;
+        let rows: Vec<EventRow<'_>> = events
+            .iter()
+            .map(|e| EventRow {
+                event: &e.event,
+                seq: e.seq,
+                id: e.id,
+                received_at: e.received_at,
+            })
+            .collect();
+        for row in &rows {
+            statements.insert_key(row.event, row.seq, row.id)?;
+        }
+        insert_events(conn, insert, &rows)?;
+        if last > *last_seq {
+            conn.prepare_cached(
+                "UPDATE event_sequence SET last_seq = max(last_seq, ?1) WHERE id = 1",
+            )?
+            .execute([last])?;
+        }
+        Ok(())
+    })?;
+    *last_seq = (*last_seq).max(last);
+    Ok(events
+        .iter()
+        .filter_map(|e| {
+            let user = e.event.user_id.as_deref()?;
+            Some(Entry::new(e.event.client_id.as_str(), user, e.seq))
+        })
+        .collect())
 }
 
 /// Runs `body` in one `BEGIN IMMEDIATE` … `COMMIT`, rolled back if the body or the commit
@@ -350,6 +448,7 @@ struct EventRow<'a> {
     event: &'a NewEvent,
     seq: i64,
     id: Uuid,
+    received_at: Timestamp,
 }
 
 /// The group's events, in multi-row statements (see `multi_row` for why they are
@@ -368,15 +467,15 @@ fn insert_events(
     conn: &Connection,
     insert: &mut Prepared,
     rows: &[EventRow<'_>],
-    received_at: Timestamp,
 ) -> rusqlite::Result<()> {
-    insert.run(conn, rows, |row, event| event.bind(row, received_at))
+    insert.run(conn, rows, |row, event| event.bind(row))
 }
 
 impl<'a> EventRow<'a> {
     /// Binds this row's columns.
-    fn bind(&'a self, row: &mut Row<'a>, received_at: Timestamp) {
+    fn bind(&'a self, row: &mut Row<'a>) {
         let e = self.event;
+        let received_at = self.received_at;
         let occurred_at = e.occurred_at.unwrap_or(received_at);
         row.int(self.seq)
             .blob(self.id.as_bytes())
@@ -402,6 +501,21 @@ impl<'a> EventRow<'a> {
 }
 
 impl<'conn> AppendStatements<'conn> {
+    /// Stores the idempotency key of `event` (stored as `seq`, `id`), if it has one.
+    fn insert_key(&mut self, event: &NewEvent, seq: i64, id: Uuid) -> rusqlite::Result<()> {
+        if let Some(event_id) = &event.event_id {
+            self.insert_key.execute(params![
+                event.client_id.as_str(),
+                event.source.as_deref().unwrap_or(""),
+                event_id,
+                id.as_bytes().as_slice(),
+                seq,
+                event.content_hash.as_slice(),
+            ])?;
+        }
+        Ok(())
+    }
+
     fn prepare(tx: &'conn Connection) -> rusqlite::Result<Self> {
         Ok(Self {
             lookup_key: tx.prepare_cached(
@@ -422,6 +536,7 @@ impl<'conn> AppendStatements<'conn> {
     fn apply<'a>(
         &mut self,
         events: &'a [NewEvent],
+        received_at: Timestamp,
         seq: &mut i64,
         rows: &mut Vec<EventRow<'a>>,
         user_entries: &mut Vec<Entry>,
@@ -461,20 +576,12 @@ impl<'conn> AppendStatements<'conn> {
                         event,
                         seq: *seq,
                         id,
+                        received_at,
                     });
                     if let Some(user) = &event.user_id {
                         user_entries.push(Entry::new(event.client_id.as_str(), user, *seq));
                     }
-                    if let Some(event_id) = &event.event_id {
-                        self.insert_key.execute(params![
-                            event.client_id.as_str(),
-                            event.source.as_deref().unwrap_or(""),
-                            event_id,
-                            id.as_bytes().as_slice(),
-                            *seq,
-                            event.content_hash.as_slice(),
-                        ])?;
-                    }
+                    self.insert_key(event, *seq, id)?;
                     AppendedItem {
                         id,
                         duplicate: false,

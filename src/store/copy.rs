@@ -1,0 +1,259 @@
+//! `annals copy`: moves everything one store holds into another — a SQLite file into
+//! PostgreSQL when one machine is no longer enough, PostgreSQL back into a file, or a file into
+//! a new file — keeping what an audit trail must keep: every event's `seq`, `id`, times and
+//! content, the idempotency keys (so a client's retry of an old event is still a duplicate),
+//! the API keys (so clients keep their keys), the security events and the API-call audit log.
+//!
+//! Invariants:
+//! - Events go over in `seq` order, in batches; each batch is one transaction at the
+//!   destination, so a copy stopped at any point leaves a prefix of the source there, and
+//!   running the copy again carries on after it.
+//! - The destination takes events only above every seq it holds, and only when it holds a
+//!   prefix of this source (its newest event is the source's event of the same seq, same id):
+//!   a copy never mixes two stores' events or reuses a seq.
+//! - The destination's last assigned seq ends no lower than the source's, so events the source
+//!   deleted (retention) are never handed out again under their old seqs.
+//! - Audit records and security events keep their row ids; audit records are copied past the
+//!   destination's highest id (they never change), security events are all written again
+//!   (their review and count do change), replacing the rows of the same id.
+//! - Reading never writes the source, so it may be copied while a server keeps serving it;
+//!   what arrives after a pass is taken by the next one (see the README's move to PostgreSQL).
+
+use std::time::Instant;
+
+use crate::domain::StoredEvent;
+use crate::domain::access::KeyRecord;
+use crate::domain::audit::StoredAudit;
+use crate::domain::security::StoredSecurityEvent;
+
+use super::{Store, StoreError};
+
+/// The tables `copy_out` reads by position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyTable {
+    /// By `seq`.
+    Events,
+    /// By row id.
+    Security,
+    /// By row id.
+    Audit,
+}
+
+/// One event as a copy moves it: every column, and the content hash of its idempotency key
+/// when it has one (an event with an `event_id`).
+#[derive(Clone, Debug)]
+pub struct CopiedEvent {
+    pub event: StoredEvent,
+    pub content_hash: Option<[u8; 32]>,
+}
+
+/// Rows read from one store for another.
+#[derive(Debug)]
+pub enum CopyRows {
+    /// Events in `seq` order, and the last seq the source ever assigned (above its newest
+    /// event's when retention deleted its newest events).
+    Events {
+        events: Vec<CopiedEvent>,
+        last_assigned: i64,
+    },
+    Keys(Vec<KeyRecord>),
+    Security(Vec<StoredSecurityEvent>),
+    Audit(Vec<StoredAudit>),
+}
+
+impl CopyRows {
+    /// Rows carried (the last assigned seq is not a row).
+    pub fn len(&self) -> usize {
+        match self {
+            CopyRows::Events { events, .. } => events.len(),
+            CopyRows::Keys(rows) => rows.len(),
+            CopyRows::Security(rows) => rows.len(),
+            CopyRows::Audit(rows) => rows.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The position after the last row: its `seq` or row id.
+    fn last_position(&self) -> Option<i64> {
+        match self {
+            CopyRows::Events { events, .. } => events.last().map(|e| e.event.seq),
+            CopyRows::Security(rows) => rows.last().map(|r| r.id),
+            CopyRows::Audit(rows) => rows.last().map(|r| r.id),
+            CopyRows::Keys(_) => None,
+        }
+    }
+}
+
+/// Why a copy may not go ahead.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyRefused {
+    #[error(
+        "the destination already holds events that are not this source's (its event {seq} is {there}, \
+         the source's is {here}); copy into an empty database, or into an earlier copy of this one"
+    )]
+    OtherEvents {
+        seq: i64,
+        there: String,
+        here: String,
+    },
+}
+
+/// How a copy went.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    /// Events copied by this run (not those an earlier run copied).
+    pub events: u64,
+    /// The destination's newest event after the copy (0 when there is none).
+    pub last_seq: i64,
+    pub keys: u64,
+    pub security_events: u64,
+    pub audit_records: u64,
+}
+
+/// What the copy tells whoever watches it (a progress bar, or nothing).
+pub trait CopyProgress {
+    /// Starting on `table`; about `total` rows to go, when known.
+    fn start(&mut self, what: &'static str, total: Option<u64>);
+    /// `rows` more copied.
+    fn advance(&mut self, rows: u64);
+    fn finish(&mut self);
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl CopyProgress for Silent {
+    fn start(&mut self, _: &'static str, _: Option<u64>) {}
+    fn advance(&mut self, _: u64) {}
+    fn finish(&mut self) {}
+}
+
+/// Copies everything `source` holds that `destination` doesn't, `batch` rows a transaction.
+pub async fn copy_store(
+    source: &dyn Store,
+    destination: &dyn Store,
+    batch: usize,
+    progress: &mut dyn CopyProgress,
+) -> anyhow::Result<CopyReport> {
+    let started = Instant::now();
+    let mut report = CopyReport::default();
+
+    // Events first: the check that the destination is this source's (or empty) comes before
+    // anything is written.
+    let mut after = destination.copy_position(CopyTable::Events).await?;
+    if after > 0 {
+        check_same_history(source, destination, after).await?;
+    }
+    let newest = source.copy_position(CopyTable::Events).await?;
+    progress.start(
+        "events",
+        Some(u64::try_from(newest.saturating_sub(after)).unwrap_or(0)),
+    );
+    loop {
+        let rows = source.copy_out(CopyTable::Events, after, batch).await?;
+        let done = rows.is_empty();
+        let count = rows.len() as u64;
+        if let Some(last) = rows.last_position() {
+            after = last;
+        }
+        // An empty batch still carries the source's last assigned seq.
+        destination.copy_in(rows).await?;
+        report.events += count;
+        progress.advance(count);
+        if done {
+            break;
+        }
+    }
+    progress.finish();
+    report.last_seq = destination.copy_position(CopyTable::Events).await?;
+
+    let keys = source.list_keys(None).await?;
+    report.keys = keys.len() as u64;
+    destination.copy_in(CopyRows::Keys(keys)).await?;
+
+    // Security events change (reviews, counts): all of them, every time.
+    report.security_events =
+        copy_table(source, destination, CopyTable::Security, 0, batch, progress).await?;
+    // Audit records never change: only those past the destination's newest.
+    let after = destination.copy_position(CopyTable::Audit).await?;
+    report.audit_records = copy_table(
+        source,
+        destination,
+        CopyTable::Audit,
+        after,
+        batch,
+        progress,
+    )
+    .await?;
+    tracing::debug!(elapsed = ?started.elapsed(), ?report, "copy finished");
+    Ok(report)
+}
+
+/// Copies `table`'s rows past `after`; returns how many.
+async fn copy_table(
+    source: &dyn Store,
+    destination: &dyn Store,
+    table: CopyTable,
+    mut after: i64,
+    batch: usize,
+    progress: &mut dyn CopyProgress,
+) -> Result<u64, StoreError> {
+    let newest = source.copy_position(table).await?;
+    let name = match table {
+        CopyTable::Events => "events",
+        CopyTable::Security => "security events",
+        CopyTable::Audit => "audit records",
+    };
+    progress.start(
+        name,
+        Some(u64::try_from(newest.saturating_sub(after)).unwrap_or(0)),
+    );
+    let mut copied = 0;
+    loop {
+        let rows = source.copy_out(table, after, batch).await?;
+        let Some(last) = rows.last_position() else {
+            break;
+        };
+        after = last;
+        let count = rows.len() as u64;
+        destination.copy_in(rows).await?;
+        copied += count;
+        progress.advance(count);
+    }
+    progress.finish();
+    Ok(copied)
+}
+
+/// Refuses a destination whose newest event (at `seq`) is not the source's event of that seq.
+async fn check_same_history(
+    source: &dyn Store,
+    destination: &dyn Store,
+    seq: i64,
+) -> anyhow::Result<()> {
+    let id_at = |rows: CopyRows| match rows {
+        CopyRows::Events { events, .. } => events
+            .first()
+            .filter(|e| e.event.seq == seq)
+            .map(|e| e.event.id),
+        _ => None,
+    };
+    let there = id_at(destination.copy_out(CopyTable::Events, seq - 1, 1).await?);
+    let here = id_at(source.copy_out(CopyTable::Events, seq - 1, 1).await?);
+    match (there, here) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (there, here) => {
+            let name = |id: Option<uuid::Uuid>| {
+                id.map_or_else(|| String::from("missing"), |id| id.to_string())
+            };
+            Err(CopyRefused::OtherEvents {
+                seq,
+                there: name(there),
+                here: name(here),
+            }
+            .into())
+        }
+    }
+}
