@@ -160,8 +160,8 @@ struct CopyArgs {
     /// earlier copy of the source, and no server may serve it until the copy is done.
     #[arg(long, value_parser = crate::config::parse_database_url)]
     to: String,
-    /// Rows written per transaction (100 to 100000).
-    #[arg(long, default_value_t = 5000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(100..=100_000))]
+    /// Rows written per transaction (1 to 100000).
+    #[arg(long, default_value_t = 5000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     batch: usize,
 }
 

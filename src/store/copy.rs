@@ -28,6 +28,10 @@ use crate::domain::security::StoredSecurityEvent;
 
 use super::{Store, StoreError};
 
+/// A batch of events ends once its events' `data` and `headers` pass this many bytes, so a
+/// batch of large events stays within memory (an event may hold up to 64 MiB).
+pub const BATCH_BYTES: usize = 32 << 20;
+
 /// The tables `copy_out` reads by position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CopyTable {
@@ -153,19 +157,35 @@ pub async fn copy_store(
         Some(u64::try_from(newest.saturating_sub(after)).unwrap_or(0)),
     );
     loop {
-        let rows = source.copy_out(CopyTable::Events, after, batch).await?;
-        let done = rows.is_empty();
-        let count = rows.len() as u64;
-        if let Some(last) = rows.last_position() {
-            after = last;
-        }
-        // An empty batch still carries the source's last assigned seq.
-        destination.copy_in(rows).await?;
+        let CopyRows::Events {
+            events,
+            last_assigned,
+        } = source.copy_out(CopyTable::Events, after, batch).await?
+        else {
+            anyhow::bail!("the source answered a read of events with other rows");
+        };
+        let Some(last) = events.last().map(|e| e.event.seq) else {
+            // Past the last event: the destination's sequence catches up with the source's,
+            // which is higher when the source's newest events were deleted.
+            destination
+                .copy_in(CopyRows::Events {
+                    events,
+                    last_assigned,
+                })
+                .await?;
+            break;
+        };
+        let count = events.len() as u64;
+        // Raised only to the batch's own last seq, so the next batch still fits above it.
+        destination
+            .copy_in(CopyRows::Events {
+                events,
+                last_assigned: last,
+            })
+            .await?;
+        after = last;
         report.events += count;
         progress.advance(count);
-        if done {
-            break;
-        }
     }
     progress.finish();
     report.last_seq = destination.copy_position(CopyTable::Events).await?;

@@ -10,12 +10,17 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, TestDatabase, all_events, status_json};
 
-/// Runs `annals copy --to <to>` from the store at `from`.
+/// Runs `annals copy --to <to>` from the store at `from`, two rows a transaction (so every
+/// table takes several).
 async fn copy(from: &str, to: &str) -> Output {
+    copy_in_batches(from, to, 2).await
+}
+
+async fn copy_in_batches(from: &str, to: &str, batch: usize) -> Output {
     let (from, to) = (from.to_string(), to.to_string());
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_annals"))
-            .args(["copy", "--to", &to, "--batch", "100"])
+            .args(["copy", "--to", &to, "--batch", &batch.to_string()])
             .env("ANNALS_DATABASE_URL", &from)
             .env_remove("ANNALS_API_KEY")
             .env_remove("ANNALS_LOG")
@@ -275,6 +280,66 @@ async fn copy_refuses_what_would_mix_two_stores(backend: Backend) {
     assert_eq!(other.list("/v1/events", &other.admin_key).await.len(), 1);
     other.stop().await;
     source.stop().await;
+}
+
+/// Events received in months long past get their PostgreSQL partitions; seqs that retention
+/// deleted stay unused (the oldest and, through the sequence, the newest); events too large to
+/// hold many of in memory go over in batches bounded in bytes, none lost at a batch's edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_months_deleted_seqs_and_large_events_are_copied() {
+    let Some(source) = TestApp::spawn_with(Backend::Sqlite, |a| a.max_event_bytes = 5 << 20).await
+    else {
+        return;
+    };
+    let Some(destination) = TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    let key = source.key("acme", "events:write,events:read").await;
+    let big = "x".repeat(4 << 20);
+    for n in 0..10 {
+        source
+            .record(
+                &key,
+                json!({"event_type": "file.blob.stored", "data": {"n": n, "blob": big}}),
+            )
+            .await;
+    }
+    let source = source.stop_keep_db().await;
+    {
+        let conn = rusqlite::Connection::open(&source.db.url).unwrap();
+        conn.execute_batch(
+            "DELETE FROM events WHERE seq = 1; \
+             UPDATE events SET received_at = 1709600000000000 WHERE seq = 2; \
+             UPDATE event_sequence SET last_seq = 1000;",
+        )
+        .unwrap();
+    }
+    let source = source.restart().await;
+    let before = all_events(&source.http, &source.base, &key).await;
+    assert_eq!(before.len(), 9);
+    assert!(
+        before[0]["received_at"]
+            .as_str()
+            .unwrap()
+            .starts_with("2024-03-05")
+    );
+    let source = source.stop_keep_db().await;
+
+    let text = succeeded(&copy_in_batches(&source.db.url, &destination.url, 1000).await);
+    assert!(text.contains("Copied 9 events"), "{text}");
+    let admin_key = source.admin_key.clone();
+    let mut copied = TestApp::serve(destination).await;
+    copied.admin_key = admin_key;
+    assert_eq!(all_events(&copied.http, &copied.base, &key).await, before);
+    let id = copied
+        .record(&key, json!({"event_type": "after.copy.recorded"}))
+        .await;
+    let newest = copied.list("/v1/events?limit=1", &key).await;
+    assert_eq!(
+        (&newest[0]["id"], &newest[0]["seq"]),
+        (&json!(id), &json!(1001))
+    );
+    copied.stop().await;
 }
 
 crate::conformance!(copy_refuses_what_would_mix_two_stores);

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use self::query::{EVENT_COLUMNS, Filters, Part, page_sql, to_datetime};
 use self::writer::WriterCommand;
-use super::copy::{CopiedEvent, CopyRows, CopyTable};
+use super::copy::{BATCH_BYTES, CopiedEvent, CopyRows, CopyTable};
 use super::{
     AppendOutcome, CLIENTS_SQL, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
     PAGE_BYTE_BUDGET, Store, StoreError, TYPE_RANGES, TYPES_SQL, TypeRanges,
@@ -1085,26 +1085,41 @@ impl Store for PostgresStore {
                     .start()
                     .await
                     .map_err(unavailable)?;
-                let rows = tx
-                    .query(
+                // The snapshot is taken here, so the rows below agree with it.
+                let last_assigned: i64 = tx
+                    .query_one("SELECT last_seq FROM event_sequence WHERE id = 1", &[])
+                    .await
+                    .map_err(unavailable)?
+                    .get(0);
+                let stream = tx
+                    .query_raw(
                         &format!(
                             "SELECT {EVENT_COLUMNS}, (SELECT k.content_hash FROM idempotency_keys k \
                              WHERE k.client_id = e.client_id AND k.source = coalesce(e.source, '') \
                              AND k.event_id = e.event_id AND k.event_seq = e.seq) \
                              FROM events e WHERE e.seq > $1 ORDER BY e.seq LIMIT $2"
                         ),
-                        &[&after, &limit],
+                        [&after as &(dyn tokio_postgres::types::ToSql + Sync), &limit],
                     )
                     .await
                     .map_err(unavailable)?;
-                let last_assigned: i64 = tx
-                    .query_one("SELECT last_seq FROM event_sequence WHERE id = 1", &[])
-                    .await
-                    .map_err(unavailable)?
-                    .get(0);
+                let mut rows = Vec::new();
+                {
+                    use futures_util::TryStreamExt;
+                    // Dropped before the commit: rows past the byte budget are discarded.
+                    let mut stream = std::pin::pin!(stream);
+                    let mut bytes = 0;
+                    while bytes <= BATCH_BYTES
+                        && let Some(row) = stream.try_next().await.map_err(unavailable)?
+                    {
+                        let event = row_to_event(&row);
+                        bytes += event.data.len() + event.headers.len();
+                        rows.push((event, row));
+                    }
+                }
                 tx.commit().await.map_err(unavailable)?;
                 let mut events = Vec::with_capacity(rows.len());
-                for row in &rows {
+                for (event, row) in rows {
                     let hash: Option<Vec<u8>> = row.get(17);
                     let content_hash = hash
                         .map(|h| {
@@ -1116,7 +1131,7 @@ impl Store for PostgresStore {
                         })
                         .transpose()?;
                     events.push(CopiedEvent {
-                        event: row_to_event(row),
+                        event,
                         content_hash,
                     });
                 }

@@ -33,7 +33,7 @@ use uuid::Uuid;
 use self::multi_row::{MultiRowInsert, Prepared};
 use self::query::{EVENT_COLUMNS, Filters, TOPIC_MATCH_FN, page_sql};
 use self::writer::{Imported, WriterCommand};
-use super::copy::{CopiedEvent, CopyRows, CopyTable};
+use super::copy::{BATCH_BYTES, CopiedEvent, CopyRows, CopyTable};
 use super::{
     AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
     PAGE_BYTE_BUDGET, Store, StoreError,
@@ -1058,8 +1058,13 @@ impl Store for SqliteStore {
                         "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
                     ))?;
                     let mut events = Vec::new();
+                    let mut bytes = 0;
                     for event in stmt.query_map([after, limit], row_to_event)? {
+                        if bytes > BATCH_BYTES {
+                            break;
+                        }
                         let event = event?;
+                        bytes += event.data.len() + event.headers.len();
                         let content_hash = match &event.event_id {
                             Some(event_id) => keys
                                 .query_row(
