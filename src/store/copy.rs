@@ -21,10 +21,12 @@
 
 use std::time::Instant;
 
-use crate::domain::StoredEvent;
+use uuid::Uuid;
+
 use crate::domain::access::KeyRecord;
 use crate::domain::audit::StoredAudit;
 use crate::domain::security::StoredSecurityEvent;
+use crate::domain::{NewEvent, StoredEvent, Timestamp};
 
 use super::{Store, StoreError};
 
@@ -49,6 +51,37 @@ pub enum CopyTable {
 pub struct CopiedEvent {
     pub event: StoredEvent,
     pub content_hash: Option<[u8; 32]>,
+}
+
+impl CopiedEvent {
+    /// The event as a writer takes it, with the seq, id and receipt time it keeps.
+    pub fn into_imported(self) -> Result<Imported, StoreError> {
+        let (seq, id, received_at) = (self.event.seq, self.event.id, self.event.received_at);
+        let event = self
+            .event
+            .into_new(self.content_hash)
+            .map_err(|e| StoreError::Internal(anyhow::anyhow!(e)))?;
+        Ok(Imported {
+            event,
+            seq,
+            id,
+            received_at,
+        })
+    }
+
+    /// `into_imported` of each, or the first failure.
+    pub fn into_imported_all(events: Vec<Self>) -> Result<Vec<Imported>, StoreError> {
+        events.into_iter().map(Self::into_imported).collect()
+    }
+}
+
+/// A copied event on its way into a writer: the event, and the seq, id and receipt time it
+/// keeps.
+pub struct Imported {
+    pub event: NewEvent,
+    pub seq: i64,
+    pub id: Uuid,
+    pub received_at: Timestamp,
 }
 
 /// Rows read from one store for another.

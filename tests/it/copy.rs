@@ -74,6 +74,19 @@ async fn snapshot(app: &TestApp) -> Snapshot {
     }
 }
 
+/// The same structured CloudEvent each time (its idempotency key is source + id).
+async fn post_cloudevent(app: &TestApp, key: &str) -> reqwest::Response {
+    let event = json!({"specversion": "1.0", "id": "ce-1", "source": "/shop",
+        "type": "shop.order.placed", "data": "plain text data", "datacontenttype": "text/plain"});
+    app.post_raw(
+        "/v1/events",
+        key,
+        Some("application/cloudevents+json"),
+        event.to_string(),
+    )
+    .await
+}
+
 /// Fills the source with one of each kind of thing a store keeps.
 async fn fill(app: &TestApp, client_key: &str) {
     app.record(
@@ -118,16 +131,7 @@ async fn fill(app: &TestApp, client_key: &str) {
         "{}",
         r.text().await.unwrap()
     );
-    let r = app
-        .post_raw(
-            "/v1/events",
-            client_key,
-            Some("application/cloudevents+json"),
-            json!({"specversion": "1.0", "id": "ce-1", "source": "/shop", "type": "shop.order.placed",
-                   "data": "plain text data", "datacontenttype": "text/plain"})
-            .to_string(),
-        )
-        .await;
+    let r = post_cloudevent(app, client_key).await;
     assert_eq!(
         r.status(),
         StatusCode::CREATED,
@@ -209,16 +213,7 @@ async fn copy_moves_everything(from: Backend, to: Backend) {
         json!({"event_type": "billing.invoice.voided", "event_id": "evt-2", "data": {"x": 1}});
     let r = copied.post("/v1/events", &client_key, &changed).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    let r = copied
-        .post_raw(
-            "/v1/events",
-            &client_key,
-            Some("application/cloudevents+json"),
-            json!({"specversion": "1.0", "id": "ce-1", "source": "/shop", "type": "shop.order.placed",
-                   "data": "plain text data", "datacontenttype": "text/plain"})
-            .to_string(),
-        )
-        .await;
+    let r = post_cloudevent(&copied, &client_key).await;
     assert_eq!(r.status(), StatusCode::OK, "a CloudEvent's retry");
 
     // New events carry on after the copied seqs.

@@ -612,6 +612,22 @@ async fn insert_audit<'r>(
     Ok(())
 }
 
+/// Up to `limit` rows of `table` with ids above `after`, oldest first (`annals copy`).
+async fn rows_after(
+    db: &deadpool_postgres::Object,
+    columns: &str,
+    table: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Row>, StoreError> {
+    db.query(
+        &format!("SELECT {columns} FROM {table} WHERE id > $1 ORDER BY id LIMIT $2"),
+        &[&after, &limit],
+    )
+    .await
+    .map_err(unavailable)
+}
+
 /// After rows went in under ids of their own, moves `table`'s id sequence past them, so new
 /// rows never take one of those ids.
 async fn move_id_sequence(
@@ -1140,32 +1156,20 @@ impl Store for PostgresStore {
                     last_assigned,
                 })
             }
-            CopyTable::Security => {
-                let rows = db
-                    .query(
-                        &format!(
-                            "SELECT {SECURITY_COLUMNS} FROM security_events WHERE id > $1 ORDER BY id LIMIT $2"
-                        ),
-                        &[&after, &limit],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                Ok(CopyRows::Security(
-                    rows.iter().map(row_to_security).collect::<Result<_, _>>()?,
-                ))
-            }
-            CopyTable::Audit => {
-                let rows = db
-                    .query(
-                        &format!(
-                            "SELECT {AUDIT_COLUMNS} FROM audit_logs WHERE id > $1 ORDER BY id LIMIT $2"
-                        ),
-                        &[&after, &limit],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                Ok(CopyRows::Audit(rows.iter().map(row_to_audit).collect()))
-            }
+            CopyTable::Security => Ok(CopyRows::Security(
+                rows_after(&db, SECURITY_COLUMNS, "security_events", after, limit)
+                    .await?
+                    .iter()
+                    .map(row_to_security)
+                    .collect::<Result<_, _>>()?,
+            )),
+            CopyTable::Audit => Ok(CopyRows::Audit(
+                rows_after(&db, AUDIT_COLUMNS, "audit_logs", after, limit)
+                    .await?
+                    .iter()
+                    .map(row_to_audit)
+                    .collect(),
+            )),
         }
     }
 
@@ -1175,23 +1179,7 @@ impl Store for PostgresStore {
                 events,
                 last_assigned,
             } => {
-                let mut imported = Vec::with_capacity(events.len());
-                for CopiedEvent {
-                    event,
-                    content_hash,
-                } in events
-                {
-                    let (seq, id, received_at) = (event.seq, event.id, event.received_at);
-                    let event = event
-                        .into_new(content_hash)
-                        .map_err(|e| StoreError::Internal(anyhow::anyhow!(e)))?;
-                    imported.push(writer::Imported {
-                        event,
-                        seq,
-                        id,
-                        received_at,
-                    });
-                }
+                let imported = CopiedEvent::into_imported_all(events)?;
                 writer::import(&self.pool, &imported, last_assigned).await
             }
             CopyRows::Keys(keys) => {

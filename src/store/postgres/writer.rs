@@ -29,6 +29,7 @@ use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, StoredKey};
 use crate::ingest::queue::next_group;
+use crate::store::copy::Imported;
 use crate::store::{AppendOutcome, AppendedItem, StoreError};
 
 pub(super) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
@@ -379,15 +380,6 @@ async fn write_group(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(outcomes)
-}
-
-/// One event copied from another store (`annals copy`), with the seq, id and receipt time it
-/// keeps.
-pub(super) struct Imported {
-    pub event: NewEvent,
-    pub seq: i64,
-    pub id: Uuid,
-    pub received_at: Timestamp,
 }
 
 /// Writes copied events in one transaction, keeping their seqs, ids and times, with their

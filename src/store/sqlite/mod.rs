@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use self::multi_row::{MultiRowInsert, Prepared};
 use self::query::{EVENT_COLUMNS, Filters, TOPIC_MATCH_FN, page_sql};
-use self::writer::{Imported, WriterCommand};
+use self::writer::WriterCommand;
 use super::copy::{BATCH_BYTES, CopiedEvent, CopyRows, CopyTable};
 use super::{
     AppendOutcome, COMMIT_CHANNEL_CAPACITY, CommittedRange, EventPage, EventQuery,
@@ -577,6 +577,22 @@ fn row_to_audit(r: &Row<'_>) -> rusqlite::Result<StoredAudit> {
     })
 }
 
+/// Up to `limit` rows of `table` with ids above `after`, oldest first (`annals copy`).
+fn rows_after<T>(
+    conn: &Connection,
+    columns: &str,
+    table: &str,
+    after: i64,
+    limit: i64,
+    map: fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {columns} FROM {table} WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map([after, limit], map)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 const SECURITY_COLUMNS: &str = "id, client_id, event_type, severity, user_id, ip_address, user_agent, \
 event_details, requires_review, reviewed_by, reviewed_at, occurred_at, dedup_key, count";
 
@@ -1098,26 +1114,32 @@ impl Store for SqliteStore {
                 })
                 .await
             }
-            CopyTable::Security => {
+            CopyTable::Security => Ok(CopyRows::Security(
                 self.read(move |conn| {
-                    let mut stmt = conn.prepare_cached(&format!(
-                        "SELECT {SECURITY_COLUMNS} FROM security_events WHERE id > ?1 ORDER BY id LIMIT ?2"
-                    ))?;
-                    let rows = stmt.query_map([after, limit], row_to_security)?;
-                    Ok(CopyRows::Security(rows.collect::<Result<_, _>>()?))
+                    rows_after(
+                        conn,
+                        SECURITY_COLUMNS,
+                        "security_events",
+                        after,
+                        limit,
+                        row_to_security,
+                    )
                 })
-                .await
-            }
-            CopyTable::Audit => {
+                .await?,
+            )),
+            CopyTable::Audit => Ok(CopyRows::Audit(
                 self.read_audit(move |conn| {
-                    let mut stmt = conn.prepare_cached(&format!(
-                        "SELECT {AUDIT_COLUMNS} FROM audit_logs WHERE id > ?1 ORDER BY id LIMIT ?2"
-                    ))?;
-                    let rows = stmt.query_map([after, limit], row_to_audit)?;
-                    Ok(CopyRows::Audit(rows.collect::<Result<_, _>>()?))
+                    rows_after(
+                        conn,
+                        AUDIT_COLUMNS,
+                        "audit_logs",
+                        after,
+                        limit,
+                        row_to_audit,
+                    )
                 })
-                .await
-            }
+                .await?,
+            )),
         }
     }
 
@@ -1127,25 +1149,8 @@ impl Store for SqliteStore {
                 events,
                 last_assigned,
             } => {
-                let mut bytes = 0;
-                let mut imported = Vec::with_capacity(events.len());
-                for CopiedEvent {
-                    event,
-                    content_hash,
-                } in events
-                {
-                    let (seq, id, received_at) = (event.seq, event.id, event.received_at);
-                    let event = event
-                        .into_new(content_hash)
-                        .map_err(|e| StoreError::Internal(anyhow::anyhow!(e)))?;
-                    bytes += event.approx_bytes();
-                    imported.push(Imported {
-                        event,
-                        seq,
-                        id,
-                        received_at,
-                    });
-                }
+                let imported = CopiedEvent::into_imported_all(events)?;
+                let bytes = imported.iter().map(|e| e.event.approx_bytes()).sum();
                 let (reply, answer) = oneshot::channel();
                 self.submit(
                     WriterCommand::Import {

@@ -40,6 +40,7 @@ use super::StoreFile;
 use super::checkpoint::{FailureStreak, WalRestart};
 use super::multi_row::{MultiRowInsert, Prepared, Row};
 use super::user_index::{Entry, UserIndex};
+use crate::store::copy::Imported;
 use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
 
 /// Most jobs committed in one transaction.
@@ -73,14 +74,6 @@ pub(super) enum WriterCommand {
     },
     /// Commit what is queued, refuse new jobs, and stop.
     Shutdown,
-}
-
-/// One event of an `Import`: the event, and the seq, id and receipt time it keeps.
-pub(super) struct Imported {
-    pub event: NewEvent,
-    pub seq: i64,
-    pub id: Uuid,
-    pub received_at: Timestamp,
 }
 
 struct PendingAppend {
@@ -174,7 +167,8 @@ pub(super) fn run(
                 WriterCommand::Append { events, reply } => {
                     appends.push(PendingAppend { events, reply })
                 }
-                WriterCommand::Exec(job) => {
+                between @ (WriterCommand::Exec(_) | WriterCommand::Import { .. }) => {
+                    // What was queued before it commits first.
                     commit_group(
                         &conn,
                         &mut insert,
@@ -183,30 +177,13 @@ pub(super) fn run(
                         &mut user_index,
                         &health,
                     );
-                    job(&mut conn);
-                }
-                WriterCommand::Import {
-                    events,
-                    last_assigned,
-                    reply,
-                } => {
-                    commit_group(
-                        &conn,
+                    run_between_groups(
+                        &mut conn,
                         &mut insert,
-                        std::mem::take(&mut appends),
+                        between,
                         &mut last_seq,
                         &mut user_index,
-                        &health,
                     );
-                    let imported =
-                        import(&conn, &mut insert, &events, last_assigned, &mut last_seq);
-                    let _ = reply.send(match imported {
-                        Ok(entries) => {
-                            user_index.committed(entries);
-                            Ok(())
-                        }
-                        Err(e) => Err(StoreError::Internal(e)),
-                    });
                 }
                 WriterCommand::Shutdown => rx.close(),
             }
@@ -321,6 +298,36 @@ fn commit_group(
                 let _ = append.reply.send(Err(error));
             }
         }
+    }
+}
+
+/// Runs a job that takes its own transaction between two groups: an `Exec`, or an `Import`
+/// (whose events join the user index once committed). Appends and `Shutdown` are the loop's.
+fn run_between_groups(
+    conn: &mut Connection,
+    insert: &mut Prepared,
+    job: WriterCommand,
+    last_seq: &mut i64,
+    user_index: &mut UserIndex,
+) {
+    match job {
+        WriterCommand::Exec(job) => job(conn),
+        WriterCommand::Import {
+            events,
+            last_assigned,
+            reply,
+        } => {
+            let _ = reply.send(
+                match import(conn, insert, &events, last_assigned, last_seq) {
+                    Ok(entries) => {
+                        user_index.committed(entries);
+                        Ok(())
+                    }
+                    Err(e) => Err(StoreError::Internal(e)),
+                },
+            );
+        }
+        WriterCommand::Append { .. } | WriterCommand::Shutdown => {}
     }
 }
 
