@@ -5,8 +5,8 @@
 //! the API keys (so clients keep their keys), the security events and the API-call audit log.
 //!
 //! Invariants:
-//! - Events go over in `seq` order, in batches; each batch is one transaction at the
-//!   destination, so a copy stopped at any point leaves a prefix of the source there, and
+//! - Events go over in `seq` order, in batches (the next read while the last is written); each
+//!   batch is one transaction at the destination, so a copy stopped at any point leaves a prefix of the source there, and
 //!   running the copy again carries on after it.
 //! - The destination takes events only above every seq it holds, and only when it holds a
 //!   prefix of this source (its newest event is the source's event of the same seq, same id):
@@ -180,7 +180,7 @@ pub async fn copy_store(
 
     // Events first: the check that the destination is this source's (or empty) comes before
     // anything is written.
-    let mut after = destination.copy_position(CopyTable::Events).await?;
+    let after = destination.copy_position(CopyTable::Events).await?;
     if after > 0 {
         check_same_history(source, destination, after).await?;
     }
@@ -189,11 +189,13 @@ pub async fn copy_store(
         "events",
         Some(u64::try_from(newest.saturating_sub(after)).unwrap_or(0)),
     );
+    // The next batch is read while this one is written (two batches in memory at most).
+    let mut next = source.copy_out(CopyTable::Events, after, batch).await?;
     loop {
         let CopyRows::Events {
             events,
             last_assigned,
-        } = source.copy_out(CopyTable::Events, after, batch).await?
+        } = next
         else {
             anyhow::bail!("the source answered a read of events with other rows");
         };
@@ -210,13 +212,14 @@ pub async fn copy_store(
         };
         let count = events.len() as u64;
         // Raised only to the batch's own last seq, so the next batch still fits above it.
-        destination
-            .copy_in(CopyRows::Events {
-                events,
-                last_assigned: last,
-            })
-            .await?;
-        after = last;
+        let write = destination.copy_in(CopyRows::Events {
+            events,
+            last_assigned: last,
+        });
+        let read = source.copy_out(CopyTable::Events, last, batch);
+        let (written, read) = tokio::join!(write, read);
+        written?;
+        next = read?;
         report.events += count;
         progress.advance(count);
     }
