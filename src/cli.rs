@@ -465,6 +465,11 @@ async fn run_copy(args: CopyArgs) -> anyhow::Result<()> {
         counted(report.audit_records, "audit record")
     );
     println!(
+        "Both stores hold {} up to seq {}.",
+        counted(report.verified_events.max(0) as u64, "event"),
+        report.last_seq
+    );
+    println!(
         "Run the same command again to take what arrived at the source meanwhile; once the \
          source no longer takes events, a last run makes the copy complete."
     );

@@ -124,9 +124,15 @@ impl CopyRows {
     }
 }
 
-/// Why a copy may not go ahead.
+/// Why a copy may not go ahead, or did not end well.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyRefused {
+    #[error(
+        "after the copy the destination holds {there} events up to seq {through}, the source \
+         {here} (did retention delete events at the source meanwhile?); run the copy again to \
+         check, and don't serve the destination until the counts agree"
+    )]
+    Incomplete { through: i64, there: i64, here: i64 },
     #[error(
         "the destination already holds events that are not this source's (its event {seq} is {there}, \
          the source's is {here}); copy into an empty database, or into an earlier copy of this one"
@@ -145,6 +151,8 @@ pub struct CopyReport {
     pub events: u64,
     /// The destination's newest event after the copy (0 when there is none).
     pub last_seq: i64,
+    /// Events both stores hold up to `last_seq`, counted on each after the copy.
+    pub verified_events: i64,
     pub keys: u64,
     pub security_events: u64,
     pub audit_records: u64,
@@ -225,6 +233,20 @@ pub async fn copy_store(
     }
     progress.finish();
     report.last_seq = destination.copy_position(CopyTable::Events).await?;
+    // Both sides counted: a copy that lost a row is said, not reported as done.
+    let (there, here) = tokio::try_join!(
+        destination.count_events_through(report.last_seq),
+        source.count_events_through(report.last_seq)
+    )?;
+    if there != here {
+        return Err(CopyRefused::Incomplete {
+            through: report.last_seq,
+            there,
+            here,
+        }
+        .into());
+    }
+    report.verified_events = there;
 
     let keys = source.list_keys(None).await?;
     report.keys = keys.len() as u64;

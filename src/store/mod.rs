@@ -350,6 +350,8 @@ pub trait Store: Send + Sync + 'static {
     async fn copy_in(&self, rows: CopyRows) -> Result<(), StoreError>;
     /// The newest event's `seq` (events) or the highest row id (security, audit); 0 when none.
     async fn copy_position(&self, table: CopyTable) -> Result<i64, StoreError>;
+    /// How many events the store holds with a `seq` up to `through` (a copy's final check).
+    async fn count_events_through(&self, through: i64) -> Result<i64, StoreError>;
 
     /// Committed seq ranges as they happen, for live fan-out (seed 003's notify-on-create).
     fn commits(&self) -> tokio::sync::broadcast::Receiver<CommittedRange>;

@@ -1257,6 +1257,15 @@ impl Store for PostgresStore {
         Ok(db.query_one(sql, &[]).await.map_err(unavailable)?.get(0))
     }
 
+    async fn count_events_through(&self, through: i64) -> Result<i64, StoreError> {
+        let db = self.client().await?;
+        Ok(db
+            .query_one("SELECT count(*) FROM events WHERE seq <= $1", &[&through])
+            .await
+            .map_err(unavailable)?
+            .get(0))
+    }
+
     fn commits(&self) -> broadcast::Receiver<CommittedRange> {
         self.commits.subscribe()
     }

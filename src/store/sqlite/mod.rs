@@ -1247,6 +1247,17 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn count_events_through(&self, through: i64) -> Result<i64, StoreError> {
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT count(*) FROM events WHERE seq <= ?1",
+                [through],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
     fn commits(&self) -> broadcast::Receiver<CommittedRange> {
         self.commits.subscribe()
     }
