@@ -646,6 +646,47 @@ async fn move_id_sequence(
     Ok(())
 }
 
+/// The columns a security event is recorded with, in `SecurityValues::params`' order.
+const SECURITY_WRITES: &str = "client_id, event_type, severity, user_id, ip_address, user_agent, \
+event_details, requires_review, occurred_at, dedup_key, count";
+
+/// A security event's values for `SECURITY_WRITES` (`event_details` goes in as text, to be
+/// cast to `jsonb`).
+struct SecurityValues<'e> {
+    event: &'e NewSecurityEvent,
+    event_type: &'static str,
+    severity: &'static str,
+    occurred_at: chrono::DateTime<Utc>,
+}
+
+impl<'e> SecurityValues<'e> {
+    fn of(event: &'e NewSecurityEvent) -> Self {
+        Self {
+            event,
+            event_type: event.event_type.as_str(),
+            severity: event.severity.as_str(),
+            occurred_at: to_datetime(event.occurred_at.as_micros()),
+        }
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 11] {
+        let e = self.event;
+        [
+            &e.client_id,
+            &self.event_type,
+            &self.severity,
+            &e.user_id,
+            &e.ip_address,
+            &e.user_agent,
+            &e.details,
+            &e.requires_review,
+            &self.occurred_at,
+            &e.dedup_key,
+            &e.count,
+        ]
+    }
+}
+
 const SECURITY_COLUMNS: &str = "id, client_id, event_type, severity, user_id, ip_address, user_agent, \
 event_details::text, requires_review, reviewed_by, reviewed_at, occurred_at, dedup_key, count";
 
@@ -1005,34 +1046,19 @@ impl Store for PostgresStore {
     async fn record_security(&self, events: Vec<NewSecurityEvent>) -> Result<Vec<i64>, StoreError> {
         let db = self.client().await?;
         let stmt = db
-            .prepare_cached(
-                "INSERT INTO security_events (client_id, event_type, severity, user_id, ip_address, user_agent, \
-                 event_details, requires_review, occurred_at, dedup_key, count) \
+            .prepare_cached(&format!(
+                "INSERT INTO security_events ({SECURITY_WRITES}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10, $11) \
                  ON CONFLICT (dedup_key) DO UPDATE SET count = security_events.count + excluded.count \
-                 RETURNING id",
-            )
+                 RETURNING id"
+            ))
             .await
             .map_err(unavailable)?;
         let mut ids = Vec::with_capacity(events.len());
         for e in &events {
+            let values = SecurityValues::of(e);
             let row = db
-                .query_one(
-                    &stmt,
-                    &[
-                        &e.client_id,
-                        &e.event_type.as_str(),
-                        &e.severity.as_str(),
-                        &e.user_id,
-                        &e.ip_address,
-                        &e.user_agent,
-                        &e.details,
-                        &e.requires_review,
-                        &to_datetime(e.occurred_at.as_micros()),
-                        &e.dedup_key,
-                        &e.count,
-                    ],
-                )
+                .query_one(&stmt, &values.params())
                 .await
                 .map_err(unavailable)?;
             ids.push(row.get(0));
@@ -1199,42 +1225,27 @@ impl Store for PostgresStore {
                 let tx = db.transaction().await.map_err(unavailable)?;
                 let stmt = tx
                     .prepare(&format!(
-                        "INSERT INTO security_events ({}) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14) \
+                        "INSERT INTO security_events (id, reviewed_by, reviewed_at, {SECURITY_WRITES}) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb, $11, $12, $13, $14) \
                          ON CONFLICT (id) DO UPDATE SET client_id = excluded.client_id, \
                          event_type = excluded.event_type, severity = excluded.severity, \
                          user_id = excluded.user_id, ip_address = excluded.ip_address, \
                          user_agent = excluded.user_agent, event_details = excluded.event_details, \
                          requires_review = excluded.requires_review, reviewed_by = excluded.reviewed_by, \
                          reviewed_at = excluded.reviewed_at, occurred_at = excluded.occurred_at, \
-                         dedup_key = excluded.dedup_key, count = excluded.count",
-                        SECURITY_COLUMNS.replace("::text", "")
+                         dedup_key = excluded.dedup_key, count = excluded.count"
                     ))
                     .await
                     .map_err(unavailable)?;
                 for s in &events {
-                    let e = &s.event;
-                    tx.execute(
-                        &stmt,
-                        &[
-                            &s.id,
-                            &e.client_id,
-                            &e.event_type.as_str(),
-                            &e.severity.as_str(),
-                            &e.user_id,
-                            &e.ip_address,
-                            &e.user_agent,
-                            &e.details,
-                            &e.requires_review,
-                            &s.reviewed_by,
-                            &s.reviewed_at.map(|t| to_datetime(t.as_micros())),
-                            &to_datetime(e.occurred_at.as_micros()),
-                            &e.dedup_key,
-                            &e.count,
-                        ],
-                    )
-                    .await
-                    .map_err(writer::internal_or_unavailable)?;
+                    let values = SecurityValues::of(&s.event);
+                    let reviewed_at = s.reviewed_at.map(|t| to_datetime(t.as_micros()));
+                    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                        vec![&s.id, &s.reviewed_by, &reviewed_at];
+                    params.extend(values.params());
+                    tx.execute(&stmt, &params)
+                        .await
+                        .map_err(writer::internal_or_unavailable)?;
                 }
                 move_id_sequence(&tx, "security_events").await?;
                 tx.commit().await.map_err(unavailable)

@@ -593,6 +593,27 @@ fn rows_after<T>(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The columns a security event is recorded with, in `security_values`' order.
+const SECURITY_WRITES: &str = "client_id, event_type, severity, user_id, ip_address, user_agent, \
+event_details, requires_review, occurred_at, dedup_key, count";
+
+/// `e`'s values for `SECURITY_WRITES`.
+fn security_values(e: &NewSecurityEvent) -> [rusqlite::types::Value; 11] {
+    [
+        e.client_id.clone().into(),
+        e.event_type.as_str().to_string().into(),
+        e.severity.as_str().to_string().into(),
+        e.user_id.clone().into(),
+        e.ip_address.clone().into(),
+        e.user_agent.clone().into(),
+        e.details.clone().into(),
+        e.requires_review.into(),
+        e.occurred_at.as_micros().into(),
+        e.dedup_key.clone().into(),
+        e.count.into(),
+    ]
+}
+
 const SECURITY_COLUMNS: &str = "id, client_id, event_type, severity, user_id, ip_address, user_agent, \
 event_details, requires_review, reviewed_by, reviewed_at, occurred_at, dedup_key, count";
 
@@ -979,27 +1000,16 @@ impl Store for SqliteStore {
 
     async fn record_security(&self, events: Vec<NewSecurityEvent>) -> Result<Vec<i64>, StoreError> {
         self.write(move |tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO security_events (client_id, event_type, severity, user_id, ip_address, user_agent, \
-                 event_details, requires_review, occurred_at, dedup_key, count) \
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT INTO security_events ({SECURITY_WRITES}) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-                 ON CONFLICT (dedup_key) DO UPDATE SET count = count + excluded.count RETURNING id",
-            )?;
+                 ON CONFLICT (dedup_key) DO UPDATE SET count = count + excluded.count RETURNING id"
+            ))?;
             let mut ids = Vec::with_capacity(events.len());
             for e in &events {
-                ids.push(stmt.query_row(params![
-                    e.client_id,
-                    e.event_type.as_str(),
-                    e.severity.as_str(),
-                    e.user_id,
-                    e.ip_address,
-                    e.user_agent,
-                    e.details,
-                    e.requires_review,
-                    e.occurred_at.as_micros(),
-                    e.dedup_key,
-                    e.count,
-                ], |r| r.get(0))?);
+                ids.push(
+                    stmt.query_row(rusqlite::params_from_iter(security_values(e)), |r| r.get(0))?,
+                );
             }
             Ok(ids)
         })
@@ -1176,27 +1186,19 @@ impl Store for SqliteStore {
             CopyRows::Security(events) => {
                 self.write(move |tx| {
                     let mut stmt = tx.prepare_cached(&format!(
-                        "INSERT OR REPLACE INTO security_events ({SECURITY_COLUMNS}) \
+                        "INSERT OR REPLACE INTO security_events (id, reviewed_by, reviewed_at, \
+                         {SECURITY_WRITES}) \
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
                     ))?;
                     for s in &events {
-                        let e = &s.event;
-                        stmt.execute(params![
-                            s.id,
-                            e.client_id,
-                            e.event_type.as_str(),
-                            e.severity.as_str(),
-                            e.user_id,
-                            e.ip_address,
-                            e.user_agent,
-                            e.details,
-                            e.requires_review,
-                            s.reviewed_by,
-                            s.reviewed_at.map(Timestamp::as_micros),
-                            e.occurred_at.as_micros(),
-                            e.dedup_key,
-                            e.count,
-                        ])?;
+                        let review = [
+                            s.id.into(),
+                            s.reviewed_by.clone().into(),
+                            s.reviewed_at.map(Timestamp::as_micros).into(),
+                        ];
+                        stmt.execute(rusqlite::params_from_iter(
+                            review.into_iter().chain(security_values(&s.event)),
+                        ))?;
                     }
                     Ok(())
                 })
