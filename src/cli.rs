@@ -466,7 +466,7 @@ async fn run_copy(args: CopyArgs) -> anyhow::Result<()> {
     );
     println!(
         "Both stores hold {} up to seq {}.",
-        counted(report.verified_events.max(0) as u64, "event"),
+        counted(report.verified_events, "event"),
         report.last_seq
     );
     println!(
@@ -483,8 +483,8 @@ struct ProgressBars {
 }
 
 impl CopyProgress for ProgressBars {
-    fn start(&mut self, what: &'static str, total: Option<u64>) {
-        let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
+    fn start(&mut self, what: &'static str, total: u64) {
+        let bar = indicatif::ProgressBar::new(total);
         if let Ok(style) = indicatif::ProgressStyle::with_template(
             "{msg:>16} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)",
         ) {

@@ -16,8 +16,9 @@
 //! - Audit records and security events keep their row ids; audit records are copied past the
 //!   destination's highest id (they never change), security events are all written again
 //!   (their review and count do change), replacing the rows of the same id.
-//! - Reading never writes the source, so it may be copied while a server keeps serving it;
-//!   what arrives after a pass is taken by the next one (see the README's move to PostgreSQL).
+//! - The copy writes no row of the source (opening it runs the store's own upkeep, as for
+//!   `annals keys`), so it may be copied while a server keeps serving it; what arrives after a
+//!   pass is taken by the next one (see the README's move to PostgreSQL).
 
 use std::time::Instant;
 
@@ -43,6 +44,30 @@ pub enum CopyTable {
     Security,
     /// By row id.
     Audit,
+}
+
+impl CopyTable {
+    /// What its rows are called in progress output.
+    fn label(self) -> &'static str {
+        match self {
+            CopyTable::Events => "events",
+            CopyTable::Security => "security events",
+            CopyTable::Audit => "audit records",
+        }
+    }
+}
+
+/// Checks that `events` are in ascending `seq` order, all above `last` (the destination's last
+/// assigned seq), so a copy never hands out a seq twice; returns the newest seq (or `last`).
+pub fn check_ascending(events: &[Imported], last: i64) -> anyhow::Result<i64> {
+    events.iter().try_fold(last, |previous, e| {
+        anyhow::ensure!(
+            e.seq > previous,
+            "event {} is not above seq {previous}, the last this store assigned",
+            e.seq
+        );
+        Ok(e.seq)
+    })
 }
 
 /// One event as a copy moves it: every column, and the content hash of its idempotency key
@@ -100,17 +125,13 @@ pub enum CopyRows {
 
 impl CopyRows {
     /// Rows carried (the last assigned seq is not a row).
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         match self {
             CopyRows::Events { events, .. } => events.len(),
             CopyRows::Keys(rows) => rows.len(),
             CopyRows::Security(rows) => rows.len(),
             CopyRows::Audit(rows) => rows.len(),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The position after the last row: its `seq` or row id.
@@ -126,7 +147,7 @@ impl CopyRows {
 
 /// Why a copy may not go ahead, or did not end well.
 #[derive(Debug, thiserror::Error)]
-pub enum CopyRefused {
+pub enum CopyError {
     #[error(
         "after the copy the destination holds {there} events up to seq {through}, the source \
          {here} (did retention delete events at the source meanwhile?); run the copy again to \
@@ -152,7 +173,7 @@ pub struct CopyReport {
     /// The destination's newest event after the copy (0 when there is none).
     pub last_seq: i64,
     /// Events both stores hold up to `last_seq`, counted on each after the copy.
-    pub verified_events: i64,
+    pub verified_events: u64,
     pub keys: u64,
     pub security_events: u64,
     pub audit_records: u64,
@@ -160,20 +181,11 @@ pub struct CopyReport {
 
 /// What the copy tells whoever watches it (a progress bar, or nothing).
 pub trait CopyProgress {
-    /// Starting on `table`; about `total` rows to go, when known.
-    fn start(&mut self, what: &'static str, total: Option<u64>);
+    /// Starting on `what`; about `total` rows to go.
+    fn start(&mut self, what: &'static str, total: u64);
     /// `rows` more copied.
     fn advance(&mut self, rows: u64);
     fn finish(&mut self);
-}
-
-/// Reports nothing.
-pub struct Silent;
-
-impl CopyProgress for Silent {
-    fn start(&mut self, _: &'static str, _: Option<u64>) {}
-    fn advance(&mut self, _: u64) {}
-    fn finish(&mut self) {}
 }
 
 /// Copies everything `source` holds that `destination` doesn't, `batch` rows a transaction.
@@ -193,10 +205,7 @@ pub async fn copy_store(
         check_same_history(source, destination, after).await?;
     }
     let newest = source.copy_position(CopyTable::Events).await?;
-    progress.start(
-        "events",
-        Some(u64::try_from(newest.saturating_sub(after)).unwrap_or(0)),
-    );
+    progress.start(CopyTable::Events.label(), rows_between(after, newest));
     // The next batch is read while this one is written (two batches in memory at most).
     let mut next = source.copy_out(CopyTable::Events, after, batch).await?;
     loop {
@@ -239,14 +248,14 @@ pub async fn copy_store(
         source.count_events_through(report.last_seq)
     )?;
     if there != here {
-        return Err(CopyRefused::Incomplete {
+        return Err(CopyError::Incomplete {
             through: report.last_seq,
             there,
             here,
         }
         .into());
     }
-    report.verified_events = there;
+    report.verified_events = u64::try_from(there).unwrap_or(0);
 
     let keys = source.list_keys(None).await?;
     report.keys = keys.len() as u64;
@@ -280,15 +289,7 @@ async fn copy_table(
     progress: &mut dyn CopyProgress,
 ) -> Result<u64, StoreError> {
     let newest = source.copy_position(table).await?;
-    let name = match table {
-        CopyTable::Events => "events",
-        CopyTable::Security => "security events",
-        CopyTable::Audit => "audit records",
-    };
-    progress.start(
-        name,
-        Some(u64::try_from(newest.saturating_sub(after)).unwrap_or(0)),
-    );
+    progress.start(table.label(), rows_between(after, newest));
     let mut copied = 0;
     loop {
         let rows = source.copy_out(table, after, batch).await?;
@@ -303,6 +304,11 @@ async fn copy_table(
     }
     progress.finish();
     Ok(copied)
+}
+
+/// About how many rows lie past `after` up to `newest` (for a progress bar).
+fn rows_between(after: i64, newest: i64) -> u64 {
+    u64::try_from(newest.saturating_sub(after)).unwrap_or(0)
 }
 
 /// Refuses a destination whose newest event (at `seq`) is not the source's event of that seq.
@@ -326,7 +332,7 @@ async fn check_same_history(
             let name = |id: Option<uuid::Uuid>| {
                 id.map_or_else(|| String::from("missing"), |id| id.to_string())
             };
-            Err(CopyRefused::OtherEvents {
+            Err(CopyError::OtherEvents {
                 seq,
                 there: name(there),
                 here: name(here),

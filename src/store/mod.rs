@@ -257,6 +257,13 @@ pub(crate) fn admin_key_remains_sql(now: &str) -> String {
     )
 }
 
+/// An idempotency key's stored content hash, as read back from either store.
+pub(crate) fn stored_hash(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Internal(anyhow::anyhow!("stored content hash is not 32 bytes")))
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Short name for health output and logs (`sqlite`, `postgres`).

@@ -544,9 +544,10 @@ fn row_to_audit(r: &Row) -> StoredAudit {
 }
 
 /// Inserts audit records with one `INSERT … SELECT FROM UNNEST(…)`; with `ids`, under those row
-/// ids (`annals copy`), else under new ones.
+/// ids (`annals copy`, which then moves the id sequence past them in the same transaction),
+/// else under new ones.
 async fn insert_audit<'r>(
-    db: &deadpool_postgres::Object,
+    db: &impl deadpool_postgres::GenericClient,
     records: impl Iterator<Item = &'r AuditRecord> + Clone,
     ids: Option<Vec<i64>>,
 ) -> Result<(), StoreError> {
@@ -606,9 +607,6 @@ async fn insert_audit<'r>(
     )
     .await
     .map_err(unavailable)?;
-    if ids.is_some() {
-        move_id_sequence(db, "audit_logs").await?;
-    }
     Ok(())
 }
 
@@ -1163,15 +1161,7 @@ impl Store for PostgresStore {
                 let mut events = Vec::with_capacity(rows.len());
                 for (event, row) in rows {
                     let hash: Option<Vec<u8>> = row.get(17);
-                    let content_hash = hash
-                        .map(|h| {
-                            h.try_into().map_err(|_| {
-                                StoreError::Internal(anyhow::anyhow!(
-                                    "stored content hash is not 32 bytes"
-                                ))
-                            })
-                        })
-                        .transpose()?;
+                    let content_hash = hash.map(super::stored_hash).transpose()?;
                     events.push(CopiedEvent {
                         event,
                         content_hash,
@@ -1251,9 +1241,12 @@ impl Store for PostgresStore {
                 tx.commit().await.map_err(unavailable)
             }
             CopyRows::Audit(records) => {
-                let db = self.client().await?;
+                let mut db = self.client().await?;
+                let tx = db.transaction().await.map_err(unavailable)?;
                 let ids = records.iter().map(|r| r.id).collect();
-                insert_audit(&db, records.iter().map(|r| &r.record), Some(ids)).await
+                insert_audit(&tx, records.iter().map(|r| &r.record), Some(ids)).await?;
+                move_id_sequence(&tx, "audit_logs").await?;
+                tx.commit().await.map_err(unavailable)
             }
         }
     }

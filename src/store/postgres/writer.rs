@@ -29,7 +29,7 @@ use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, StoredKey};
 use crate::ingest::queue::next_group;
-use crate::store::copy::Imported;
+use crate::store::copy::{Imported, check_ascending};
 use crate::store::{AppendOutcome, AppendedItem, StoreError};
 
 pub(super) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
@@ -301,11 +301,7 @@ async fn write_group(
                     key,
                     StoredKey {
                         event_id: r.get(3),
-                        content_hash: hash.try_into().map_err(|_| {
-                            StoreError::Internal(anyhow::anyhow!(
-                                "stored content hash is not 32 bytes"
-                            ))
-                        })?,
+                        content_hash: crate::store::stored_hash(hash)?,
                     },
                 );
             }
@@ -399,7 +395,6 @@ pub(super) async fn import(
             (at.year(), at.month())
         })
         .collect();
-    months.dedup();
     months.sort_unstable();
     months.dedup();
     super::create_partitions(&client, &months)
@@ -414,17 +409,12 @@ pub(super) async fn import(
         .await
         .map_err(unavailable)?
         .get(0);
-    let mut previous = last;
+    let newest = check_ascending(events, last)
+        .map_err(StoreError::Internal)?
+        .max(last_assigned);
     let mut rows = Vec::with_capacity(events.len());
     let mut keys = KeyColumns::default();
     for e in events {
-        if e.seq <= previous {
-            return Err(StoreError::Internal(anyhow::anyhow!(
-                "event {} is not above seq {previous}, the last this store assigned",
-                e.seq
-            )));
-        }
-        previous = e.seq;
         let received_at = to_datetime(e.received_at.as_micros());
         rows.push(EventRow {
             seq: e.seq,
@@ -441,7 +431,6 @@ pub(super) async fn import(
             .map_err(internal_or_unavailable)?;
     }
     keys.insert(&tx).await?;
-    let newest = previous.max(last_assigned);
     if newest > last {
         tx.execute(
             "UPDATE event_sequence SET last_seq = $1 WHERE id = 1",

@@ -1103,11 +1103,7 @@ impl Store for SqliteStore {
                                     |r| r.get::<_, Vec<u8>>(0),
                                 )
                                 .optional()?
-                                .map(|hash| {
-                                    hash.try_into().map_err(|_| {
-                                        anyhow::anyhow!("stored content hash is not 32 bytes")
-                                    })
-                                })
+                                .map(super::stored_hash)
                                 .transpose()?,
                             None => None,
                         };

@@ -40,7 +40,7 @@ use super::StoreFile;
 use super::checkpoint::{FailureStreak, WalRestart};
 use super::multi_row::{MultiRowInsert, Prepared, Row};
 use super::user_index::{Entry, UserIndex};
-use crate::store::copy::Imported;
+use crate::store::copy::{Imported, check_ascending};
 use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
 
 /// Most jobs committed in one transaction.
@@ -342,16 +342,7 @@ fn import(
     last_assigned: i64,
     last_seq: &mut i64,
 ) -> anyhow::Result<Vec<Entry>> {
-    let mut previous = *last_seq;
-    for e in events {
-        anyhow::ensure!(
-            e.seq > previous,
-            "event {} is not above seq {previous}, the last this store assigned",
-            e.seq
-        );
-        previous = e.seq;
-    }
-    let last = previous.max(last_assigned);
+    let last = check_ascending(events, *last_seq)?.max(last_assigned);
     in_write_transaction(conn, |conn| {
         let mut statements = AppendStatements::prepare(conn)?;
         let rows: Vec<EventRow<'_>> = events
@@ -555,9 +546,7 @@ impl<'conn> AppendStatements<'conn> {
                 .query_row(params![key.0, key.1, key.2], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             if let Some((uuid, hash)) = found {
-                let content_hash = hash
-                    .try_into()
-                    .map_err(|_| anyhow::anyhow!("stored content hash is not 32 bytes"))?;
+                let content_hash = crate::store::stored_hash(hash)?;
                 stored.insert(
                     key,
                     StoredKey {
