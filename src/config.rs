@@ -318,6 +318,27 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_RETENTION_INTERVAL_SECS", default_value_t = 3600)]
     pub retention_interval_secs: u64,
 
+    /// Days finished webhook deliveries and integration log rows are kept (0 = forever).
+    #[arg(long, env = "ANNALS_DELIVERY_RETENTION_DAYS", default_value_t = 30)]
+    pub delivery_retention_days: u32,
+
+    /// Let webhooks reach loopback, private, link-local and other internal addresses.
+    #[arg(long, env = "ANNALS_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+
+    /// Seconds a webhook call may take, connection included, before it counts as failed.
+    #[arg(long, env = "ANNALS_WEBHOOK_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub webhook_timeout_secs: u64,
+
+    /// Delay before a failed delivery's first retry, in milliseconds; each further retry waits
+    /// twice as long (with jitter), at most six hours.
+    #[arg(long, env = "ANNALS_WEBHOOK_RETRY_BASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub webhook_retry_base_ms: u64,
+
+    /// Webhook calls in flight at once, per node.
+    #[arg(long, env = "ANNALS_WEBHOOK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub webhook_concurrency: u64,
+
     /// Failed authentications per minute from one address before it gets 429.
     #[arg(long, env = "ANNALS_FAILED_AUTH_PER_MINUTE", default_value_t = 60)]
     pub failed_auth_per_minute: u32,
@@ -381,6 +402,11 @@ impl ServeArgs {
             audit_retention_days: 90,
             event_retention_days: 0,
             retention_interval_secs: 3600,
+            delivery_retention_days: 30,
+            webhook_allow_private: false,
+            webhook_timeout_secs: 10,
+            webhook_retry_base_ms: 5000,
+            webhook_concurrency: 32,
             failed_auth_per_minute: 60,
         }
     }

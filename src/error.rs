@@ -190,6 +190,7 @@ impl ApiError {
             StoreError::LastAdminKey => Self::conflict(
                 "that would leave no active admin key: create another admin key first",
             ),
+            StoreError::LimitReached(message) => Self::conflict(message),
             StoreError::Internal(e) => Self::internal(format!("{e:#}")),
         }
     }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -17,6 +17,7 @@ use crate::audit::AuditLog;
 use crate::audit::security::SecurityRecorder;
 use crate::auth::rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::auth::{Authenticator, IssuedKey, KeyService};
+use crate::bus::{DeliveryConfig, DeliveryWorker};
 use crate::config::DEFAULT_RATE_LIMIT;
 use crate::config::{DatabaseLocation, ServeArgs, StoreArgs};
 use crate::domain::masking::MaskPolicy;
@@ -57,6 +58,7 @@ pub struct RunningServer {
     retention: Option<JoinHandle<()>>,
     security: SecurityRecorder,
     security_flusher: JoinHandle<()>,
+    deliveries: DeliveryWorker,
     /// A SQLite store's one-server lock, given up once the store has stopped.
     serve_lock: Option<ServeLock>,
 }
@@ -66,6 +68,7 @@ impl RunningServer {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(());
         self.task.await.context("server task")?;
+        self.deliveries.stop().await;
         if let Some(job) = self.retention {
             job.abort();
         }
@@ -135,10 +138,22 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         jobs::retention::RetentionConfig {
             audit_days: args.audit_retention_days,
             event_days: args.event_retention_days,
+            delivery_days: args.delivery_retention_days,
             interval: std::time::Duration::from_secs(args.retention_interval_secs.max(1)),
         },
     );
     let (security, security_flusher) = SecurityRecorder::start(store.clone());
+    let deliveries = DeliveryWorker::start(
+        store.clone(),
+        DeliveryConfig {
+            allow_private: args.webhook_allow_private,
+            timeout: Duration::from_secs(args.webhook_timeout_secs),
+            retry_base: Duration::from_millis(args.webhook_retry_base_ms),
+            concurrency: args.webhook_concurrency as usize,
+            poll: Duration::from_millis(500),
+        },
+    )
+    .context("starting the webhook delivery worker")?;
     let app = router(
         AppState::new(Services {
             store: store.clone(),
@@ -157,6 +172,8 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
             mask: MaskPolicy::new(&args.mask_fields, args.anonymize_ip),
             type_policy: args.event_type_policy,
             audit_bodies: args.audit_bodies,
+            webhook_allow_private: args.webhook_allow_private,
+            webhook_retry_base: Duration::from_millis(args.webhook_retry_base_ms),
         }),
         extra,
     );
@@ -184,6 +201,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         retention,
         security,
         security_flusher,
+        deliveries,
         serve_lock,
     })
 }

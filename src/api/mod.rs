@@ -7,6 +7,7 @@
 mod access;
 mod api_events;
 mod audit;
+mod deliveries;
 mod events;
 mod export;
 mod extract;
@@ -17,6 +18,7 @@ mod ingest;
 mod keys;
 mod query_params;
 mod security;
+mod subscriptions;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -81,6 +83,10 @@ pub struct Services {
     pub type_policy: EventTypePolicy,
     /// `ANNALS_AUDIT_BODIES`: keep masked request/response bodies in the audit log.
     pub audit_bodies: bool,
+    /// `ANNALS_WEBHOOK_ALLOW_PRIVATE`: webhook URLs may name internal addresses.
+    pub webhook_allow_private: bool,
+    /// `ANNALS_WEBHOOK_RETRY_BASE_MS`: the first retry's delay (pulled deliveries use it too).
+    pub webhook_retry_base: std::time::Duration,
 }
 
 /// Rate limits applied by the access layer.
@@ -112,6 +118,8 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(keys::router())
         .merge(audit::router())
         .merge(security::router())
+        .merge(subscriptions::router())
+        .merge(deliveries::router())
         .route_layer(
             ServiceBuilder::new()
                 .layer(audit.clone())

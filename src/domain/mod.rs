@@ -6,6 +6,7 @@
 pub mod access;
 pub mod api_event;
 pub mod audit;
+pub mod bus;
 pub mod cloudevents;
 pub mod envelope;
 pub mod event;
@@ -18,6 +19,7 @@ pub mod names;
 pub mod nul;
 pub mod page;
 pub mod security;
+pub mod subscription_input;
 pub mod time;
 pub mod topic;
 pub mod type_policy;

@@ -51,6 +51,11 @@ impl TopicPattern {
         &self.text
     }
 
+    /// The pattern's text as a `&String`, for APIs that take a reference to a sized value.
+    pub fn as_str_ref(&self) -> &String {
+        &self.text
+    }
+
     /// True when the pattern has no wildcard, i.e. it matches exactly one type.
     pub fn is_exact(&self) -> bool {
         self.segments

@@ -2,7 +2,8 @@
 //! operator sets `ANNALS_EVENT_RETENTION_DAYS` (default 0 = keep forever), events older than
 //! that with their idempotency keys — in small batches, each its own short transaction, so
 //! ingest never waits behind one long delete. Events go oldest first, so `seq` stays gapless
-//! from the oldest kept event on.
+//! from the oldest kept event on. Finished webhook deliveries and integration log rows go after
+//! `ANNALS_DELIVERY_RETENTION_DAYS` (default 30); waiting deliveries are never removed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,8 @@ pub struct RetentionConfig {
     pub audit_days: u32,
     /// Keep events this many days; 0 (the default) keeps them forever.
     pub event_days: u32,
+    /// Keep finished deliveries and integration log rows this many days; 0 keeps them forever.
+    pub delivery_days: u32,
     /// How often the job runs.
     pub interval: Duration,
 }
@@ -75,7 +78,7 @@ fn report(what: &'static str, days: u32, result: Result<u64, StoreError>) {
 
 /// Runs the retention job every `config.interval` until the handle is aborted.
 pub fn spawn(store: Arc<dyn Store>, config: RetentionConfig) -> Option<JoinHandle<()>> {
-    if config.audit_days == 0 && config.event_days == 0 {
+    if config.audit_days == 0 && config.event_days == 0 && config.delivery_days == 0 {
         return None;
     }
     Some(tokio::spawn(async move {
@@ -90,6 +93,12 @@ pub fn spawn(store: Arc<dyn Store>, config: RetentionConfig) -> Option<JoinHandl
                 let cutoff = days_ago(config.event_days);
                 let result = purge_events(store.as_ref(), cutoff, BATCH).await;
                 report("event", config.event_days, result);
+            }
+            if config.delivery_days > 0 {
+                let cutoff = days_ago(config.delivery_days);
+                let result =
+                    in_batches(BATCH, |limit| store.delete_deliveries_before(cutoff, limit)).await;
+                report("delivery", config.delivery_days, result);
             }
         }
     }))

@@ -8,6 +8,7 @@
 //!   so concurrent duplicates are caught as well as sequential ones.
 //! - Every read takes an explicit client scope (`None` only for admin callers).
 
+pub mod bus;
 pub mod copy;
 pub mod indexed;
 pub mod postgres;
@@ -55,6 +56,9 @@ pub enum StoreError {
     /// was changed.
     #[error("that would leave no active admin key")]
     LastAdminKey,
+    /// A count limit (e.g. subscriptions per owner) would be passed; nothing was changed.
+    #[error("{0}")]
+    LimitReached(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -265,7 +269,7 @@ pub(crate) fn stored_hash(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: bus::BusStore + Send + Sync + 'static {
     /// Short name for health output and logs (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
 

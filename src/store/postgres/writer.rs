@@ -14,6 +14,7 @@
 //! - A failing group is retried one append per transaction, so a failure stays with its request.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Datelike, Utc};
@@ -25,6 +26,7 @@ use uuid::Uuid;
 
 use super::query::to_datetime;
 use super::unavailable;
+use crate::domain::bus::SubscriptionIndex;
 use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, StoredKey};
@@ -49,7 +51,16 @@ struct PendingAppend {
 
 const MAX_GROUP_JOBS: usize = 512;
 
+/// The subscription index a writer matches against, and the `subscriptions_version` it was
+/// read at (`None` before the first group).
+#[derive(Default)]
+struct BusIndex {
+    version: Option<i64>,
+    index: Arc<SubscriptionIndex>,
+}
+
 pub(super) async fn run(pool: Pool, mut rx: mpsc::Receiver<Queued<WriterCommand>>) {
+    let mut bus = BusIndex::default();
     while let Some(group) = next_group(&mut rx, MAX_GROUP_JOBS).await {
         let mut appends = Vec::with_capacity(group.len());
         let mut reservations = Vec::with_capacity(group.len());
@@ -63,17 +74,17 @@ pub(super) async fn run(pool: Pool, mut rx: mpsc::Receiver<Queued<WriterCommand>
                 WriterCommand::Shutdown => rx.close(),
             }
         }
-        commit_group(&pool, appends).await;
+        commit_group(&pool, appends, &mut bus).await;
         drop(reservations);
     }
     tracing::info!("postgres writer stopped");
 }
 
-async fn commit_group(pool: &Pool, appends: Vec<PendingAppend>) {
+async fn commit_group(pool: &Pool, appends: Vec<PendingAppend>, bus: &mut BusIndex) {
     if appends.is_empty() {
         return;
     }
-    match write_group(pool, &appends).await {
+    match write_group(pool, &appends, bus).await {
         Ok(outcomes) => {
             for (append, outcome) in appends.into_iter().zip(outcomes) {
                 let _ = append.reply.send(Ok(outcome));
@@ -82,7 +93,7 @@ async fn commit_group(pool: &Pool, appends: Vec<PendingAppend>) {
         Err(e) if appends.len() > 1 && !matches!(e, StoreError::Unavailable(_)) => {
             tracing::warn!(error = %e, jobs = appends.len(), "group commit failed; retrying its appends one by one");
             for append in appends {
-                Box::pin(commit_group(pool, vec![append])).await;
+                Box::pin(commit_group(pool, vec![append], bus)).await;
             }
         }
         Err(e) => {
@@ -246,17 +257,24 @@ impl KeyColumns {
 async fn write_group(
     pool: &Pool,
     appends: &[PendingAppend],
+    bus: &mut BusIndex,
 ) -> Result<Vec<AppendOutcome>, StoreError> {
     let mut client = pool.get().await.map_err(unavailable)?;
     let tx = client.transaction().await.map_err(unavailable)?;
     let row = tx
         .query_one(
-            "SELECT last_seq FROM event_sequence WHERE id = 1 FOR UPDATE",
+            "SELECT last_seq, subscriptions_version FROM event_sequence WHERE id = 1 FOR UPDATE",
             &[],
         )
         .await
         .map_err(unavailable)?;
     let first_seq: i64 = row.get(0);
+    let version: i64 = row.get(1);
+    if bus.version != Some(version) {
+        // Read under the lock every subscription change takes: the set as of this group.
+        bus.index = Arc::new(super::bus::load_index(&tx).await?);
+        bus.version = Some(version);
+    }
     let mut seq = first_seq;
     let received_at = Timestamp::now();
     let received = to_datetime(received_at.as_micros());
@@ -362,6 +380,20 @@ async fn write_group(
             .map_err(internal_or_unavailable)?;
     }
     keys.insert(&tx).await?;
+    if !bus.index.is_empty() {
+        let mut deliveries = Vec::new();
+        for row in &rows {
+            let e = row.event;
+            bus.index.queue(
+                row.seq,
+                row.id,
+                e.client_id.as_str(),
+                e.event_type.as_str(),
+                &mut deliveries,
+            );
+        }
+        super::bus::insert_deliveries(&tx, &deliveries, received_at).await?;
+    }
     if seq > first_seq {
         let advance = tx
             .prepare_cached(

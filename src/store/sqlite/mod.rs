@@ -8,6 +8,7 @@
 //! - `synchronous=FULL` (the default) makes each group commit durable before replies are sent.
 
 pub mod backup;
+mod bus;
 mod checkpoint;
 mod heap;
 mod multi_row;
@@ -40,6 +41,7 @@ use super::{
 };
 use crate::domain::access::{KeyPatch, KeyRecord, KeySelector, LastAdmin, Scopes};
 use crate::domain::audit::{AuditQuery, AuditRecord, StoredAudit};
+use crate::domain::bus::SharedIndex;
 use crate::domain::security::{
     NewSecurityEvent, SecurityEventType, SecurityQuery, Severity, StoredSecurityEvent,
 };
@@ -169,6 +171,9 @@ pub struct SqliteStore {
     file: Arc<StoreFile>,
     /// The same for the audit database, checked by `health` and before each audit write.
     audit_file: Arc<StoreFile>,
+    /// The active subscriptions' index: read by the writer at each group, replaced on the
+    /// writer thread after every subscription change (`bus.rs`).
+    bus_index: SharedIndex,
 }
 
 /// A database file's identity (device and inode) when the store opened it. SQLite goes on
@@ -385,6 +390,9 @@ impl SqliteStore {
             )
             .context("opening audit read connections")?;
         let (queue, rx) = WriteQueue::new(options.queue_jobs, options.queue_bytes);
+        let bus_index: SharedIndex = Arc::new(std::sync::RwLock::new(Arc::new(
+            bus::load_index(&conn).context("reading the subscriptions")?,
+        )));
         let (commits, _) = broadcast::channel(COMMIT_CHANNEL_CAPACITY);
         let writer_commits = commits.clone();
         let write_health = writer::WriteHealth::default();
@@ -393,7 +401,18 @@ impl SqliteStore {
             .name(String::from(WRITER_THREAD))
             .spawn({
                 let file = file.clone();
-                move || writer::run(conn, rx, writer_commits, wal_restart, writer_health, file)
+                let bus_index = bus_index.clone();
+                move || {
+                    writer::run(
+                        conn,
+                        rx,
+                        writer_commits,
+                        wal_restart,
+                        writer_health,
+                        file,
+                        bus_index,
+                    )
+                }
             })
             .context("starting the SQLite writer thread")?;
         Ok(Self {
@@ -410,6 +429,7 @@ impl SqliteStore {
             indexed_fields: options.indexed_fields.into(),
             file,
             audit_file: audit_store_file,
+            bus_index,
         })
     }
 

@@ -31,6 +31,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::domain::bus::{SharedIndex, SubscriptionIndex};
 use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, StoredKey};
@@ -107,6 +108,7 @@ pub(super) fn run(
     wal_restart: WalRestart,
     health: WriteHealth,
     file: Arc<StoreFile>,
+    bus_index: SharedIndex,
 ) {
     // The group's few statements stay cached, whatever the `Exec` jobs between groups prepare.
     conn.set_prepared_statement_cache_capacity(64);
@@ -176,6 +178,7 @@ pub(super) fn run(
                         &mut last_seq,
                         &mut user_index,
                         &health,
+                        &current_index(&bus_index),
                     );
                     run_between_groups(
                         &mut conn,
@@ -195,6 +198,7 @@ pub(super) fn run(
             &mut last_seq,
             &mut user_index,
             &health,
+            &current_index(&bus_index),
         );
         drop(reservations);
         if last_seq > before {
@@ -219,6 +223,15 @@ pub(super) fn run(
     // A stopped store leaves a complete index behind.
     user_index.copy_all(&conn, last_seq);
     tracing::info!(groups, jobs, last_seq, "sqlite writer stopped");
+}
+
+/// The subscription index as it stands between groups (an `Arc` clone under an uncontended
+/// lock: only subscription changes, on this same thread, write it).
+fn current_index(index: &SharedIndex) -> Arc<SubscriptionIndex> {
+    match index.read() {
+        Ok(index) => index.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
 }
 
 /// The last seq ever assigned: the newest event's, or the one `event_sequence` remembers for
@@ -246,6 +259,7 @@ fn commit_group(
     last_seq: &mut i64,
     user_index: &mut UserIndex,
     health: &WriteHealth,
+    bus_index: &SubscriptionIndex,
 ) {
     if appends.is_empty() {
         return;
@@ -267,6 +281,20 @@ fn commit_group(
             )?);
         }
         insert_events(conn, insert, &rows)?;
+        if !bus_index.is_empty() {
+            let mut deliveries = Vec::new();
+            for row in &rows {
+                let e = row.event;
+                bus_index.queue(
+                    row.seq,
+                    row.id,
+                    e.client_id.as_str(),
+                    e.event_type.as_str(),
+                    &mut deliveries,
+                );
+            }
+            super::bus::insert_deliveries(conn, &deliveries, received_at)?;
+        }
         let events = (seq - *last_seq) as usize;
         Ok((outcomes, user_index.copy_slice(conn, *last_seq, events)))
     });
@@ -283,7 +311,15 @@ fn commit_group(
         Err(e) if appends.len() > 1 => {
             tracing::warn!(error = %format!("{e:#}"), jobs = appends.len(), "group commit failed; retrying its appends one by one");
             for append in appends {
-                commit_group(conn, insert, vec![append], last_seq, user_index, health);
+                commit_group(
+                    conn,
+                    insert,
+                    vec![append],
+                    last_seq,
+                    user_index,
+                    health,
+                    bus_index,
+                );
             }
         }
         Err(e) => {
@@ -612,6 +648,7 @@ mod tests {
                 wal_restart,
                 WriteHealth::default(),
                 file,
+                Default::default(),
             )
         })
     }
