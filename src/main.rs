@@ -13,6 +13,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     let cli = annals::cli::Cli::parse();
+    annals::bus::client::install_crypto_provider();
     annals::cli::init_tracing(cli.default_log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -66,10 +66,16 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
 }
 
+/// Installs `ring` as the process's rustls crypto provider, which every reqwest client (built
+/// with `rustls-no-provider`) takes; a second call, or another provider already installed,
+/// changes nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl WebhookClient {
     pub fn new(allow_private: bool, timeout: Duration) -> anyhow::Result<Self> {
-        // reqwest's rustls takes the process's crypto provider; `Err` means one is installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()

@@ -110,7 +110,7 @@ async fn keys_create_list_toggle_delete_and_the_key_works() {
     let mut args = annals::config::ServeArgs::with_database(db.clone());
     args.api_key = Some("unused-static-key-0".into());
     let server = annals::server::start(args).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
     let post = |k: String| {
         let http = http.clone();
         let url = format!("http://{}/events", server.addr);
@@ -405,7 +405,7 @@ async fn backup_copies_a_store_that_is_being_written() {
     let mut args = annals::config::ServeArgs::with_database(db.clone());
     args.api_key = Some(key.into());
     let server = annals::server::start(args).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
     let url = format!("http://{}/v1/events", server.addr);
     let writer = http.clone();
     let post = move |n: usize| {

@@ -38,7 +38,7 @@ fn start(db: &str) -> (Child, String) {
 
 async fn kill_under_load_and_check(db: &str) {
     let (mut child, base) = start(db);
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut tasks = Vec::new();
     for worker in 0..16 {
@@ -127,7 +127,7 @@ async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
     };
     let db = database.url.clone();
     let (child, base) = start(&db);
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
     for i in 0..50 {
         let r = http
             .post(format!("{base}/v1/events"))

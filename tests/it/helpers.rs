@@ -199,7 +199,7 @@ impl TestApp {
         Self {
             base: format!("http://{}", server.addr),
             admin_key,
-            http: reqwest::Client::new(),
+            http: http(),
             keys: server.keys.clone(),
             store: server.store.clone(),
             server: Some(server),
@@ -352,6 +352,13 @@ impl TestApp {
     }
 }
 
+/// A plain HTTP client (its TLS needs the process's crypto provider, which the binary and the
+/// server install; a test without a server in-process needs it too).
+pub fn http() -> reqwest::Client {
+    annals::bus::client::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 /// Status and JSON body of a response.
 pub async fn status_json(r: Response) -> (StatusCode, Value) {
     let status = r.status();
@@ -363,7 +370,7 @@ pub async fn status_json(r: Response) -> (StatusCode, Value) {
 
 /// A JSON array from a server started outside `TestApp` (`url` complete, `key` as X-API-Key).
 pub async fn get_array(url: &str, key: &str) -> Vec<Value> {
-    let r = reqwest::Client::new()
+    let r = http()
         .get(url)
         .header("x-api-key", key)
         .send()

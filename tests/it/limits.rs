@@ -138,7 +138,7 @@ async fn a_limit_shared_through_redis_holds_across_nodes() {
     args.redis_url = Some(redis_url);
     let a = server::start(args.clone()).await.unwrap();
     let b = server::start(args).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
     let r = http
         .post(format!("http://{}/v1/keys", a.addr))
         .header("x-api-key", "redis-test-admin")
@@ -583,7 +583,7 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let held = app.raw_connection().await;
     let _also_held = app.raw_connection().await;
     let health = || {
-        reqwest::Client::new()
+        crate::helpers::http()
             .get(app.url("/health"))
             .timeout(Duration::from_millis(700))
             .send()

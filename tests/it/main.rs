@@ -4,6 +4,7 @@
 mod api_events;
 mod audit;
 mod auth;
+mod bus;
 mod cli;
 mod cloudevents;
 mod copy;

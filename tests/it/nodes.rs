@@ -23,7 +23,7 @@ async fn two_nodes_write_concurrently_and_agree() {
     let (a, b) = (a.unwrap(), b.unwrap());
     let mut heard_on_b = b.store.commits();
     let bases = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
 
     let mut tasks = Vec::new();
     for worker in 0..8 {
@@ -118,7 +118,7 @@ async fn queries_span_monthly_partitions() {
     args.api_key = Some(KEY.into());
     let app = server::start(args).await.unwrap();
     let base = format!("http://{}", app.addr);
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
     let r = http
         .post(format!("{base}/v1/events"))
         .header("x-api-key", KEY)
@@ -194,7 +194,7 @@ async fn a_key_disabled_on_one_node_stops_working_on_the_other_at_once() {
     args.api_key = Some(KEY.into());
     let a = server::start(args.clone()).await.unwrap();
     let b = server::start(args).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
     let r = http
         .post(format!("http://{}/v1/keys", a.addr))
         .header("x-api-key", KEY)

@@ -135,7 +135,7 @@ async fn database_outage_is_a_503_and_recovers_by_itself() {
     args.api_key = Some(KEY.into());
     let app = server::start(args).await.unwrap();
     let base = format!("http://{}", app.addr);
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
 
     let (status, before, _) = post(&http, &base, json!({"event_type": "outage.before.sent"})).await;
     assert_eq!(status, StatusCode::CREATED);

@@ -41,6 +41,7 @@ async fn annals_records_its_own_security_events_aggregated(backend: Backend) {
     );
     // a flood of bad keys from another address (127.0.0.2): 5 failures, then refusals; the
     // admin's reads below come from 127.0.0.1 and are not refused
+    annals::bus::client::install_crypto_provider();
     let flooder = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .user_agent("flood-tester/1.0")

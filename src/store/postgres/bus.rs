@@ -467,7 +467,8 @@ impl BusStore for PostgresStore {
         for delivery in claimed {
             match subscriptions.get(&delivery.subscription_id) {
                 Some(s) if s.is_active => {
-                    let event = events.remove(&delivery.event_seq);
+                    // Not `remove`: one event may go to several subscriptions in one claim.
+                    let event = events.get(&delivery.event_seq).cloned();
                     out.push(ClaimedDelivery {
                         subscription: s.clone(),
                         delivery,

@@ -438,7 +438,7 @@ impl BusStore for SqliteStore {
             };
             drop(stmt);
             let seqs: Vec<i64> = claimed.iter().map(|d| d.event_seq).collect();
-            let mut events = events_by_seq(tx, &seqs)?;
+            let events = events_by_seq(tx, &seqs)?;
             let mut subscriptions: HashMap<Uuid, Option<Subscription>> = HashMap::new();
             let mut out = Vec::with_capacity(claimed.len());
             for delivery in claimed {
@@ -452,7 +452,8 @@ impl BusStore for SqliteStore {
                 };
                 match subscription {
                     Some(subscription) if subscription.is_active => {
-                        let event = events.remove(&delivery.event_seq);
+                        // Not `remove`: one event may go to several subscriptions in one claim.
+                        let event = events.get(&delivery.event_seq).cloned();
                         out.push(ClaimedDelivery {
                             delivery,
                             subscription,
