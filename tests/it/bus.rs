@@ -14,20 +14,20 @@ use crate::helpers::{Backend, TestApp, assert_error, status_json};
 
 /// One request a receiver got.
 #[derive(Clone, Debug)]
-struct Hit {
+pub(crate) struct Hit {
     headers: HeaderMap,
     body: Vec<u8>,
 }
 
 /// A webhook receiver on a random local port that answers from a script (then 200).
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     hits: Arc<Mutex<Vec<Hit>>>,
 }
 
 impl Receiver {
-    async fn start(answers: &[u16]) -> Self {
+    pub(crate) async fn start(answers: &[u16]) -> Self {
         let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
         let script: Arc<Mutex<VecDeque<u16>>> =
             Arc::new(Mutex::new(answers.iter().copied().collect()));
@@ -60,12 +60,12 @@ impl Receiver {
         }
     }
 
-    fn hits(&self) -> Vec<Hit> {
+    pub(crate) fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
     }
 
     /// Waits until at least `n` requests came in; returns them.
-    async fn wait_for(&self, n: usize) -> Vec<Hit> {
+    pub(crate) async fn wait_for(&self, n: usize) -> Vec<Hit> {
         for _ in 0..200 {
             let hits = self.hits();
             if hits.len() >= n {
@@ -109,7 +109,7 @@ async fn until(
     panic!("{path} never matched: {:?}", app.list(path, key).await);
 }
 
-fn header<'h>(hit: &'h Hit, name: &str) -> &'h str {
+pub(crate) fn header<'h>(hit: &'h Hit, name: &str) -> &'h str {
     hit.headers.get(name).unwrap().to_str().unwrap()
 }
 

@@ -243,3 +243,61 @@ async fn a_key_disabled_on_one_node_stops_working_on_the_other_at_once() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// A subscription made on one node applies at once to the events another node writes, and the
+/// two nodes' delivery workers never send one delivery twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_made_on_one_node_delivers_what_another_writes_once() {
+    let Some(db) = TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    let mut args = ServeArgs::with_database(db.url.clone());
+    args.api_key = Some(KEY.into());
+    args.webhook_allow_private = true;
+    let (a, b) = tokio::join!(server::start(args.clone()), server::start(args.clone()));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (base_a, base_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    let http = crate::helpers::http();
+    let post = |base: &str, path: &str, body: Value| {
+        http.post(format!("{base}{path}"))
+            .header("x-api-key", KEY)
+            .json(&body)
+            .send()
+    };
+    // Node B writes first, so its writer holds the (empty) subscription set already.
+    let r = post(&base_b, "/v1/events", json!({"event_type": "before.sub"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let receiver = crate::bus::Receiver::start(&[]).await;
+    let r = post(
+        &base_a,
+        "/v1/subscriptions",
+        json!({"subscriber_name": "n", "topic_pattern": "after.#", "webhook_url": receiver.url}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for i in 0..20 {
+        let base = if i % 2 == 0 { &base_b } else { &base_a };
+        let r = post(
+            base,
+            "/v1/events",
+            json!({"event_type": "after.sub", "data": {"i": i}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    receiver.wait_for(20).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let hits = receiver.hits();
+    let ids: HashSet<&str> = hits
+        .iter()
+        .map(|h| crate::bus::header(h, "webhook-id"))
+        .collect();
+    assert_eq!(hits.len(), 20, "each delivery sent once");
+    assert_eq!(ids.len(), 20);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
