@@ -48,6 +48,16 @@ pub async fn purge_events(
     in_batches(batch, |limit| store.delete_events_before(cutoff, limit)).await
 }
 
+/// Deletes finished deliveries and integration log rows from before `cutoff`, `batch` of each
+/// at a time; waiting deliveries stay whatever their age. Returns how many rows went.
+pub async fn purge_deliveries(
+    store: &dyn Store,
+    cutoff: Timestamp,
+    batch: usize,
+) -> Result<u64, StoreError> {
+    in_batches(batch, |limit| store.delete_deliveries_before(cutoff, limit)).await
+}
+
 /// Runs `delete` (at most `batch` rows per call) until a call deletes fewer than `batch`;
 /// returns the total.
 async fn in_batches<F, Fut>(batch: usize, mut delete: F) -> Result<u64, StoreError>
@@ -96,8 +106,7 @@ pub fn spawn(store: Arc<dyn Store>, config: RetentionConfig) -> Option<JoinHandl
             }
             if config.delivery_days > 0 {
                 let cutoff = days_ago(config.delivery_days);
-                let result =
-                    in_batches(BATCH, |limit| store.delete_deliveries_before(cutoff, limit)).await;
+                let result = purge_deliveries(store.as_ref(), cutoff, BATCH).await;
                 report("delivery", config.delivery_days, result);
             }
         }

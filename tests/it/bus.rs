@@ -884,7 +884,76 @@ async fn clients_report_their_integrations(backend: Backend) {
     app.stop().await;
 }
 
+async fn retention_removes_finished_deliveries_and_old_log_rows_only(backend: Backend) {
+    let Some(app) = bus_app(backend).await else {
+        return;
+    };
+    let key = app.key("acme", "events:read,events:write").await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"subscriber_name": "w", "topic_pattern": "#", "callback_method": "w", "max_retries": 0}),
+    )
+    .await;
+    for n in 0..3 {
+        app.record(&key, json!({"event_type": "a.b", "data": {"n": n}}))
+            .await;
+    }
+    let pull = format!(
+        "/v1/subscriptions/{}/pull?limit=2",
+        sub["id"].as_str().unwrap()
+    );
+    let (_, taken) = status_json(app.post(&pull, &key, &json!({})).await).await;
+    let taken = taken.as_array().unwrap().clone();
+    for (d, success) in taken.iter().zip([true, false]) {
+        let r = app
+            .post(
+                &format!("/v1/deliveries/{}/ack", d["id"]),
+                &key,
+                &json!({"success": success}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    app.post(
+        "/v1/integration-logs",
+        &key,
+        &json!({"integration_name": "S", "operation": "DATA_SYNC", "success": true}),
+    )
+    .await;
+    let statuses = |rows: &[Value]| {
+        let mut s: Vec<String> = rows
+            .iter()
+            .map(|d| d["status"].as_str().unwrap().to_string())
+            .collect();
+        s.sort();
+        s
+    };
+    assert_eq!(
+        statuses(&app.list("/v1/deliveries", &key).await),
+        ["COMPLETED", "FAILED", "PENDING"]
+    );
+    let deleted = annals::jobs::retention::purge_deliveries(
+        app.store.as_ref(),
+        annals::domain::Timestamp::now(),
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        deleted, 3,
+        "two finished deliveries and one log row, one at a time"
+    );
+    assert_eq!(
+        statuses(&app.list("/v1/deliveries", &key).await),
+        ["PENDING"]
+    );
+    assert!(app.list("/v1/integration-logs", &key).await.is_empty());
+    app.stop().await;
+}
+
 crate::conformance!(
+    retention_removes_finished_deliveries_and_old_log_rows_only,
     matching_events_are_delivered_signed_and_logged,
     failures_are_retried_then_dead_lettered_and_retried_by_hand,
     gone_turns_a_subscription_off,
