@@ -3,6 +3,8 @@
 //! - single events (N concurrent connections) vs a no-op axum handler that parses the same body
 //!   on the same HTTP layers; and, apart, vs the same no-op inside the full server, behind the
 //!   key check, rate limiter and audit log (what is left is the event path's own cost);
+//! - single events with one subscription that every event matches vs without (what queueing a
+//!   delivery in each append's transaction, the outbox, costs);
 //! - 1000-event batches vs raw batched SQLite inserts of the same rows (same schema, same
 //!   durability setting, no HTTP).
 //!
@@ -598,6 +600,22 @@ async fn start_server_with(
     Ok((server, key))
 }
 
+/// Makes a pull subscription that every event matches, so each append queues a delivery.
+async fn subscribe_to_everything(base: &str, key: &str) -> anyhow::Result<()> {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/subscriptions"))
+        .header("x-api-key", key)
+        .json(&serde_json::json!({"subscriber_name": "bench", "topic_pattern": "#", "callback_method": "bench"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "creating the benchmark's subscription: {}",
+        r.status()
+    );
+    Ok(())
+}
+
 /// Loads `rows` varied events through the batch API, then times the queries users run most,
 /// as an admin (no client filter) and as a client key. Prints the median of 20 runs each.
 async fn query_phase(url: &str, rows: usize, sync: Synchronous) -> anyhow::Result<()> {
@@ -868,6 +886,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut guarded = Vec::new();
     let mut audited = Vec::new();
     let mut unaudited = Vec::new();
+    let mut subscribed = Vec::new();
     for round in 0..args.rounds.max(1) {
         let (noop_url, noop_task) = noop_server().await?;
         noops.push(single_load(generator, noop_url, None, &args).await?);
@@ -895,6 +914,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             out.push(single_load(generator, url, Some(key), &args).await?);
             server.stop().await?;
         }
+        // With one subscription every event matches: each append also queues a delivery in
+        // its transaction (the outbox). A pull subscription, so no webhook calls share the CPU.
+        let (server, key) = start_server(
+            &dbs.fresh(&format!("single{round}s")).await?,
+            args.sqlite_synchronous,
+        )
+        .await?;
+        subscribe_to_everything(&format!("http://{}", server.addr), &key).await?;
+        let url = format!("http://{}/v1/events", server.addr);
+        subscribed.push(single_load(generator, url, Some(key), &args).await?);
+        server.stop().await?;
     }
     // Ratios pair each round's phases before the medians sort them.
     let single_ratio = paired_ratio(&audited, &noops);
@@ -902,6 +932,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let single_vs_guarded = paired_ratio(&audited, &guarded);
     let unaudited_ratio = paired_ratio(&unaudited, &noops);
     let audit_ratio = paired_ratio(&audited, &unaudited);
+    let outbox_ratio = paired_ratio(&subscribed, &audited);
+    let subscribed_ratio = paired_ratio(&subscribed, &noops);
+    let subscribed = median_phase(&mut subscribed);
     let (noop, guarded, single, unaudited) = (
         median_phase(&mut noops),
         median_phase(&mut guarded),
@@ -988,6 +1021,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         audit_cpu,
         "",
         audit_ratio.range()
+    );
+    row(
+        "annals: single events, one subscription",
+        &subscribed,
+        subscribed_ratio.median,
+        subscribed_ratio.range(),
+    );
+    let outbox_cpu = match (subscribed.total_us(), single.total_us()) {
+        (Some(with), Some(without)) => format!("{:+.1} for the outbox", with - without),
+        _ => String::new(),
+    };
+    println!(
+        "{:<44} {:>10}  {:>6.2}  {:>20}  {:>8}  {:>9}",
+        "with / without a subscription (single)",
+        "",
+        outbox_ratio.median,
+        outbox_cpu,
+        "",
+        outbox_ratio.range()
     );
     row(raw_name, &raw, 1.0, String::new());
     row(

@@ -15,6 +15,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
+use super::multi_row::{MultiRowInsert, Prepared};
 use super::query::{EVENT_COLUMNS, Filters};
 use super::{SqliteStore, row_to_event};
 use crate::domain::bus::{
@@ -147,34 +148,40 @@ pub(super) fn load_index(conn: &Connection) -> anyhow::Result<SubscriptionIndex>
     Ok(SubscriptionIndex::new(&load_subscriptions(conn)?))
 }
 
-/// Inserts the deliveries of a group's (or a replay's) events; run in that transaction.
+/// Deliveries go in multi-row statements like the events they belong to (`multi_row`).
+pub(super) static INSERT_DELIVERIES: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock::new(
+    || {
+        MultiRowInsert::new(
+            "INSERT OR ROLLBACK INTO deliveries (message_id, subscription_id, client_id, event_seq, \
+             event_uuid, topic, status, pull, retry_count, max_retries, next_retry_at, created_at)",
+            12,
+        )
+    },
+);
+
+/// Inserts the deliveries of a group's (or a replay's) events; run in that transaction, with
+/// statements of `INSERT_DELIVERIES` prepared on `conn`.
 pub(super) fn insert_deliveries(
     conn: &Connection,
+    insert: &mut Prepared,
     deliveries: &[NewDelivery<'_>],
     created_at: Timestamp,
 ) -> rusqlite::Result<()> {
-    if deliveries.is_empty() {
-        return Ok(());
-    }
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO deliveries (message_id, subscription_id, client_id, event_seq, event_uuid, \
-         topic, status, pull, retry_count, max_retries, next_retry_at, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7, 0, ?8, ?9, ?9)",
-    )?;
-    for d in deliveries {
-        stmt.execute(params![
-            d.message_id.as_bytes().as_slice(),
-            d.target.subscription_id.as_bytes().as_slice(),
-            d.client_id,
-            d.event_seq,
-            d.event_uuid.as_bytes().as_slice(),
-            d.topic,
-            d.target.pull,
-            d.target.max_retries,
-            created_at.as_micros(),
-        ])?;
-    }
-    Ok(())
+    let at = created_at.as_micros();
+    insert.run(conn, deliveries, |row, d| {
+        row.blob(d.message_id.as_bytes())
+            .blob(d.target.subscription_id.as_bytes())
+            .text(d.client_id)
+            .int(d.event_seq)
+            .blob(d.event_uuid.as_bytes())
+            .text(d.topic)
+            .text("PENDING")
+            .int(i64::from(d.target.pull))
+            .int(0)
+            .int(i64::from(d.target.max_retries))
+            .int(at)
+            .int(at);
+    })
 }
 
 /// Fails a subscription's waiting deliveries (it was turned off).
@@ -391,7 +398,8 @@ impl BusStore for SqliteStore {
             for (seq, id, client, event_type) in &found {
                 index.queue(*seq, *id, client, event_type, &mut deliveries);
             }
-            insert_deliveries(tx, &deliveries, Timestamp::now())?;
+            let mut insert = Prepared::new(&INSERT_DELIVERIES);
+            insert_deliveries(tx, &mut insert, &deliveries, Timestamp::now())?;
             Ok(())
         })
         .await?;

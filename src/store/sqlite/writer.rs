@@ -82,6 +82,12 @@ struct PendingAppend {
     reply: Reply<AppendOutcome>,
 }
 
+/// The writer's multi-row statements, prepared on its connection.
+struct Inserts {
+    events: Prepared,
+    deliveries: Prepared,
+}
+
 /// Whether the writer can write: raised when a commit fails for want of storage (disk full, I/O
 /// error, read-only file), lowered by the next commit that succeeds (an append's, or the health
 /// check's `probe`), each time before the requests concerned are answered. Read by the health
@@ -112,8 +118,11 @@ pub(super) fn run(
 ) {
     // The group's few statements stay cached, whatever the `Exec` jobs between groups prepare.
     conn.set_prepared_statement_cache_capacity(64);
-    // The events' multi-row `INSERT`s; a local, so dropped before the `conn` parameter.
-    let mut insert = Prepared::new(&INSERT_EVENTS);
+    // The multi-row `INSERT`s; a local, so dropped before the `conn` parameter.
+    let mut insert = Inserts {
+        events: Prepared::new(&INSERT_EVENTS),
+        deliveries: Prepared::new(&super::bus::INSERT_DELIVERIES),
+    };
     let mut last_seq = match load_last_seq(&conn) {
         Ok(seq) => seq,
         Err(e) => {
@@ -254,7 +263,7 @@ pub(super) fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
 /// the failure stays with the request that caused it.
 fn commit_group(
     conn: &Connection,
-    insert: &mut Prepared,
+    insert: &mut Inserts,
     appends: Vec<PendingAppend>,
     last_seq: &mut i64,
     user_index: &mut UserIndex,
@@ -280,7 +289,7 @@ fn commit_group(
                 &mut entries,
             )?);
         }
-        insert_events(conn, insert, &rows)?;
+        insert_events(conn, &mut insert.events, &rows)?;
         if !bus_index.is_empty() {
             let mut deliveries = Vec::new();
             for row in &rows {
@@ -293,7 +302,7 @@ fn commit_group(
                     &mut deliveries,
                 );
             }
-            super::bus::insert_deliveries(conn, &deliveries, received_at)?;
+            super::bus::insert_deliveries(conn, &mut insert.deliveries, &deliveries, received_at)?;
         }
         let events = (seq - *last_seq) as usize;
         Ok((outcomes, user_index.copy_slice(conn, *last_seq, events)))
@@ -341,7 +350,7 @@ fn commit_group(
 /// (whose events join the user index once committed). Appends and `Shutdown` are the loop's.
 fn run_between_groups(
     conn: &mut Connection,
-    insert: &mut Prepared,
+    insert: &mut Inserts,
     job: WriterCommand,
     last_seq: &mut i64,
     user_index: &mut UserIndex,
@@ -354,7 +363,7 @@ fn run_between_groups(
             reply,
         } => {
             let _ = reply.send(
-                match import(conn, insert, &events, last_assigned, last_seq) {
+                match import(conn, &mut insert.events, &events, last_assigned, last_seq) {
                     Ok(entries) => {
                         user_index.committed(entries);
                         Ok(())
