@@ -59,6 +59,8 @@ pub struct RunningServer {
     security: SecurityRecorder,
     security_flusher: JoinHandle<()>,
     deliveries: DeliveryWorker,
+    /// Raised when the server stops: open event streams end, so the drain need not wait.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// A SQLite store's one-server lock, given up once the store has stopped.
     serve_lock: Option<ServeLock>,
 }
@@ -66,6 +68,7 @@ pub struct RunningServer {
 impl RunningServer {
     /// Stops accepting connections, finishes in-flight requests, then drains the store's queue.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stopping.send(true);
         let _ = self.shutdown.send(());
         self.task.await.context("server task")?;
         self.deliveries.stop().await;
@@ -143,6 +146,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         },
     );
     let (security, security_flusher) = SecurityRecorder::start(store.clone());
+    let (stopping, stop_streams) = tokio::sync::watch::channel(false);
     let deliveries = DeliveryWorker::start(
         store.clone(),
         DeliveryConfig {
@@ -174,6 +178,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
             audit_bodies: args.audit_bodies,
             webhook_allow_private: args.webhook_allow_private,
             webhook_retry_base: Duration::from_millis(args.webhook_retry_base_ms),
+            streams: crate::api::stream::Streams::new(stop_streams),
         }),
         extra,
     );
@@ -202,6 +207,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         security,
         security_flusher,
         deliveries,
+        stopping,
         serve_lock,
     })
 }

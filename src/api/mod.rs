@@ -18,6 +18,7 @@ mod ingest;
 mod keys;
 mod query_params;
 mod security;
+pub mod stream;
 mod subscriptions;
 
 use std::net::IpAddr;
@@ -85,6 +86,8 @@ pub struct Services {
     pub audit_bodies: bool,
     /// `ANNALS_WEBHOOK_ALLOW_PRIVATE`: webhook URLs may name internal addresses.
     pub webhook_allow_private: bool,
+    /// `GET /v1/stream`'s slots and stop signal.
+    pub streams: stream::Streams,
     /// `ANNALS_WEBHOOK_RETRY_BASE_MS`: the first retry's delay (pulled deliveries use it too).
     pub webhook_retry_base: std::time::Duration,
 }
@@ -120,6 +123,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(security::router())
         .merge(subscriptions::router())
         .merge(deliveries::router())
+        .merge(stream::router())
         .route_layer(
             ServiceBuilder::new()
                 .layer(audit.clone())

@@ -22,3 +22,4 @@ mod outage;
 mod query;
 mod retention;
 mod security;
+mod stream;
