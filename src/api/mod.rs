@@ -14,6 +14,7 @@ mod extract;
 mod head_limits;
 pub(crate) mod header_names;
 mod health;
+mod inbound;
 mod ingest;
 mod keys;
 mod query_params;
@@ -124,12 +125,15 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(subscriptions::router())
         .merge(deliveries::router())
         .merge(stream::router())
+        .merge(inbound::router())
         .route_layer(
             ServiceBuilder::new()
                 .layer(audit.clone())
                 .layer(access::AccessLayer::new(state.clone())),
         );
-    let public = health::router().route_layer(audit.clone());
+    let public = health::router()
+        .merge(inbound::public_router())
+        .route_layer(audit.clone());
     // Requests no route takes are recorded too: an unknown path, an unknown method.
     let routes = authenticated
         .merge(public)

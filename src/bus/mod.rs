@@ -14,6 +14,7 @@
 //!   calls, never the claim loop.
 
 pub mod client;
+pub mod inbound;
 pub mod signing;
 
 use std::sync::Arc;

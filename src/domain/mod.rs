@@ -13,6 +13,7 @@ pub mod event;
 pub mod format;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod inbound;
 pub mod json_depth;
 pub mod masking;
 pub mod names;

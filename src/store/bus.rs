@@ -19,6 +19,7 @@ use crate::domain::bus::{
     ClaimedDelivery, DeliveryQuery, FinishedAttempt, IntegrationLogQuery, NewIntegrationLog,
     StoredDelivery, StoredIntegrationLog, Subscription,
 };
+use crate::domain::inbound::Integration;
 
 /// Most deliveries one replay queues.
 pub const MAX_REPLAY: usize = 100_000;
@@ -106,6 +107,12 @@ pub trait BusStore: Send + Sync {
         &self,
         query: IntegrationLogQuery,
     ) -> Result<Vec<StoredIntegrationLog>, StoreError>;
+    /// Stores an inbound integration; `false` when one of that name exists.
+    async fn create_integration(&self, integration: Integration) -> Result<bool, StoreError>;
+    async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError>;
+    async fn get_integration(&self, name: String) -> Result<Option<Integration>, StoreError>;
+    async fn delete_integration(&self, name: String) -> Result<bool, StoreError>;
+
     /// Deletes finished deliveries (completed or failed) and integration log rows older than
     /// `before`, at most `limit` of each; how many rows went.
     async fn delete_deliveries_before(

@@ -13,6 +13,7 @@ mod encoding;
 mod export;
 mod fuzz;
 mod helpers;
+mod inbound;
 mod ingest;
 mod isolation;
 mod limits;

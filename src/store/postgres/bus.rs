@@ -22,6 +22,7 @@ use crate::domain::bus::{
     NewIntegrationLog, Operation, StoredDelivery, StoredIntegrationLog, Subscription,
     SubscriptionIndex,
 };
+use crate::domain::inbound::{Integration, Verification};
 use crate::domain::{StoredEvent, Timestamp, TopicPattern};
 use crate::store::StoreError;
 use crate::store::bus::{BusStore, ClaimFor, MAX_REPLAY, Replayed, RetryOutcome};
@@ -66,6 +67,20 @@ fn row_to_subscription(row: &Row) -> Result<Subscription, StoreError> {
         disabled_reason: row.get(12),
         created_at: time(row.get(13)),
         updated_at: time(row.get(14)),
+    })
+}
+
+const INTEGRATION_COLUMNS: &str = "name, client_id, verification, secret, event_type, created_at";
+
+fn row_to_integration(row: &Row) -> Result<Integration, StoreError> {
+    let verification: String = row.get(2);
+    Ok(Integration {
+        name: row.get(0),
+        client_id: row.get(1),
+        verification: Verification::parse(&verification).map_err(|e| stored("integration", e))?,
+        secret: row.get(3),
+        event_type: row.get(4),
+        created_at: time(row.get(5)),
     })
 }
 
@@ -662,6 +677,62 @@ impl BusStore for PostgresStore {
             .iter()
             .map(row_to_log)
             .collect()
+    }
+
+    async fn create_integration(&self, i: Integration) -> Result<bool, StoreError> {
+        let db = self.client().await?;
+        let created = db
+            .execute(
+                &format!(
+                    "INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (name) DO NOTHING"
+                ),
+                &[
+                    &i.name,
+                    &i.client_id,
+                    &i.verification.as_str(),
+                    &i.secret,
+                    &i.event_type,
+                    &to_datetime(i.created_at.as_micros()),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(created == 1)
+    }
+
+    async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError> {
+        let db = self.client().await?;
+        db.query(
+            &format!("SELECT {INTEGRATION_COLUMNS} FROM integrations ORDER BY name"),
+            &[],
+        )
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(row_to_integration)
+        .collect()
+    }
+
+    async fn get_integration(&self, name: String) -> Result<Option<Integration>, StoreError> {
+        let db = self.client().await?;
+        db.query_opt(
+            &format!("SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE name = $1"),
+            &[&name],
+        )
+        .await
+        .map_err(unavailable)?
+        .map(|r| row_to_integration(&r))
+        .transpose()
+    }
+
+    async fn delete_integration(&self, name: String) -> Result<bool, StoreError> {
+        let db = self.client().await?;
+        Ok(db
+            .execute("DELETE FROM integrations WHERE name = $1", &[&name])
+            .await
+            .map_err(unavailable)?
+            > 0)
     }
 
     async fn delete_deliveries_before(

@@ -23,6 +23,7 @@ use crate::domain::bus::{
     IntegrationLogQuery, MAX_SUBSCRIPTIONS_PER_OWNER, NewDelivery, NewIntegrationLog, Operation,
     SharedIndex, StoredDelivery, StoredIntegrationLog, Subscription, SubscriptionIndex,
 };
+use crate::domain::inbound::{Integration, Verification};
 use crate::domain::{StoredEvent, Timestamp, TopicPattern};
 use crate::store::StoreError;
 use crate::store::bus::{BusStore, ClaimFor, MAX_REPLAY, Replayed, RetryOutcome};
@@ -90,6 +91,20 @@ fn subscription_values(s: &Subscription) -> [SqlValue; 15] {
         SqlValue::Integer(s.created_at.as_micros()),
         SqlValue::Integer(s.updated_at.as_micros()),
     ]
+}
+
+const INTEGRATION_COLUMNS: &str = "name, client_id, verification, secret, event_type, created_at";
+
+fn row_to_integration(row: &Row<'_>) -> rusqlite::Result<Integration> {
+    let verification: String = row.get(2)?;
+    Ok(Integration {
+        name: row.get(0)?,
+        client_id: row.get(1)?,
+        verification: Verification::parse(&verification).map_err(|e| conversion(2, e))?,
+        secret: row.get(3)?,
+        event_type: row.get(4)?,
+        created_at: Timestamp::from_micros(row.get(5)?),
+    })
 }
 
 fn row_to_delivery(row: &Row<'_>) -> rusqlite::Result<StoredDelivery> {
@@ -638,6 +653,56 @@ impl BusStore for SqliteStore {
             let mut stmt = conn.prepare(&f.sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(f.args), row_to_log)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn create_integration(&self, i: Integration) -> Result<bool, StoreError> {
+        self.write(move |tx| {
+            Ok(tx.execute(
+                &format!(
+                    "INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (name) DO NOTHING"
+                ),
+                params![
+                    i.name,
+                    i.client_id,
+                    i.verification.as_str(),
+                    i.secret,
+                    i.event_type,
+                    i.created_at.as_micros()
+                ],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {INTEGRATION_COLUMNS} FROM integrations ORDER BY name"
+            ))?;
+            let rows = stmt.query_map([], row_to_integration)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn get_integration(&self, name: String) -> Result<Option<Integration>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE name = ?1"
+                ))?
+                .query_row([name], row_to_integration)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn delete_integration(&self, name: String) -> Result<bool, StoreError> {
+        self.write(move |tx| {
+            Ok(tx.execute("DELETE FROM integrations WHERE name = ?1", [name])? > 0)
         })
         .await
     }
