@@ -228,7 +228,7 @@ where
 
 /// Whose failures count together: an IPv4 address, or an IPv6 address's /64 (one host or
 /// site usually holds a whole /64, and rotating through it must not reset the count).
-fn failure_bucket(ip: Option<IpAddr>) -> Option<IpAddr> {
+pub(super) fn failure_bucket(ip: Option<IpAddr>) -> Option<IpAddr> {
     match ip? {
         IpAddr::V6(v6) => Some(IpAddr::V6(ipnet::Ipv6Net::new_assert(v6, 64).network())),
         v4 => Some(v4),

@@ -3,7 +3,8 @@
 //! `POST /v1/inbound/{name}`. A verified webhook becomes an event of the integration's client
 //! (its id, when the sender gives one, is the idempotency key, so a redelivery is a duplicate)
 //! and an integration log row; an unverified one is refused with `401` and counted as a failed
-//! login (aggregated, so a flood writes nothing per request).
+//! login (aggregated, so a flood writes nothing per request) against its address, which past
+//! `ANNALS_FAILED_AUTH_PER_MINUTE` is refused with `429` before anything is read.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -152,6 +153,26 @@ async fn receive(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name).map_err(|_| not_found(&name))?;
+    // An address that keeps failing verification is refused before any read, like bad keys.
+    let ip = caller.map(|c| c.0.0);
+    let bucket = super::access::failure_bucket(ip);
+    let limit = state.access.failed_auth_per_minute;
+    let peek = state
+        .access
+        .failure_limiter
+        .check_local(&bucket, limit, false);
+    if !peek.allowed {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many unverified webhooks from this address; retry after {} s",
+                peek.retry_after_secs
+            ),
+        );
+        e.retry_after_secs = Some(peek.retry_after_secs);
+        return Err(e);
+    }
     let Some(integration) = state.store.get_integration(name.clone()).await? else {
         return Err(not_found(&name));
     };
@@ -160,13 +181,17 @@ async fn receive(
     let message_id = match verify(&state, &integration, &headers, &bytes).await {
         Ok(id) => id,
         Err(reason) => {
+            state
+                .access
+                .failure_limiter
+                .check_local(&bucket, limit, true);
             let subject = format!("inbound:{name}");
             state.security.record(Incident {
                 event_type: SecurityEventType::FailedLogin,
                 severity: Severity::Medium,
                 subject: &subject,
                 key_id: None,
-                ip: caller.map(|c| c.0.0),
+                ip,
                 user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
                 requires_review: false,
                 details: json!({"reason": reason, "integration": name, "path": format!("/v1/inbound/{name}")}),

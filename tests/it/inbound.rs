@@ -248,7 +248,31 @@ async fn integrations_are_managed_by_admins_with_checked_fields(backend: Backend
     app.stop().await;
 }
 
+async fn an_address_that_keeps_failing_verification_is_refused(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |a| a.failed_auth_per_minute = 3).await else {
+        return;
+    };
+    let created = integrate(
+        &app,
+        json!({"name": "SVIX", "client_id": "acme", "verification": "standard_webhooks"}),
+    )
+    .await;
+    let secret = created["secret"].as_str().unwrap().to_string();
+    let body = "{}";
+    let wrong = annals::domain::bus::new_secret();
+    for _ in 0..3 {
+        let (status, _) = send(&app, "SVIX", &standard(&wrong, "m", now(), body), body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Past the limit even a good signature waits: the address is refused before any read.
+    let (status, error) = send(&app, "SVIX", &standard(&secret, "m", now(), body), body).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{error}");
+    assert_error(&error, "rate_limited");
+    app.stop().await;
+}
+
 crate::conformance!(
+    an_address_that_keeps_failing_verification_is_refused,
     standard_webhooks_become_events_once,
     stripe_and_api_key_integrations,
     integrations_are_managed_by_admins_with_checked_fields,
