@@ -53,6 +53,19 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+/// A query parameter's whole number within `range`, else `message`.
+fn whole_number(
+    value: &str,
+    range: std::ops::RangeInclusive<i64>,
+    message: &str,
+) -> Result<i64, String> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| message.to_string())
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!(
         "there is no subscription with id '{}'",
@@ -249,12 +262,8 @@ async fn replay(
         let result = match name.as_str() {
             "from" => Timestamp::parse_bound(&value).map(|t| from = Some(t)),
             "to" => Timestamp::parse_bound(&value).map(|t| to = Some(t)),
-            "from_seq" => value
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .map(|n| from_seq = n)
-                .ok_or_else(|| String::from("must be a whole number, 0 or more")),
+            "from_seq" => whole_number(&value, 0..=i64::MAX, "must be a whole number, 0 or more")
+                .map(|n| from_seq = n),
             _ => Err(String::from(
                 "unknown parameter; allowed: from, to, from_seq",
             )),
@@ -303,18 +312,14 @@ async fn pull(
     let mut errors = Vec::new();
     for (name, value) in parse_pairs(raw.as_deref())? {
         let result = match name.as_str() {
-            "limit" => value
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_PULL).contains(n))
-                .map(|n| limit = n)
-                .ok_or_else(|| format!("must be a whole number from 1 to {MAX_PULL}")),
-            "lease_secs" => value
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (1..=3600).contains(n))
-                .map(|n| lease_secs = n)
-                .ok_or_else(|| String::from("must be a whole number from 1 to 3600")),
+            "limit" => whole_number(
+                &value,
+                1..=MAX_PULL as i64,
+                &format!("must be a whole number from 1 to {MAX_PULL}"),
+            )
+            .map(|n| limit = n as usize),
+            "lease_secs" => whole_number(&value, 1..=3600, "must be a whole number from 1 to 3600")
+                .map(|n| lease_secs = n),
             _ => Err(String::from(
                 "unknown parameter; allowed: limit, lease_secs",
             )),

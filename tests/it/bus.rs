@@ -723,6 +723,18 @@ async fn pull_subscriptions_lease_and_acknowledge(backend: Backend) {
             .status(),
         StatusCode::NOT_FOUND
     );
+    // Out-of-range parameters name themselves.
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("lease_secs=3601", "lease_secs"),
+        ("lease=5", "lease"),
+    ] {
+        let (status, body) =
+            status_json(app.post(&format!("{pull}?{query}"), &key, &json!({})).await).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert_eq!(body["field"], field, "{query}: {body}");
+    }
     // A webhook subscription is not pulled.
     let hook = subscribe(
         &app,
