@@ -337,7 +337,7 @@ async fn pull(
         ));
     }
     let now = Timestamp::now();
-    let lease_until = Timestamp::from_micros(now.as_micros() + lease_secs * 1_000_000);
+    let lease_until = now.plus(std::time::Duration::from_secs(lease_secs as u64));
     let claimed = state
         .store
         .claim_deliveries(ClaimFor::Pull(subscription.id), now, lease_until, limit)
@@ -421,13 +421,8 @@ async fn ack(
     let at = Timestamp::now();
     let outcome = if success {
         AttemptOutcome::Delivered
-    } else if delivery.retry_count < delivery.max_retries {
-        let wait = crate::bus::backoff(state.webhook_retry_base, delivery.retry_count, None);
-        AttemptOutcome::RetryAt(Timestamp::from_micros(
-            at.as_micros() + wait.as_micros() as i64,
-        ))
     } else {
-        AttemptOutcome::Failed
+        crate::bus::after_failure(&delivery, state.webhook_retry_base, None)
     };
     state
         .store

@@ -27,7 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::domain::Timestamp;
 use crate::domain::bus::{
-    AttemptOutcome, ClaimedDelivery, FinishedAttempt, NewIntegrationLog, Operation,
+    AttemptOutcome, ClaimedDelivery, FinishedAttempt, NewIntegrationLog, Operation, StoredDelivery,
 };
 use crate::store::Store;
 use crate::store::bus::ClaimFor;
@@ -139,7 +139,7 @@ async fn run(
 
 /// The end of a claim's lease: the call's time limit and a margin to record its result.
 fn lease_end(now: Timestamp, timeout: Duration) -> Timestamp {
-    Timestamp::from_micros(now.as_micros() + (timeout + Duration::from_secs(30)).as_micros() as i64)
+    now.plus(timeout + Duration::from_secs(30))
 }
 
 async fn record(store: &dyn Store, finished: &mut Vec<FinishedAttempt>) {
@@ -166,6 +166,21 @@ pub fn backoff(base: Duration, retry: i32, retry_after: Option<Duration>) -> Dur
     match retry_after {
         Some(asked) => jittered.max(asked.min(MAX_RETRY_AFTER)),
         None => jittered,
+    }
+}
+
+/// What a failed attempt of `delivery` leads to: another after the backoff while retries are
+/// left, else the dead-letter queue. Pushed and pulled deliveries alike.
+pub fn after_failure(
+    delivery: &StoredDelivery,
+    retry_base: Duration,
+    retry_after: Option<Duration>,
+) -> AttemptOutcome {
+    if delivery.retry_count < delivery.max_retries {
+        let wait = backoff(retry_base, delivery.retry_count, retry_after);
+        AttemptOutcome::RetryAt(Timestamp::now().plus(wait))
+    } else {
+        AttemptOutcome::Failed
     }
 }
 
@@ -248,16 +263,7 @@ async fn attempt(
     );
     let answer = client.post(&url, headers, body).await;
     log.duration_ms = Some(started.elapsed().as_millis() as i64);
-    let retry_or_fail = |retry_after| {
-        if delivery.retry_count < delivery.max_retries {
-            let wait = backoff(retry_base, delivery.retry_count, retry_after);
-            AttemptOutcome::RetryAt(Timestamp::from_micros(
-                Timestamp::now().as_micros() + wait.as_micros() as i64,
-            ))
-        } else {
-            AttemptOutcome::Failed
-        }
-    };
+    let retry_or_fail = |retry_after| after_failure(&delivery, retry_base, retry_after);
     match answer {
         Ok(Answer {
             status,

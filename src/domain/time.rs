@@ -28,6 +28,14 @@ impl Timestamp {
     }
 
     /// This instant moved by whole days (negative: into the past).
+    /// This instant `by` later (saturating).
+    pub fn plus(self, by: std::time::Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(i64::try_from(by.as_micros()).unwrap_or(i64::MAX)),
+        )
+    }
+
     pub fn plus_days(self, days: i64) -> Self {
         Self(self.0.saturating_add(days.saturating_mul(86_400_000_000)))
     }
