@@ -21,6 +21,7 @@ use crate::bus::{DeliveryConfig, DeliveryWorker};
 use crate::config::DEFAULT_RATE_LIMIT;
 use crate::config::{DatabaseLocation, ServeArgs, StoreArgs};
 use crate::domain::masking::MaskPolicy;
+use crate::ingest::latency::LatencyRecorder;
 use crate::jobs;
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
@@ -58,6 +59,8 @@ pub struct RunningServer {
     retention: Option<JoinHandle<()>>,
     security: SecurityRecorder,
     security_flusher: JoinHandle<()>,
+    latency: LatencyRecorder,
+    latency_flusher: JoinHandle<()>,
     deliveries: DeliveryWorker,
     /// Raised when the server stops: open event streams end, so the drain need not wait.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -77,6 +80,8 @@ impl RunningServer {
         }
         self.security_flusher.abort();
         self.security.flush(self.store.as_ref()).await;
+        self.latency_flusher.abort();
+        self.latency.flush(self.store.as_ref()).await;
         // The router (and so the audit queue's sender) is gone: the writer stores what is left.
         if let Some(writer) = self.audit_writer {
             let _ = writer.await;
@@ -146,6 +151,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         },
     );
     let (security, security_flusher) = SecurityRecorder::start(store.clone());
+    let (latency, latency_flusher) = LatencyRecorder::start(store.clone());
     let (stopping, stop_streams) = tokio::sync::watch::channel(false);
     let deliveries = DeliveryWorker::start(
         store.clone(),
@@ -179,6 +185,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
             webhook_allow_private: args.webhook_allow_private,
             webhook_retry_base: Duration::from_millis(args.webhook_retry_base_ms),
             streams: crate::api::stream::Streams::new(stop_streams),
+            latency: latency.clone(),
         }),
         extra,
     );
@@ -206,6 +213,8 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         retention,
         security,
         security_flusher,
+        latency,
+        latency_flusher,
         deliveries,
         stopping,
         serve_lock,

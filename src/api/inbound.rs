@@ -227,7 +227,7 @@ async fn receive(
         .map_err(|e| ApiError::internal(format!("stored integration client: {e}")))?;
     let event =
         parse_event(envelope, &client, &envelope_rules(&state)).map_err(ApiError::from_rejected)?;
-    let (id, duplicate) = match state.store.append(vec![event]).await? {
+    let (id, duplicate) = match state.append(vec![event]).await? {
         AppendOutcome::Stored(items) => (items[0].id, items[0].duplicate),
         AppendOutcome::Conflict(_) => {
             return Err(ApiError::conflict(

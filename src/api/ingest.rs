@@ -120,7 +120,7 @@ pub async fn record_one(
         return Err(ApiError::forbidden(FOREIGN_CLIENT).with_field("client_id"));
     }
     let warning = judge(state, &event).map_err(|e| ApiError::invalid_fields(vec![e]))?;
-    match state.store.append(vec![event]).await? {
+    match state.append(vec![event]).await? {
         AppendOutcome::Stored(items) => {
             let item = &items[0];
             let (status, message) = if item.duplicate {
@@ -211,7 +211,7 @@ pub async fn record_batch(
         )
             .into_response());
     }
-    match state.store.append(events).await? {
+    match state.append(events).await? {
         AppendOutcome::Stored(items) => {
             let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
             let duplicates: Vec<usize> = items

@@ -5,6 +5,7 @@
 //! seed-002 aliases under `/api/v1/*`.
 
 mod access;
+mod analytics;
 mod api_events;
 mod audit;
 mod deliveries;
@@ -91,6 +92,25 @@ pub struct Services {
     pub streams: stream::Streams,
     /// `ANNALS_WEBHOOK_RETRY_BASE_MS`: the first retry's delay (pulled deliveries use it too).
     pub webhook_retry_base: std::time::Duration,
+    /// How long appends take (`/v1/analytics/processing-metrics`).
+    pub latency: crate::ingest::latency::LatencyRecorder,
+}
+
+impl Services {
+    /// Appends through the store, timing it for the processing metrics (a refused append is
+    /// not counted).
+    pub async fn append(
+        &self,
+        events: Vec<crate::domain::NewEvent>,
+    ) -> Result<crate::store::AppendOutcome, crate::store::StoreError> {
+        let client = events.first().map(|e| e.client_id.clone());
+        let started = std::time::Instant::now();
+        let outcome = self.store.append(events).await?;
+        if let Some(client) = client {
+            self.latency.record(&client, started.elapsed());
+        }
+        Ok(outcome)
+    }
 }
 
 /// Rate limits applied by the access layer.
@@ -126,6 +146,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(deliveries::router())
         .merge(stream::router())
         .merge(inbound::router())
+        .merge(analytics::router())
         .route_layer(
             ServiceBuilder::new()
                 .layer(audit.clone())

@@ -165,7 +165,7 @@ pub fn parse_id_listing(
 }
 
 /// A `from` or `to` bound (`Timestamp::parse_bound`), its refusal with `with_url_hint`.
-fn time_bound(value: &str) -> Result<Timestamp, String> {
+pub fn time_bound(value: &str) -> Result<Timestamp, String> {
     Timestamp::parse_bound(value).map_err(|e| with_url_hint(e, value))
 }
 

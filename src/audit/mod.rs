@@ -64,6 +64,14 @@ impl AuditLog {
         (Self { tx, counters }, rx)
     }
 
+    /// Records waiting in the queue, and how many were dropped since the start.
+    pub fn depth(&self) -> (usize, u64) {
+        (
+            self.tx.max_capacity() - self.tx.capacity(),
+            self.counters.dropped.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn record(&self, record: AuditRecord) {
         let free = &self.counters.free_bytes;
         let bytes = budget_bytes(&record);

@@ -4,6 +4,7 @@
 //! unchecked string where one of these types is expected; parsing is the only way to build one.
 
 pub mod access;
+pub mod analytics;
 pub mod api_event;
 pub mod audit;
 pub mod bus;

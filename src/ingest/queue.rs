@@ -19,6 +19,17 @@ pub enum QueueFull {
     Closed,
 }
 
+/// How full a write queue is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Jobs (appends and other writes) waiting.
+    pub jobs: usize,
+    pub max_jobs: usize,
+    /// Bytes of event data waiting.
+    pub bytes: usize,
+    pub max_bytes: usize,
+}
+
 /// A job in the queue with its byte reservation.
 pub struct Queued<T> {
     pub job: T,
@@ -62,6 +73,16 @@ impl<T> WriteQueue<T> {
             },
             rx,
         )
+    }
+
+    /// How full the queue is now.
+    pub fn depth(&self) -> QueueDepth {
+        QueueDepth {
+            jobs: self.tx.max_capacity() - self.tx.capacity(),
+            max_jobs: self.tx.max_capacity(),
+            bytes: self.byte_capacity - self.bytes.available_permits(),
+            max_bytes: self.byte_capacity,
+        }
     }
 
     pub fn try_submit(&self, job: T, bytes: usize) -> Result<(), QueueFull> {

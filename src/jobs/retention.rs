@@ -2,7 +2,8 @@
 //! operator sets `ANNALS_EVENT_RETENTION_DAYS` (default 0 = keep forever), events older than
 //! that with their idempotency keys — in small batches, each its own short transaction, so
 //! ingest never waits behind one long delete. Events go oldest first, so `seq` stays gapless
-//! from the oldest kept event on. Finished webhook deliveries and integration log rows go after
+//! from the oldest kept event on; the analytics rollups of the minutes and hours before the
+//! cutoff go with them. Finished webhook deliveries and integration log rows go after
 //! `ANNALS_DELIVERY_RETENTION_DAYS` (default 30); waiting deliveries are never removed.
 
 use std::sync::Arc;
@@ -39,13 +40,16 @@ pub async fn purge_audit(store: &dyn Store, days: u32, batch: usize) -> Result<u
 }
 
 /// Deletes every event received before `cutoff` (and its idempotency key), `batch` at a time,
-/// oldest first; returns how many rows went in batches.
+/// oldest first, then the analytics rollups of the minutes and hours that ended before it;
+/// returns how many events went in batches.
 pub async fn purge_events(
     store: &dyn Store,
     cutoff: Timestamp,
     batch: usize,
 ) -> Result<u64, StoreError> {
-    in_batches(batch, |limit| store.delete_events_before(cutoff, limit)).await
+    let events = in_batches(batch, |limit| store.delete_events_before(cutoff, limit)).await?;
+    store.delete_rollups_before(cutoff).await?;
+    Ok(events)
 }
 
 /// Deletes finished deliveries and integration log rows from before `cutoff`, `batch` of each

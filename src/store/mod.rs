@@ -8,6 +8,7 @@
 //!   so concurrent duplicates are caught as well as sequential ones.
 //! - Every read takes an explicit client scope (`None` only for admin callers).
 
+pub mod analytics;
 pub mod bus;
 pub mod copy;
 pub mod indexed;
@@ -269,7 +270,7 @@ pub(crate) fn stored_hash(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
 }
 
 #[async_trait]
-pub trait Store: bus::BusStore + Send + Sync + 'static {
+pub trait Store: bus::BusStore + analytics::AnalyticsStore + Send + Sync + 'static {
     /// Short name for health output and logs (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
 

@@ -59,6 +59,8 @@ struct Snapshot {
     keys: Vec<Value>,
     security: Vec<Value>,
     audit: Vec<Value>,
+    /// Events per type, from the analytics rollups.
+    counts: Value,
 }
 
 async fn snapshot(app: &TestApp) -> Snapshot {
@@ -71,6 +73,12 @@ async fn snapshot(app: &TestApp) -> Snapshot {
         keys: keys.as_array().unwrap().clone(),
         security: by_id(app, "/v1/security-events?limit=1000").await,
         audit: by_id(app, "/v1/audit/logs?limit=1000").await,
+        counts: status_json(
+            app.get("/v1/analytics/events-by-type?limit=1000", admin)
+                .await,
+        )
+        .await
+        .1,
     }
 }
 
@@ -195,6 +203,11 @@ async fn copy_moves_everything(from: Backend, to: Backend) {
     assert_eq!(now.api_events, after.api_events);
     assert_eq!(now.keys, after.keys);
     assert_eq!(now.security, after.security);
+    assert_eq!(
+        now.counts, after.counts,
+        "the copy's rollups count what it holds"
+    );
+    assert_eq!(now.counts["total"], 7, "{}", now.counts);
     // The copy's own calls (the snapshot's reads) come after the source's records.
     assert_eq!(now.audit[..after.audit.len()], after.audit[..]);
     assert_eq!(

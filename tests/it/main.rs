@@ -1,6 +1,7 @@
 //! Integration tests: each test starts the real server on a random port against a fresh store
 //! in its own temp dir and talks HTTP to it.
 
+mod analytics;
 mod api_events;
 mod audit;
 mod auth;

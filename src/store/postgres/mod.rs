@@ -9,6 +9,7 @@
 //!   two exist before any write (made at start and re-checked every hour).
 //! - A lost connection is `StoreError::Unavailable` (→ 503); the pool reconnects by itself.
 
+mod analytics;
 mod bus;
 mod query;
 mod writer;

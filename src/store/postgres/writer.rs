@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::query::to_datetime;
 use super::unavailable;
+use crate::domain::analytics::EventCounts;
 use crate::domain::bus::SubscriptionIndex;
 use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
@@ -380,6 +381,7 @@ async fn write_group(
             .map_err(internal_or_unavailable)?;
     }
     keys.insert(&tx).await?;
+    add_counts(&tx, rows.iter().map(|r| (r.event, received_at))).await?;
     if !bus.index.is_empty() {
         let mut deliveries = Vec::new();
         for row in &rows {
@@ -463,6 +465,7 @@ pub(super) async fn import(
             .map_err(internal_or_unavailable)?;
     }
     keys.insert(&tx).await?;
+    add_counts(&tx, events.iter().map(|e| (&e.event, e.received_at))).await?;
     if newest > last {
         tx.execute(
             "UPDATE event_sequence SET last_seq = $1 WHERE id = 1",
@@ -473,6 +476,18 @@ pub(super) async fn import(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(())
+}
+
+/// Adds events (each with when it was received) to the analytics rollups.
+async fn add_counts<'e>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: impl Iterator<Item = (&'e NewEvent, Timestamp)>,
+) -> Result<(), StoreError> {
+    let mut counts = EventCounts::default();
+    for (event, received_at) in events {
+        counts.add_event(event, received_at);
+    }
+    super::analytics::add_counts(tx, &counts).await
 }
 
 /// A database error from a statement (bad data, constraint) is internal; a lost connection is

@@ -7,6 +7,7 @@
 //! - Read connections are `query_only`; only the writer thread writes.
 //! - `synchronous=FULL` (the default) makes each group commit durable before replies are sent.
 
+mod analytics;
 pub mod backup;
 mod bus;
 mod checkpoint;

@@ -31,6 +31,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::domain::analytics::EventCounts;
 use crate::domain::bus::{SharedIndex, SubscriptionIndex};
 use crate::domain::{NewEvent, Timestamp};
 use crate::ingest::Queued;
@@ -290,6 +291,7 @@ fn commit_group(
             )?);
         }
         insert_events(conn, &mut insert.events, &rows)?;
+        add_counts(conn, &rows)?;
         if !bus_index.is_empty() {
             let mut deliveries = Vec::new();
             for row in &rows {
@@ -403,6 +405,7 @@ fn import(
             statements.insert_key(row.event, row.seq, row.id)?;
         }
         insert_events(conn, insert, &rows)?;
+        add_counts(conn, &rows)?;
         if last > *last_seq {
             conn.prepare_cached(
                 "UPDATE event_sequence SET last_seq = max(last_seq, ?1) WHERE id = 1",
@@ -512,6 +515,15 @@ fn insert_events(
     rows: &[EventRow<'_>],
 ) -> rusqlite::Result<()> {
     insert.run(conn, rows, |row, event| event.bind(row))
+}
+
+/// Adds the rows' events to the analytics rollups.
+fn add_counts(conn: &Connection, rows: &[EventRow<'_>]) -> rusqlite::Result<()> {
+    let mut counts = EventCounts::default();
+    for row in rows {
+        counts.add_event(row.event, row.received_at);
+    }
+    super::analytics::add_counts(conn, &counts)
 }
 
 impl<'a> EventRow<'a> {

@@ -1,0 +1,213 @@
+//! Analytics on SQLite (`AnalyticsStore`): rollup reads on the read pool; rollup and latency
+//! writes on the writer thread (`add_counts` inside each group's transaction).
+
+use async_trait::async_trait;
+use rusqlite::{Connection, params};
+
+use super::SqliteStore;
+use crate::domain::Timestamp;
+use crate::domain::analytics::{
+    CountQuery, Counted, DeliveryCounts, EventCounts, HOUR_SECS, LatencyRow, MINUTE_SECS, unix_secs,
+};
+use crate::store::StoreError;
+use crate::store::analytics::{
+    AnalyticsStore, QueueDepth, SqlParam, count_sql, rollup_rows, upsert_count_sql,
+    within_row_limit,
+};
+
+/// Adds a group's (or an import's) event counts to both rollups, in the caller's transaction.
+pub(super) fn add_counts(conn: &Connection, counts: &EventCounts<'_>) -> rusqlite::Result<()> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    for (rollup, rows) in rollup_rows(counts) {
+        let mut upsert = conn.prepare_cached(&upsert_count_sql(rollup))?;
+        for r in rows {
+            upsert.execute(params![
+                r.client_id,
+                r.bucket,
+                r.event_type,
+                r.source,
+                r.count
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl AnalyticsStore for SqliteStore {
+    async fn count_events(&self, query: CountQuery) -> Result<Vec<Counted>, StoreError> {
+        let rows = self
+            .read(move |conn| {
+                let (sql, params) = count_sql(&query);
+                // `?N` is parameter N; SQLite would number `$N` by first appearance.
+                let sql = sql.replace('$', "?");
+                let params: Vec<rusqlite::types::Value> = params
+                    .into_iter()
+                    .map(|p| match p {
+                        SqlParam::Int(i) => rusqlite::types::Value::Integer(i),
+                        SqlParam::Text(t) => rusqlite::types::Value::Text(t),
+                    })
+                    .collect();
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+                    Ok(Counted {
+                        period: r.get(0)?,
+                        event_type: r.get(1)?,
+                        group: r.get(2)?,
+                        count: r.get(3)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        within_row_limit(rows)
+    }
+
+    async fn add_latencies(&self, rows: Vec<LatencyRow>) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.write(move |tx| {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO ingest_latency (client_id, bucket, slot, count) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (client_id, bucket, slot) DO UPDATE SET count = count + excluded.count",
+            )?;
+            for r in &rows {
+                upsert.execute(params![r.client_id, r.hour, r.slot, r.count])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn latency_slots(
+        &self,
+        client_id: Option<String>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(u16, i64)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT slot, sum(count) FROM ingest_latency \
+                 WHERE bucket >= ?1 AND bucket < ?2 AND (?3 IS NULL OR client_id = ?3) \
+                 GROUP BY slot ORDER BY slot",
+            )?;
+            let rows =
+                stmt.query_map(params![from, to, client_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn delivery_counts(&self, owner: Option<String>) -> Result<DeliveryCounts, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT status, count(*), min(created_at) FROM deliveries \
+                 WHERE status <> 'COMPLETED' AND (?1 IS NULL OR client_id = ?1) GROUP BY status",
+            )?;
+            let mut counts = DeliveryCounts::default();
+            let mut rows = stmt.query(params![owner])?;
+            while let Some(r) = rows.next()? {
+                let status: String = r.get(0)?;
+                let count: i64 = r.get(1)?;
+                let oldest: Option<i64> = r.get(2)?;
+                counts.add(&status, count, oldest.map(Timestamp::from_micros));
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    fn write_queue(&self) -> QueueDepth {
+        self.queue.depth()
+    }
+
+    async fn delete_rollups_before(&self, before: Timestamp) -> Result<u64, StoreError> {
+        // A bucket goes once it ends at or before the cutoff.
+        let secs = unix_secs(before);
+        self.write(move |tx| {
+            let mut deleted = tx.execute(
+                "DELETE FROM event_counts_minute WHERE bucket <= ?1",
+                [secs - MINUTE_SECS],
+            )?;
+            deleted += tx.execute(
+                "DELETE FROM event_counts_hour WHERE bucket <= ?1",
+                [secs - HOUR_SECS],
+            )?;
+            deleted += tx.execute(
+                "DELETE FROM ingest_latency WHERE bucket <= ?1",
+                [secs - HOUR_SECS],
+            )?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::embedded;
+
+    /// The migration that adds the rollups counts the events already stored, floored to the
+    /// minute and the hour, also before 1970.
+    #[test]
+    fn the_migration_counts_the_events_already_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = rusqlite::Connection::open(dir.path().join("old.db")).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(8))
+            .run(&mut conn)
+            .unwrap();
+        let minute = 60_000_000_i64;
+        for (seq, occurred, event_type, source) in [
+            (1, 3 * minute + 5, "a", Some("s")),
+            (2, 3 * minute + 59_999_999, "a", Some("s")),
+            (3, 61 * minute, "a", Some("s")),
+            (4, -1, "b", None),
+            (5, -minute, "b", None),
+        ] {
+            conn.execute(
+                "INSERT INTO events (seq, id, client_id, event_type, source, occurred_at, \
+                 received_at, data, headers) VALUES (?1, randomblob(16), 'c', ?2, ?3, ?4, 0, '{}', '{}')",
+                rusqlite::params![seq, event_type, source, occurred],
+            )
+            .unwrap();
+        }
+        embedded::migrations::runner().run(&mut conn).unwrap();
+        let rows = |table: &str| -> Vec<(i64, String, String, i64)> {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT bucket, event_type, source, count FROM {table} ORDER BY bucket, event_type"
+                ))
+                .unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let (a, b, s, none) = (
+            String::from("a"),
+            String::from("b"),
+            String::from("s"),
+            String::new(),
+        );
+        assert_eq!(
+            rows("event_counts_minute"),
+            [
+                (-60, b.clone(), none.clone(), 2),
+                (180, a.clone(), s.clone(), 2),
+                (3660, a.clone(), s.clone(), 1)
+            ]
+        );
+        assert_eq!(
+            rows("event_counts_hour"),
+            [
+                (-3600, b, none, 2),
+                (0, a.clone(), s.clone(), 2),
+                (3600, a, s, 1)
+            ]
+        );
+    }
+}
