@@ -15,3 +15,4 @@ pub mod jobs;
 pub mod listener;
 pub mod server;
 pub mod store;
+pub mod telemetry;

@@ -186,6 +186,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
             webhook_retry_base: Duration::from_millis(args.webhook_retry_base_ms),
             streams: crate::api::stream::Streams::new(stop_streams),
             latency: latency.clone(),
+            telemetry: Default::default(),
         }),
         extra,
     );

@@ -4,13 +4,14 @@
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::{MatchedPath, OriginalUri, RawQuery, Request, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::FutureExt;
@@ -24,6 +25,7 @@ use crate::auth::Principal;
 use crate::domain::Timestamp;
 use crate::domain::audit::{AuditQuery, AuditRecord, MAX_USER_AGENT, StoredAudit};
 use crate::error::ApiError;
+use crate::telemetry::Telemetry;
 
 /// Who a request acted as, left in the response by the access layer for the audit record.
 #[derive(Clone, Debug)]
@@ -84,6 +86,7 @@ where
         if self.state.audit.is_none() {
             return AuditFuture::Plain {
                 inner: self.inner.call(request),
+                telemetry: self.state.telemetry.clone(),
             };
         }
         let mut unanswered = Unanswered {
@@ -128,7 +131,7 @@ pin_project_lite::pin_project! {
     #[project = AuditFutureProj]
     pub enum AuditFuture<F> {
         /// The audit log is off (`ANNALS_AUDIT_LOG=false`).
-        Plain { #[pin] inner: F },
+        Plain { #[pin] inner: F, telemetry: Arc<Telemetry> },
         Recording { #[pin] inner: F, unanswered: Unanswered },
         /// `ANNALS_AUDIT_BODIES`: the response body is read before the record is made.
         WithBodies { future: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> },
@@ -143,7 +146,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            AuditFutureProj::Plain { inner } => inner.poll(cx),
+            AuditFutureProj::Plain { inner, telemetry } => {
+                let answer = std::task::ready!(inner.poll(cx));
+                if let Ok(response) = &answer {
+                    telemetry.response(response.status());
+                }
+                Poll::Ready(answer)
+            }
             AuditFutureProj::Recording { inner, unanswered } => {
                 // A panic is recorded, then goes on its way to the panic layer outside.
                 let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx)));
@@ -180,11 +189,15 @@ impl Unanswered {
         request_body: Option<String>,
         response_body: Option<String>,
     ) {
+        self.state.telemetry.response(response.status());
         self.record(|pending| pending.finish(response, request_body, response_body));
     }
 
     /// The route panicked: recorded as the 500 the panic layer outside answers.
     fn panicked(&mut self) {
+        self.state
+            .telemetry
+            .response(StatusCode::INTERNAL_SERVER_ERROR);
         self.record(|pending| pending.abandoned(500));
     }
 

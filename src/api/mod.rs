@@ -18,6 +18,7 @@ mod health;
 mod inbound;
 mod ingest;
 mod keys;
+mod metrics;
 mod query_params;
 mod security;
 pub mod stream;
@@ -94,6 +95,8 @@ pub struct Services {
     pub webhook_retry_base: std::time::Duration,
     /// How long appends take (`/v1/analytics/processing-metrics`).
     pub latency: crate::ingest::latency::LatencyRecorder,
+    /// The node's Prometheus metrics (`GET /metrics`).
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl Services {
@@ -106,9 +109,11 @@ impl Services {
         let client = events.first().map(|e| e.client_id.clone());
         let started = std::time::Instant::now();
         let outcome = self.store.append(events).await?;
+        let took = started.elapsed();
         if let Some(client) = client {
-            self.latency.record(&client, started.elapsed());
+            self.latency.record(&client, took);
         }
+        self.telemetry.append(&outcome, took);
         Ok(outcome)
     }
 }
@@ -147,6 +152,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(stream::router())
         .merge(inbound::router())
         .merge(analytics::router())
+        .merge(metrics::router())
         .route_layer(
             ServiceBuilder::new()
                 .layer(audit.clone())

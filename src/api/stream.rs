@@ -58,6 +58,11 @@ impl Streams {
             stopping,
         }
     }
+
+    /// How many streams are open on this node.
+    pub fn open(&self) -> usize {
+        MAX_STREAMS - self.slots.available_permits()
+    }
 }
 
 /// What one open stream holds between messages.

@@ -177,7 +177,57 @@ async fn committed_ranges_are_announced_to_subscribers(backend: Backend) {
     app.stop().await;
 }
 
+/// `GET /metrics`: Prometheus text for admin keys, counting what this node did and reading the
+/// store's figures at each scrape.
+async fn metrics_count_requests_events_and_deliveries(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let key = app.key("acme", "events:read,events:write").await;
+    let r = app
+        .post(
+            "/v1/subscriptions",
+            &key,
+            &json!({"subscriber_name": "w", "topic_pattern": "#", "callback_method": "m"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let event = json!({"event_type": "a.b", "event_id": "e-1", "data": {}});
+    for _ in 0..2 {
+        app.post("/v1/events", &key, &event).await;
+    }
+    app.record(&key, json!({"event_type": "a.c", "data": {}}))
+        .await;
+    let r = app.get("/metrics", &app.admin_key).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = r.text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    assert_eq!(value("annals_events_stored_total"), 2.0);
+    assert_eq!(value("annals_events_duplicate_total"), 1.0);
+    assert_eq!(value("annals_append_seconds_count"), 3.0);
+    assert!(value("annals_http_responses_total{class=\"2xx\"}") >= 4.0);
+    assert_eq!(value("annals_deliveries{status=\"pending\"}"), 2.0);
+    assert_eq!(value("annals_store_up"), 1.0);
+    assert_eq!(value("annals_write_queue_jobs"), 0.0);
+    assert_eq!(value("annals_streams_open"), 0.0);
+
+    let r = app.get("/metrics", &key).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
+
 crate::conformance!(
+    metrics_count_requests_events_and_deliveries,
     committed_ranges_are_announced_to_subscribers,
     health_answers_without_a_key_on_every_path,
     events_survive_a_restart_and_seq_continues,
