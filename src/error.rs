@@ -205,22 +205,29 @@ fn display_path(e: &FieldError) -> String {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let ApiError(this) = self;
-        let this = *this;
+impl ApiError {
+    /// The JSON body of this error's answer.
+    pub fn body(&self) -> serde_json::Value {
         let body = Body {
-            error: this.code,
-            message: &this.message,
-            field: this.field.as_deref(),
-            errors: &this.errors,
+            error: self.code,
+            message: &self.message,
+            field: self.field.as_deref(),
+            errors: &self.errors,
         };
         let mut value = serde_json::to_value(&body).expect("error body serializes");
         if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
-            (this.extra, value.as_object_mut())
+            (&self.extra, value.as_object_mut())
         {
-            obj.extend(extra);
+            obj.extend(extra.clone());
         }
+        value
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let value = self.body();
+        let ApiError(this) = self;
         let mut response = (this.status, axum::Json(value)).into_response();
         if let Some(secs) = this.retry_after_secs {
             response

@@ -36,7 +36,6 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
@@ -153,7 +152,8 @@ pub async fn serve(
         .max_buf_size(config::HEAD_BUFFER_BYTES);
     let proxies = Arc::new(options.trusted_proxies);
     let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
-    let connections = GracefulShutdown::new();
+    // Raised at shutdown: each connection then finishes its request in flight and closes.
+    let (drain, draining) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -180,18 +180,32 @@ pub async fn serve(
         let service = app
             .clone()
             .map_request(move |request| with_client(request, remote.ip(), &proxies));
-        let connection = connections
-            .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
+        // With upgrades: a WebSocket's connection is handed over to its route (which ends it
+        // when the server stops) once the upgrade is answered.
+        let connection = http
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .with_upgrades();
+        let mut draining = draining.clone();
         while tasks.try_join_next().is_some() {} // reaps the connections that have ended
         tasks.spawn(async move {
-            if let Err(e) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = draining.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::trace!(error = %e, %remote, "connection ended with an error");
             }
             drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(options.drain_timeout, connections.shutdown())
+    let _ = drain.send(true);
+    let drained = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(options.drain_timeout, drained)
         .await
         .is_err()
     {

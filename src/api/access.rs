@@ -310,6 +310,17 @@ fn admit(
             decision: checked.map(|(_, d)| d),
         });
     };
+    Admission::Refused(over_limit(state, &origin, principal, limit, &d))
+}
+
+/// The 429 for a key over its limit, recorded as a security event.
+fn over_limit(
+    state: &AppState,
+    origin: &Origin,
+    principal: Principal,
+    limit: u32,
+    d: &Decision,
+) -> Response {
     let key_id = principal.key_label();
     state.security.record(origin.incident(
         SecurityEventType::SuspiciousActivity,
@@ -324,10 +335,49 @@ fn admit(
             "rate limit of {limit} requests per minute exceeded; retry after {} s",
             d.retry_after_secs
         ),
-        &d,
+        d,
     );
     response.extensions_mut().insert(AuditIdentity(principal));
-    Admission::Refused(response)
+    response
+}
+
+/// The access check for a caller whose key may come after the request: a WebSocket's first
+/// message (browsers can't set headers on one). The same flood refusal, key check, failure
+/// counting and rate limit as the layer; a refusal is the answer the layer would give.
+pub(super) struct Gate {
+    state: AppState,
+    origin: Origin,
+}
+
+impl Gate {
+    pub(super) fn of(state: &AppState, request: &Request) -> Self {
+        Self {
+            state: state.clone(),
+            origin: Origin::of(request),
+        }
+    }
+
+    pub(super) async fn admit(&self, presented: Option<&str>) -> Result<Principal, Response> {
+        let state = &self.state;
+        if let Some(refused) = refuse_flood(state, &self.origin) {
+            return Err(refused);
+        }
+        let principal = match state.auth.authenticate(presented).await {
+            Ok(principal) => principal,
+            Err(error) => return Err(refuse_key(state, &self.origin, error)),
+        };
+        if let Some(limit) = limit_for(&principal, state.access.default_rate_limit) {
+            let d = state
+                .access
+                .limiter
+                .check(&principal.rate_bucket, limit, true)
+                .await;
+            if !d.allowed {
+                return Err(over_limit(state, &self.origin, principal, limit, &d));
+            }
+        }
+        Ok(principal)
+    }
 }
 
 /// A request let through to its route, and what its answer gets afterwards.

@@ -473,6 +473,86 @@ async fn queue_status(
     Ok(Json(body))
 }
 
+/// How many of the largest types a live snapshot names.
+const LIVE_TYPES: usize = 10;
+
+/// What `/v1/ws/metrics` sends each tick: the last minute's events (per second and by type, by
+/// event time, from the minute rollup: the previous minute weighted by how much of it is still
+/// within the last 60 s), this hour's append latency, deliveries waiting and failed, and for an
+/// admin this node's write queue.
+pub(super) async fn live_metrics(
+    state: &AppState,
+    client: Option<String>,
+    admin: bool,
+) -> Result<Value, ApiError> {
+    let now = Timestamp::now();
+    let secs = unix_secs(now);
+    let minute = floor_to(secs, MINUTE_SECS);
+    let rows = state
+        .store
+        .count_events(CountQuery {
+            client_id: client.clone(),
+            rollup: Rollup::Minute,
+            from: minute - MINUTE_SECS,
+            to: minute + MINUTE_SECS,
+            width: MINUTE_SECS,
+            source: None,
+            group: None,
+        })
+        .await?;
+    let previous_share = (MINUTE_SECS - (secs - minute)) as f64 / MINUTE_SECS as f64;
+    let mut by_type: HashMap<String, f64> = HashMap::new();
+    for row in rows {
+        let weight = if row.period < minute {
+            previous_share
+        } else {
+            1.0
+        };
+        *by_type.entry(row.event_type).or_default() += row.count as f64 * weight;
+    }
+    let last_minute: f64 = by_type.values().sum();
+    let mut types: Vec<(String, f64)> = by_type.into_iter().collect();
+    types.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    types.truncate(LIVE_TYPES);
+    let hour = floor_to(secs, HOUR_SECS);
+    let mut histogram = Histogram::default();
+    for (slot, count) in state
+        .store
+        .latency_slots(client.clone(), hour, hour + HOUR_SECS)
+        .await?
+    {
+        histogram.add(slot, count.max(0) as u64);
+    }
+    let ms = |q: f64| {
+        histogram
+            .quantile_us(q)
+            .map(|us| (us / 10.0).round() / 100.0)
+    };
+    let deliveries = state.store.delivery_counts(client.clone()).await?;
+    let mut body = json!({
+        "type": "metrics",
+        "at": now.to_rfc3339(),
+        "client_id": client,
+        "events_last_minute": last_minute.round() as i64,
+        "events_per_second": (last_minute / 60.0 * 100.0).round() / 100.0,
+        "by_type": types
+            .into_iter()
+            .map(|(t, n)| json!({"event_type": t, "count": n.round() as i64}))
+            .collect::<Vec<_>>(),
+        "latency_ms": {"p50": ms(0.5), "p95": ms(0.95), "p99": ms(0.99), "appends": histogram.count()},
+        "deliveries": {
+            "pending": deliveries.pending,
+            "processing": deliveries.processing,
+            "failed": deliveries.failed,
+        },
+    });
+    if admin {
+        let q = state.store.write_queue();
+        body["write_queue"] = json!({"jobs": q.jobs, "bytes": q.bytes, "max_jobs": q.max_jobs});
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ mod health;
 mod inbound;
 mod ingest;
 mod keys;
+mod live;
 mod metrics;
 mod query_params;
 mod security;
@@ -160,6 +161,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         );
     let public = health::router()
         .merge(inbound::public_router())
+        .merge(live::router())
         .route_layer(audit.clone());
     // Requests no route takes are recorded too: an unknown path, an unknown method.
     let routes = authenticated

@@ -59,6 +59,27 @@ impl Streams {
         }
     }
 
+    /// A place for one more live connection (a stream or a metrics socket), held while it is
+    /// open; `503` when the node serves `MAX_STREAMS` already.
+    pub fn take_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            let mut e = ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!(
+                    "this node already serves {MAX_STREAMS} live connections; retry later or on another node"
+                ),
+            );
+            e.retry_after_secs = Some(5);
+            e
+        })
+    }
+
+    /// Changes to `true` when the server stops.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.clone()
+    }
+
     /// How many streams are open on this node.
     pub fn open(&self) -> usize {
         MAX_STREAMS - self.slots.available_permits()
@@ -185,22 +206,7 @@ async fn open(
     query.client_id = principal.read_scope(params.requested_client)?;
     query.order = Order::Asc;
     query.limit = PAGE;
-    let slot = state
-        .streams
-        .slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            let mut e = ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                format!(
-                    "this node already serves {MAX_STREAMS} streams; retry later or on another node"
-                ),
-            );
-            e.retry_after_secs = Some(5);
-            e
-        })?;
+    let slot = state.streams.take_slot()?;
     // Notices first, then the starting point: a commit in between is heard, not lost.
     let commits = state.store.commits();
     let last = match after {

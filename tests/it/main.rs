@@ -18,6 +18,7 @@ mod inbound;
 mod ingest;
 mod isolation;
 mod limits;
+mod live;
 mod nodes;
 mod ops;
 mod outage;
