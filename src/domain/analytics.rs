@@ -93,6 +93,28 @@ impl<'a> EventCounts<'a> {
             .or_default() += 1;
     }
 
+    /// Adds `count` events of one minute's bucket (`minute` already floored).
+    pub fn add_minute(
+        &mut self,
+        client_id: &'a str,
+        minute: i64,
+        event_type: &'a str,
+        source: &'a str,
+        count: i64,
+    ) {
+        *self
+            .minutes
+            .entry((client_id, minute, event_type, source))
+            .or_default() += count;
+    }
+
+    /// Adds another set of counts to this one.
+    pub fn merge(&mut self, other: &EventCounts<'a>) {
+        for (&key, &count) in &other.minutes {
+            *self.minutes.entry(key).or_default() += count;
+        }
+    }
+
     /// Counts a stored event (`received_at` stands in for a missing `occurred_at`, as in the
     /// stored row).
     pub fn add_event(&mut self, event: &'a NewEvent, received_at: Timestamp) {

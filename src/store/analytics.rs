@@ -97,13 +97,20 @@ pub(crate) fn within_row_limit(rows: Vec<Counted>) -> Result<Vec<Counted>, Store
     }
 }
 
-/// The upsert that adds a group's count rows to one rollup, single-row (SQLite).
-pub(crate) fn upsert_count_sql(rollup: Rollup) -> String {
-    format!(
-        "INSERT INTO {} (client_id, bucket, event_type, source, count) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (client_id, bucket, event_type, source) DO UPDATE SET count = count + excluded.count",
-        rollup.table()
-    )
+/// The upsert that adds count rows to one rollup, single-row (SQLite).
+pub(crate) fn upsert_count_sql(rollup: Rollup) -> &'static str {
+    match rollup {
+        Rollup::Minute => {
+            "INSERT INTO event_counts_minute (client_id, bucket, event_type, source, count) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, bucket, event_type, source) \
+             DO UPDATE SET count = count + excluded.count"
+        }
+        Rollup::Hour => {
+            "INSERT INTO event_counts_hour (client_id, bucket, event_type, source, count) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, bucket, event_type, source) \
+             DO UPDATE SET count = count + excluded.count"
+        }
+    }
 }
 
 /// Every rollup table, with the rows of a group to add to it.

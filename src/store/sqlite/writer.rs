@@ -39,6 +39,7 @@ use crate::ingest::idempotency::{self, StoredKey};
 use crate::ingest::queue::{Waited, next_group_blocking};
 
 use super::StoreFile;
+use super::analytics::Rollups;
 use super::checkpoint::{FailureStreak, WalRestart};
 use super::multi_row::{MultiRowInsert, Prepared, Row};
 use super::user_index::{Entry, UserIndex};
@@ -138,6 +139,13 @@ pub(super) fn run(
             return;
         }
     };
+    let mut rollups = match Rollups::load(&conn, last_seq) {
+        Ok(rollups) => rollups,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "writer could not bring the analytics rollups up to date; stopping");
+            return;
+        }
+    };
     user_index.copy_all(&conn, last_seq);
     optimize(&conn);
     let mut optimized_at = std::time::Instant::now();
@@ -145,10 +153,14 @@ pub(super) fn run(
     let (mut groups, mut jobs) = (0u64, 0u64);
     let mut checkpoint_failures = FailureStreak::new("writer-side WAL checkpoint");
     loop {
-        let idle = user_index.idle_limit(last_seq);
+        let idle = match (user_index.idle_limit(last_seq), rollups.idle_limit()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let group = match next_group_blocking(&mut rx, MAX_GROUP_JOBS, idle) {
             Waited::Group(group) => group,
             Waited::Idle => {
+                rollups.flush(&conn);
                 user_index.copy_all(&conn, last_seq);
                 continue;
             }
@@ -189,6 +201,7 @@ pub(super) fn run(
                         &mut user_index,
                         &health,
                         &current_index(&bus_index),
+                        (&mut rollups, true),
                     );
                     run_between_groups(
                         &mut conn,
@@ -196,11 +209,13 @@ pub(super) fn run(
                         between,
                         &mut last_seq,
                         &mut user_index,
+                        &mut rollups,
                     );
                 }
                 WriterCommand::Shutdown => rx.close(),
             }
         }
+        let flush = rollups.due(rx.is_empty());
         commit_group(
             &conn,
             &mut insert,
@@ -209,6 +224,7 @@ pub(super) fn run(
             &mut user_index,
             &health,
             &current_index(&bus_index),
+            (&mut rollups, flush),
         );
         drop(reservations);
         if last_seq > before {
@@ -230,7 +246,8 @@ pub(super) fn run(
             optimized_seq = last_seq;
         }
     }
-    // A stopped store leaves a complete index behind.
+    // A stopped store leaves a complete index and current rollups behind.
+    rollups.flush(&conn);
     user_index.copy_all(&conn, last_seq);
     tracing::info!(groups, jobs, last_seq, "sqlite writer stopped");
 }
@@ -262,6 +279,8 @@ pub(super) fn load_last_seq(conn: &Connection) -> anyhow::Result<i64> {
 /// touches). Appends check idempotency before inserting anything, so only a storage error can
 /// fail one midway; then the group is rolled back and retried one append per transaction, so
 /// the failure stays with the request that caused it.
+/// `rollups` comes with whether this group carries the pending rollup counts (`Rollups::due`).
+#[allow(clippy::too_many_arguments)]
 fn commit_group(
     conn: &Connection,
     insert: &mut Inserts,
@@ -270,6 +289,7 @@ fn commit_group(
     user_index: &mut UserIndex,
     health: &WriteHealth,
     bus_index: &SubscriptionIndex,
+    (rollups, flush): (&mut Rollups, bool),
 ) {
     if appends.is_empty() {
         return;
@@ -291,7 +311,13 @@ fn commit_group(
             )?);
         }
         insert_events(conn, &mut insert.events, &rows)?;
-        add_counts(conn, &rows)?;
+        let mut counts = EventCounts::default();
+        for row in &rows {
+            counts.add_event(row.event, row.received_at);
+        }
+        if flush {
+            rollups.write_with(conn, &counts, seq)?;
+        }
         if !bus_index.is_empty() {
             let mut deliveries = Vec::new();
             for row in &rows {
@@ -307,11 +333,21 @@ fn commit_group(
             super::bus::insert_deliveries(conn, &mut insert.deliveries, &deliveries, received_at)?;
         }
         let events = (seq - *last_seq) as usize;
-        Ok((outcomes, user_index.copy_slice(conn, *last_seq, events)))
+        Ok((
+            outcomes,
+            user_index.copy_slice(conn, *last_seq, events),
+            counts,
+        ))
     });
     match grouped {
-        Ok((outcomes, slice)) => {
+        Ok((outcomes, slice, counts)) => {
             *last_seq = seq;
+            if flush {
+                rollups.written_through(seq);
+            } else {
+                rollups.committed(&counts, seq);
+            }
+            drop(counts);
             user_index.slice_committed(slice);
             user_index.committed(entries);
             health.set_failing(false);
@@ -330,6 +366,7 @@ fn commit_group(
                     user_index,
                     health,
                     bus_index,
+                    (&mut *rollups, flush),
                 );
             }
         }
@@ -356,6 +393,7 @@ fn run_between_groups(
     job: WriterCommand,
     last_seq: &mut i64,
     user_index: &mut UserIndex,
+    rollups: &mut Rollups,
 ) {
     match job {
         WriterCommand::Exec(job) => job(conn),
@@ -365,7 +403,14 @@ fn run_between_groups(
             reply,
         } => {
             let _ = reply.send(
-                match import(conn, &mut insert.events, &events, last_assigned, last_seq) {
+                match import(
+                    conn,
+                    &mut insert.events,
+                    &events,
+                    last_assigned,
+                    last_seq,
+                    rollups,
+                ) {
                     Ok(entries) => {
                         user_index.committed(entries);
                         Ok(())
@@ -388,6 +433,7 @@ fn import(
     events: &[Imported],
     last_assigned: i64,
     last_seq: &mut i64,
+    rollups: &mut Rollups,
 ) -> anyhow::Result<Vec<Entry>> {
     let last = check_ascending(events, *last_seq)?.max(last_assigned);
     in_write_transaction(conn, |conn| {
@@ -405,7 +451,11 @@ fn import(
             statements.insert_key(row.event, row.seq, row.id)?;
         }
         insert_events(conn, insert, &rows)?;
-        add_counts(conn, &rows)?;
+        let mut counts = EventCounts::default();
+        for row in &rows {
+            counts.add_event(row.event, row.received_at);
+        }
+        rollups.write_with(conn, &counts, last)?;
         if last > *last_seq {
             conn.prepare_cached(
                 "UPDATE event_sequence SET last_seq = max(last_seq, ?1) WHERE id = 1",
@@ -414,6 +464,7 @@ fn import(
         }
         Ok(())
     })?;
+    rollups.written_through(last);
     *last_seq = (*last_seq).max(last);
     Ok(events
         .iter()
@@ -515,15 +566,6 @@ fn insert_events(
     rows: &[EventRow<'_>],
 ) -> rusqlite::Result<()> {
     insert.run(conn, rows, |row, event| event.bind(row))
-}
-
-/// Adds the rows' events to the analytics rollups.
-fn add_counts(conn: &Connection, rows: &[EventRow<'_>]) -> rusqlite::Result<()> {
-    let mut counts = EventCounts::default();
-    for row in rows {
-        counts.add_event(row.event, row.received_at);
-    }
-    super::analytics::add_counts(conn, &counts)
 }
 
 impl<'a> EventRow<'a> {

@@ -47,3 +47,11 @@ CREATE INDEX ingest_latency_bucket ON ingest_latency (bucket);
 -- reading the finished ones.
 CREATE INDEX deliveries_unfinished ON deliveries (status, client_id, created_at)
     WHERE status <> 'COMPLETED';
+
+-- The last seq whose event the rollups count; the writer keeps the counts of later events in
+-- memory for a moment and, after a crash, counts them again from `events`.
+CREATE TABLE rollup_progress (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    through_seq INTEGER NOT NULL
+);
+INSERT INTO rollup_progress (id, through_seq) SELECT 1, coalesce(max(seq), 0) FROM events;
