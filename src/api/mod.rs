@@ -8,6 +8,7 @@ mod access;
 mod analytics;
 mod api_events;
 mod audit;
+mod dashboard;
 mod deliveries;
 mod events;
 mod export;
@@ -162,6 +163,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
     let public = health::router()
         .merge(inbound::public_router())
         .merge(live::router())
+        .merge(dashboard::router())
         .route_layer(audit.clone());
     // Requests no route takes are recorded too: an unknown path, an unknown method.
     let routes = authenticated

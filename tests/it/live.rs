@@ -173,6 +173,28 @@ async fn bad_keys_and_messages_are_refused(backend: Backend) {
     app.stop().await;
 }
 
+/// The dashboard page and its files are served with a policy that keeps them to this server.
+#[tokio::test]
+async fn the_dashboard_is_served_with_a_strict_policy() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    for (path, kind, needle) in [
+        ("/dashboard", "text/html", "/dashboard/app.js"),
+        ("/dashboard/app.js", "text/javascript", "/v1/ws/metrics"),
+        ("/dashboard/style.css", "text/css", "body"),
+    ] {
+        let r = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let headers = r.headers().clone();
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind));
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"));
+        assert!(r.text().await.unwrap().contains(needle), "{path}");
+    }
+    app.stop().await;
+}
+
 crate::conformance!(
     subscribers_get_their_own_live_metrics,
     bad_keys_and_messages_are_refused,
