@@ -21,6 +21,7 @@ mod ingest;
 mod keys;
 mod live;
 mod metrics;
+pub mod openapi;
 mod query_params;
 mod security;
 pub mod stream;
@@ -164,6 +165,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(inbound::public_router())
         .merge(live::router())
         .merge(dashboard::router())
+        .merge(openapi::router())
         .route_layer(audit.clone());
     // Requests no route takes are recorded too: an unknown path, an unknown method.
     let routes = authenticated

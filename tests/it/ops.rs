@@ -235,6 +235,62 @@ crate::conformance!(
     a_full_write_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged,
 );
 
+/// `/openapi.json` describes the API, and every operation it lists is served: none is answered
+/// by the unknown-route or wrong-method fallbacks. `/docs` renders it.
+#[tokio::test]
+async fn every_documented_operation_is_served() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let r = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path}"
+            );
+            let url = app.url(
+                &path
+                    .replace("{id}", "00000000-0000-0000-0000-000000000000")
+                    .replace("{name}", "nope"),
+            );
+            let request = match method.as_str() {
+                "get" => app.http.get(url),
+                "post" => app.http.post(url).json(&json!({})),
+                "patch" => app.http.patch(url).json(&json!({})),
+                "delete" => app.http.delete(url),
+                other => panic!("unexpected method {other}"),
+            };
+            let r = request
+                .header("x-api-key", &app.admin_key)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            if status == StatusCode::NOT_FOUND {
+                let body: Value = r.json().await.unwrap();
+                let message = body["message"].as_str().unwrap_or("");
+                assert!(!message.contains("no route"), "{method} {path}: {body}");
+            }
+        }
+    }
+    assert!(operations >= 45, "{operations} operations");
+    let page = app.http.get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("/docs/docs.js"));
+    let script = app.http.get(app.url("/docs/docs.js")).send().await.unwrap();
+    assert!(script.text().await.unwrap().contains("/openapi.json"));
+    app.stop().await;
+}
+
 /// Every answer — success, error, a new key's secret, a route no one has — tells caches not to
 /// keep it (answers are per key) and browsers not to sniff its type.
 #[tokio::test]
