@@ -150,7 +150,10 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
             interval: std::time::Duration::from_secs(args.retention_interval_secs.max(1)),
         },
     );
-    let (security, security_flusher) = SecurityRecorder::start(store.clone());
+    let (security, security_flusher) = SecurityRecorder::start(
+        store.clone(),
+        MaskPolicy::new(&args.mask_fields, args.anonymize_ip),
+    );
     let (latency, latency_flusher) = LatencyRecorder::start(store.clone());
     let (stopping, stop_streams) = tokio::sync::watch::channel(false);
     let deliveries = DeliveryWorker::start(

@@ -86,7 +86,7 @@ impl Params {
                 continue;
             }
             let result = match name.as_str() {
-                "client_id" => ClientId::parse(value).map(|c| p.client_id = Some(c)),
+                "client_id" => ClientId::parse_stored(value.clone()).map(|c| p.client_id = Some(c)),
                 "from" => time_bound(value).map(|t| p.from = Some(t)),
                 "to" => time_bound(value).map(|t| p.to = Some(t)),
                 "source" => super::query_params::filter_text(value).map(|s| p.source = Some(s)),

@@ -88,7 +88,9 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, ApiEr
                 .map_err(|e| with_url_hint(e, value)),
             "from" => time_bound(value).map(|t| q.from = Some(t)),
             "to" => time_bound(value).map(|t| q.to = Some(t)),
-            "client_id" => ClientId::parse(value).map(|c| requested_client = Some(c)),
+            "client_id" => {
+                ClientId::parse_stored(value.clone()).map(|c| requested_client = Some(c))
+            }
             "limit" => parse_limit(value).map(|n| q.limit = n),
             "order" => parse_order(value).map(|o| q.order = o),
             "cursor" => decode_cursor(value).map(|s| q.after_seq = Some(s)),

@@ -10,11 +10,14 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::domain::Timestamp;
+use crate::domain::masking::MaskPolicy;
 use crate::domain::security::{NewSecurityEvent, SYSTEM_CLIENT, SecurityEventType, Severity};
+use crate::domain::{ClientId, EnvelopeRules, Timestamp, parse_event};
 use crate::store::Store;
 
 const FLUSH: Duration = Duration::from_secs(1);
+/// Largest published security event: their details are small and bounded.
+const PUBLISHED_MAX_BYTES: usize = 64 * 1024;
 /// Distinct pending rows held between flushes; past this, new kinds are dropped (counted rows
 /// already pending keep counting).
 const MAX_PENDING: usize = 10_000;
@@ -35,12 +38,17 @@ pub struct Incident<'a> {
 #[derive(Clone, Default)]
 pub struct SecurityRecorder {
     pending: Arc<Mutex<HashMap<String, NewSecurityEvent>>>,
+    /// What the published events' fields go through, as every event's do.
+    mask: MaskPolicy,
 }
 
 impl SecurityRecorder {
     /// Starts the flusher; it runs until aborted (the last flush happens in `flush`).
-    pub fn start(store: Arc<dyn Store>) -> (Self, JoinHandle<()>) {
-        let recorder = Self::default();
+    pub fn start(store: Arc<dyn Store>, mask: MaskPolicy) -> (Self, JoinHandle<()>) {
+        let recorder = Self {
+            mask,
+            ..Self::default()
+        };
         let this = recorder.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(FLUSH);
@@ -98,8 +106,66 @@ impl SecurityRecorder {
             return;
         }
         let n = batch.len();
-        if let Err(e) = store.record_security(batch).await {
-            tracing::warn!(error = %e, rows = n, "security events could not be stored");
+        let published: Vec<Value> = batch.iter().map(published_envelope).collect();
+        let ids = match store.record_security(batch).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, rows = n, "security events could not be stored");
+                return;
+            }
+        };
+        self.publish(store, published, ids).await;
+    }
+
+    /// Records the flushed system security events as events of the system client, typed
+    /// `annals.security.<kind>`: on the bus they reach admin subscriptions (a client's match only
+    /// its own events), and admins read them with the other events.
+    async fn publish(&self, store: &dyn Store, envelopes: Vec<Value>, ids: Vec<i64>) {
+        let rules = EnvelopeRules {
+            max_event_bytes: PUBLISHED_MAX_BYTES,
+            mask: &self.mask,
+        };
+        let system = ClientId::system();
+        let mut events = Vec::with_capacity(envelopes.len());
+        for (mut envelope, id) in envelopes.into_iter().zip(ids) {
+            envelope["data"]["security_event_id"] = Value::from(id);
+            match parse_event(envelope, &system, &rules) {
+                Ok(event) => events.push(event),
+                Err(rejected) => tracing::warn!(
+                    errors = ?rejected.errors,
+                    "a system security event could not be published"
+                ),
+            }
+        }
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = store.append(events).await {
+            tracing::warn!(error = %e, "system security events could not be published");
         }
     }
+}
+
+/// A system security event as the envelope of its published event (its row id is added once
+/// stored). Client-reported security events are not published: they are the client's own.
+fn published_envelope(e: &NewSecurityEvent) -> Value {
+    let details: Value = serde_json::from_str(&e.details).unwrap_or(Value::Null);
+    let mut envelope = serde_json::json!({
+        "event_type": format!("annals.security.{}", e.event_type.as_str().to_ascii_lowercase()),
+        "occurred_at": e.occurred_at.to_rfc3339(),
+        "data": {
+            "severity": e.severity.as_str(),
+            "count": e.count,
+            "requires_review": e.requires_review,
+            "user_agent": e.user_agent,
+            "details": details,
+        },
+    });
+    if let Some(key) = &e.user_id {
+        envelope["user_id"] = Value::from(key.as_str());
+    }
+    if let Some(ip) = &e.ip_address {
+        envelope["ip_address"] = Value::from(ip.as_str());
+    }
+    envelope
 }

@@ -48,7 +48,7 @@ impl StoredEvent {
         let seq = self.seq;
         let bad = |field: &str, e: String| format!("event {seq}: {field}: {e}");
         Ok(NewEvent {
-            client_id: ClientId::parse_owned(self.client_id).map_err(|e| bad("client_id", e))?,
+            client_id: ClientId::parse_stored(self.client_id).map_err(|e| bad("client_id", e))?,
             event_type: EventType::parse_owned(self.event_type)
                 .map_err(|e| bad("event_type", e))?,
             user_id: self.user_id,

@@ -37,6 +37,22 @@ impl ClientId {
         Ok(Self(text))
     }
 
+    /// The service's own client (`SYSTEM_CLIENT`): system security events are its events. No
+    /// key can name it (`parse` refuses its `$`), so only admins read them or subscribe to them.
+    pub fn system() -> Self {
+        Self(String::from(super::security::SYSTEM_CLIENT))
+    }
+
+    /// A client id read back from a store or asked for by a reader: `parse`, or the system
+    /// client.
+    pub fn parse_stored(text: String) -> Result<Self, String> {
+        if text == super::security::SYSTEM_CLIENT {
+            Ok(Self(text))
+        } else {
+            Self::parse_owned(text)
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -964,7 +964,71 @@ async fn retention_removes_finished_deliveries_and_old_log_rows_only(backend: Ba
     app.stop().await;
 }
 
+/// System security events (here: failed logins) are published as `annals.security.*` events of
+/// the system client: an admin's subscription gets them, a client's `#` does not, and only
+/// admins read them.
+async fn system_security_events_reach_admin_subscriptions_only(backend: Backend) {
+    let Some(app) = bus_app(backend).await else {
+        return;
+    };
+    let acme = app.key("acme", "events:read,events:write").await;
+    let admin = app.admin_key.clone();
+    let soc = subscribe(
+        &app,
+        &admin,
+        json!({"subscriber_name": "soc", "topic_pattern": "annals.security.#", "callback_method": "soc.alert"}),
+    )
+    .await;
+    let theirs = subscribe(
+        &app,
+        &acme,
+        json!({"subscriber_name": "all", "topic_pattern": "#", "callback_method": "all.handle"}),
+    )
+    .await;
+    for _ in 0..2 {
+        let r = app.get("/v1/events", "ank_wrong").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let pull = |id: &Value| format!("/v1/subscriptions/{}/pull", id.as_str().unwrap());
+    let waited = std::time::Instant::now();
+    let pulled = loop {
+        let (status, body) =
+            status_json(app.post(&pull(&soc["id"]), &admin, &json!({})).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if !body.as_array().unwrap().is_empty() {
+            break body;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "nothing published"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let event = &pulled[0]["event"];
+    assert_eq!(
+        event["event_type"], "annals.security.failed_login",
+        "{pulled}"
+    );
+    assert_eq!(event["client_id"], "$annals");
+    assert_eq!(event["data"]["count"], 2, "one aggregated row: {event}");
+    assert!(event["data"]["security_event_id"].is_i64());
+    let (_, none) = status_json(app.post(&pull(&theirs["id"]), &acme, &json!({})).await).await;
+    assert_eq!(
+        none,
+        json!([]),
+        "a client's subscription matches only its own events"
+    );
+
+    let listed = app.list("/v1/events?client_id=%24annals", &admin).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let r = app.get("/v1/events?client_id=%24annals", &acme).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(app.list("/v1/events", &acme).await.is_empty());
+    app.stop().await;
+}
+
 crate::conformance!(
+    system_security_events_reach_admin_subscriptions_only,
     retention_removes_finished_deliveries_and_old_log_rows_only,
     matching_events_are_delivered_signed_and_logged,
     failures_are_retried_then_dead_lettered_and_retried_by_hand,

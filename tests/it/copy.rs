@@ -169,12 +169,22 @@ async fn copy_moves_everything(from: Backend, to: Backend) {
     // Stopping flushes the audit log and the security events.
     let source = source.restart().await;
     let before = snapshot(&source).await;
-    assert_eq!(before.events.len(), 6);
+    // The client's six, and the failed login published as an event of the system client.
+    assert_eq!(before.events.len(), 7);
+    assert!(
+        before
+            .events
+            .iter()
+            .any(|e| e["client_id"] == "$annals"
+                && e["event_type"] == "annals.security.failed_login"),
+        "{:?}",
+        before.events
+    );
     assert!(!before.security.is_empty() && !before.audit.is_empty());
 
     // First pass while the source keeps serving.
     let text = succeeded(&copy(&source.db.url, &destination.url).await);
-    assert!(text.contains("Copied 6 events"), "{text}");
+    assert!(text.contains("Copied 7 events"), "{text}");
 
     // More arrives at the source; the second pass takes only that.
     let late = source
@@ -188,7 +198,7 @@ async fn copy_moves_everything(from: Backend, to: Backend) {
     let text = succeeded(&copy(&source.db.url, &destination.url).await);
     assert!(text.contains("Copied 1 event "), "{text}");
     assert!(
-        text.contains("Both stores hold 7 events up to seq 7"),
+        text.contains("Both stores hold 8 events up to seq 8"),
         "{text}"
     );
     let admin_key = source.admin_key.clone();
@@ -207,7 +217,7 @@ async fn copy_moves_everything(from: Backend, to: Backend) {
         now.counts, after.counts,
         "the copy's rollups count what it holds"
     );
-    assert_eq!(now.counts["total"], 7, "{}", now.counts);
+    assert_eq!(now.counts["total"], 8, "{}", now.counts);
     // The copy's own calls (the snapshot's reads) come after the source's records.
     assert_eq!(now.audit[..after.audit.len()], after.audit[..]);
     assert_eq!(
