@@ -9,14 +9,25 @@ use super::PostgresStore;
 use super::unavailable;
 use crate::domain::Timestamp;
 use crate::domain::analytics::{
-    CountQuery, Counted, DeliveryCounts, EventCounts, HOUR_SECS, LatencyRow, MINUTE_SECS, unix_secs,
+    CountQuery, Counted, DeliveryCounts, EventCounts, HOUR_SECS, LatencyRow, MINUTE_SECS, Rollup,
+    unix_secs,
 };
 use crate::store::StoreError;
-use crate::store::analytics::{
-    AnalyticsStore, QueueDepth, SqlParam, count_sql, rollup_rows, within_row_limit,
-};
+use crate::store::analytics::{AnalyticsStore, QueueDepth, SqlParam, count_sql, within_row_limit};
 
-/// Adds a group's (or an import's) event counts to both rollups, in the caller's transaction.
+/// Adds a group's (or an import's) event counts to both rollups, in the caller's transaction:
+/// one statement (a round trip per group), the minute rows given, the hour rows summed from
+/// them. The rows come in key order, so concurrent writers lock them in the same order.
+const ADD_COUNTS: &str = "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], \
+     $4::text[], $5::bigint[]) AS u(c, b, t, s, n)), \
+     m AS (INSERT INTO event_counts_minute AS r (client_id, bucket, event_type, source, count) \
+           SELECT c, b, t, s, n FROM u \
+           ON CONFLICT (client_id, bucket, event_type, source) \
+           DO UPDATE SET count = r.count + EXCLUDED.count) \
+     INSERT INTO event_counts_hour AS r (client_id, bucket, event_type, source, count) \
+     SELECT c, b - ((b % 3600) + 3600) % 3600, t, s, sum(n) FROM u GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 \
+     ON CONFLICT (client_id, bucket, event_type, source) DO UPDATE SET count = r.count + EXCLUDED.count";
+
 pub(super) async fn add_counts(
     tx: &impl deadpool_postgres::GenericClient,
     counts: &EventCounts<'_>,
@@ -24,26 +35,16 @@ pub(super) async fn add_counts(
     if counts.is_empty() {
         return Ok(());
     }
-    for (rollup, rows) in rollup_rows(counts) {
-        let client: Vec<&str> = rows.iter().map(|r| r.client_id).collect();
-        let bucket: Vec<i64> = rows.iter().map(|r| r.bucket).collect();
-        let event_type: Vec<&str> = rows.iter().map(|r| r.event_type).collect();
-        let source: Vec<&str> = rows.iter().map(|r| r.source).collect();
-        let count: Vec<i64> = rows.iter().map(|r| r.count).collect();
-        let table = rollup.table();
-        let upsert = tx
-            .prepare_cached(&format!(
-                "INSERT INTO {table} AS r (client_id, bucket, event_type, source, count) \
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) \
-                 ON CONFLICT (client_id, bucket, event_type, source) \
-                 DO UPDATE SET count = r.count + EXCLUDED.count"
-            ))
-            .await
-            .map_err(unavailable)?;
-        tx.execute(&upsert, &[&client, &bucket, &event_type, &source, &count])
-            .await
-            .map_err(super::writer::internal_or_unavailable)?;
-    }
+    let rows = counts.rows(Rollup::Minute);
+    let client: Vec<&str> = rows.iter().map(|r| r.client_id).collect();
+    let bucket: Vec<i64> = rows.iter().map(|r| r.bucket).collect();
+    let event_type: Vec<&str> = rows.iter().map(|r| r.event_type).collect();
+    let source: Vec<&str> = rows.iter().map(|r| r.source).collect();
+    let count: Vec<i64> = rows.iter().map(|r| r.count).collect();
+    let upsert = tx.prepare_cached(ADD_COUNTS).await.map_err(unavailable)?;
+    tx.execute(&upsert, &[&client, &bucket, &event_type, &source, &count])
+        .await
+        .map_err(super::writer::internal_or_unavailable)?;
     Ok(())
 }
 
