@@ -2,7 +2,8 @@
 //! PostgreSQL when one machine is no longer enough, PostgreSQL back into a file, or a file into
 //! a new file — keeping what an audit trail must keep: every event's `seq`, `id`, times and
 //! content, the idempotency keys (so a client's retry of an old event is still a duplicate),
-//! the API keys (so clients keep their keys), the security events and the API-call audit log.
+//! the API keys (so clients keep their keys), the security events, the API-call audit log, the
+//! event bus's subscriptions (with their signing secrets) and the inbound integrations.
 //!
 //! Invariants:
 //! - Events go over in `seq` order, in batches (the next read while the last is written); each
@@ -177,6 +178,8 @@ pub struct CopyReport {
     pub keys: u64,
     pub security_events: u64,
     pub audit_records: u64,
+    pub subscriptions: u64,
+    pub integrations: u64,
 }
 
 /// What the copy tells whoever watches it (a progress bar, or nothing).
@@ -275,8 +278,37 @@ pub async fn copy_store(
         progress,
     )
     .await?;
+    (report.subscriptions, report.integrations) = copy_bus(source, destination).await?;
     tracing::debug!(elapsed = ?started.elapsed(), ?report, "copy finished");
     Ok(report)
+}
+
+/// Copies every subscription (with its secrets, so webhooks stay signed the same way) and every
+/// inbound integration, each replacing the destination's of the same id or name; returns how
+/// many of each. Deliveries and the integration log stay behind: a subscription replays what
+/// it still needs from the destination (`POST /v1/subscriptions/{id}/replay`).
+async fn copy_bus(source: &dyn Store, destination: &dyn Store) -> Result<(u64, u64), StoreError> {
+    let subscriptions = source.list_subscriptions(None).await?;
+    let copied = subscriptions.len() as u64;
+    for subscription in subscriptions {
+        if !destination
+            .update_subscription(subscription.clone())
+            .await?
+        {
+            destination.create_subscription(subscription).await?;
+        }
+    }
+    let integrations = source.list_integrations().await?;
+    let names = integrations.len() as u64;
+    for integration in integrations {
+        if !destination.create_integration(integration.clone()).await? {
+            destination
+                .delete_integration(integration.name.clone())
+                .await?;
+            destination.create_integration(integration).await?;
+        }
+    }
+    Ok((copied, names))
 }
 
 /// Copies `table`'s rows past `after`; returns how many.

@@ -61,6 +61,8 @@ struct Snapshot {
     audit: Vec<Value>,
     /// Events per type, from the analytics rollups.
     counts: Value,
+    subscriptions: Value,
+    integrations: Value,
 }
 
 async fn snapshot(app: &TestApp) -> Snapshot {
@@ -79,6 +81,12 @@ async fn snapshot(app: &TestApp) -> Snapshot {
         )
         .await
         .1,
+        subscriptions: status_json(app.get("/v1/subscriptions", admin).await)
+            .await
+            .1,
+        integrations: status_json(app.get("/v1/integrations", admin).await)
+            .await
+            .1,
     }
 }
 
@@ -155,6 +163,23 @@ async fn fill(app: &TestApp, client_key: &str) {
     .await;
     let r = app.get("/v1/events", "not-a-key-at-all").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The event bus's configuration: a subscription and an inbound integration.
+    let r = app
+        .post(
+            "/v1/subscriptions",
+            client_key,
+            &json!({"subscriber_name": "worker", "topic_pattern": "billing.#", "callback_method": "jobs.handle"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = app
+        .post(
+            "/v1/integrations",
+            &app.admin_key,
+            &json!({"name": "SVIX", "client_id": "acme", "verification": "standard_webhooks"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
 }
 
 async fn copy_moves_everything(from: Backend, to: Backend) {
@@ -197,6 +222,7 @@ async fn copy_moves_everything(from: Backend, to: Backend) {
     let after = snapshot(&source).await;
     let text = succeeded(&copy(&source.db.url, &destination.url).await);
     assert!(text.contains("Copied 1 event "), "{text}");
+    assert!(text.contains("1 subscription and 1 integration"), "{text}");
     assert!(
         text.contains("Both stores hold 8 events up to seq 8"),
         "{text}"
