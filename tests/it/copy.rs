@@ -244,6 +244,10 @@ async fn copy_moves_everything(from: Backend, to: Backend) {
         "the copy's rollups count what it holds"
     );
     assert_eq!(now.counts["total"], 8, "{}", now.counts);
+    assert_eq!(now.subscriptions, after.subscriptions);
+    assert_eq!(now.subscriptions.as_array().map(Vec::len), Some(1));
+    assert_eq!(now.integrations, after.integrations);
+    assert_eq!(now.integrations.as_array().map(Vec::len), Some(1));
     // The copy's own calls (the snapshot's reads) come after the source's records.
     assert_eq!(now.audit[..after.audit.len()], after.audit[..]);
     assert_eq!(
