@@ -302,6 +302,12 @@ async fn timeseries(
         Some(from) => floor_to(unix_secs(from), step),
         None => to - interval.default_span(),
     };
+    if from >= to {
+        return Err(ApiError::invalid(
+            "from",
+            "must be earlier than to (which defaults to now)",
+        ));
+    }
     let buckets = (to - from) / step;
     if buckets > MAX_BUCKETS {
         return Err(ApiError::invalid(

@@ -19,7 +19,7 @@ use tower::{Layer, Service};
 
 use super::AppState;
 use super::extract::{Auth, client_ip};
-use super::query_params::{filter_text, paged_json, parse_id_listing, parse_pairs};
+use super::query_params::{filter_text, paged_json, parse_bool, parse_id_listing, parse_pairs};
 use crate::audit::bodies::{self, TeeBody};
 use crate::auth::Principal;
 use crate::domain::Timestamp;
@@ -355,25 +355,30 @@ async fn list_logs(
 ) -> Result<Response, ApiError> {
     let pairs = parse_pairs(raw.as_deref())?;
     let mut query = AuditQuery::default();
-    let (page, requested) =
-        parse_id_listing(
-            &pairs,
-            "endpoint, method, status",
-            |name, value| match name {
-                "endpoint" => Some(filter_text(value).map(|e| query.endpoint = Some(e))),
-                "method" => {
-                    Some(filter_text(value).map(|m| query.method = Some(m.to_ascii_uppercase())))
+    let (page, requested) = parse_id_listing(
+        &pairs,
+        "endpoint (a path, or failed), method, status, failed",
+        |name, value| match name {
+            // Seed 002's way to list failed calls; no path is called "failed".
+            "endpoint" if value == "failed" => {
+                query.failed = true;
+                Some(Ok(()))
+            }
+            "endpoint" => Some(filter_text(value).map(|e| query.endpoint = Some(e))),
+            "failed" => Some(parse_bool(value).map(|b| query.failed = b)),
+            "method" => {
+                Some(filter_text(value).map(|m| query.method = Some(m.to_ascii_uppercase())))
+            }
+            "status" => Some(match value.parse::<u16>() {
+                Ok(s) if (100..=599).contains(&s) => {
+                    query.status = Some(s);
+                    Ok(())
                 }
-                "status" => Some(match value.parse::<u16>() {
-                    Ok(s) if (100..=599).contains(&s) => {
-                        query.status = Some(s);
-                        Ok(())
-                    }
-                    _ => Err(String::from("must be an HTTP status from 100 to 599")),
-                }),
-                _ => None,
-            },
-        )?;
+                _ => Err(String::from("must be an HTTP status from 100 to 599")),
+            }),
+            _ => None,
+        },
+    )?;
     query.page = page;
     query.client_id = principal.read_scope(requested)?;
     let limit = query.page.limit;

@@ -154,7 +154,7 @@ pub const OPERATIONS: &[Operation] = &[
         Some("any of name, scopes, rate_limit, is_active, expires_at"), CHANGE),
     op!("delete" "/v1/keys/{id}", "keys", "Delete a key", A, NONE, None, CHANGE),
     op!("get" "/v1/audit/logs", "audit", "The API-call audit log, newest first", A,
-        &[("endpoint", "path"), ("method", "HTTP method"), ("status", "HTTP status"), ("client_id", "one client's calls"), ("limit", "page size"), ("cursor", "next page")], None, READ),
+        &[("endpoint", "path, or failed: the calls answered with an error"), ("failed", "true: only calls answered with an error"), ("method", "HTTP method"), ("status", "HTTP status"), ("client_id", "one client's calls"), ("limit", "page size"), ("cursor", "next page")], None, READ),
     op!("get" "/v1/security-events", "security", "Security events (system ones for admins)", R,
         &[("event_type", "FAILED_LOGIN, PERMISSION_DENIED, …"), ("severity", "LOW…CRITICAL"), ("requires_review", "true or false"), ("from", "time bound"), ("to", "time bound"), ("limit", "page size"), ("cursor", "next page")], None, READ),
     op!("post" "/v1/security-events", "security", "Report your application's security event", W, NONE,

@@ -126,6 +126,9 @@ pub struct AuditQuery {
     pub endpoint: Option<String>,
     pub method: Option<String>,
     pub status: Option<u16>,
+    /// Only calls answered with an error (status 400 or above): seed 002's
+    /// `?endpoint=failed`, or `?failed=true`.
+    pub failed: bool,
     pub page: IdPage,
 }
 

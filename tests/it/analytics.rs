@@ -196,6 +196,7 @@ async fn bad_analytics_requests_are_refused(backend: Backend) {
             "to",
         ),
         ("/v1/analytics/events-by-type?from=yesterday", "from"),
+        ("/v1/analytics/timeseries?from=9999-01-01T00:00:00Z", "from"),
         ("/v1/analytics/events-by-type?event_type=a..b", "event_type"),
         ("/v1/analytics/events-by-type?limit=0", "limit"),
         ("/v1/analytics/events-by-type?colour=red", "colour"),

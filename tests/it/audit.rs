@@ -408,7 +408,38 @@ async fn abandoned_and_panicking_calls_are_recorded(backend: Backend, bodies: bo
     app.stop().await;
 }
 
+/// Seed 002's `?endpoint=failed` (and `?failed=true`) lists the calls answered with an error.
+async fn failed_calls_are_listed_on_their_own(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let admin = app.admin_key.clone();
+    assert_eq!(app.get("/v1/events", &admin).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/v1/nowhere", &admin).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get("/v1/events?limit=0", &admin).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let failed = logs_until(&app, "endpoint=failed", &admin, 2).await;
+    assert!(
+        failed.iter().all(|r| r["status"].as_u64().unwrap() >= 400),
+        "{failed:?}"
+    );
+    let paths: Vec<&str> = failed.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"/v1/nowhere"), "{paths:?}");
+    let also = logs_until(&app, "failed=true", &admin, 2).await;
+    assert_eq!(also.len(), failed.len());
+    let (status, body) = status_json(app.get("/v1/audit/logs?failed=maybe", &admin).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["field"], "failed");
+    app.stop().await;
+}
+
 crate::conformance!(
+    failed_calls_are_listed_on_their_own,
     a_call_abandoned_by_its_client_is_recorded,
     with_bodies_a_call_abandoned_by_its_client_is_recorded,
     extra_routes_sit_behind_the_key_check_and_the_audit_log,

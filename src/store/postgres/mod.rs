@@ -980,6 +980,9 @@ impl Store for PostgresStore {
         if let Some(st) = query.status {
             f.add(" AND status = $#", Box::new(st as i16));
         }
+        if query.failed {
+            f.add(" AND status >= $#", Box::new(400_i16));
+        }
         let f = f.page("at", &query.page);
         let rows = db.query(&f.sql, &f.params()).await.map_err(unavailable)?;
         Ok(rows.iter().map(row_to_audit).collect())

@@ -955,6 +955,9 @@ impl Store for SqliteStore {
             if let Some(st) = query.status {
                 f.add(" AND status = ?#", V::Integer(i64::from(st)));
             }
+            if query.failed {
+                f.add(" AND status >= ?#", V::Integer(400));
+            }
             let f = f.page("at", &query.page);
             let mut stmt = conn.prepare(&f.sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(f.args), row_to_audit)?;
