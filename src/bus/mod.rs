@@ -125,8 +125,12 @@ async fn run(
             }
             _ = flush.tick() => record(store.as_ref(), &mut finished).await,
             heard = commits.recv(), if idle_until.is_some() => {
-                if !matches!(heard, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                    idle_until = None;
+                // Only a commit that queued webhook deliveries is worth a claim (a write): the
+                // rest wait for the poll. A lagging receiver may have missed one, so it claims.
+                match heard {
+                    Ok(range) if range.pushes => idle_until = None,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => idle_until = None,
+                    Ok(_) | Err(_) => {}
                 }
             }
             _ = tokio::time::sleep_until(wake), if idle_until.is_some() => idle_until = None,

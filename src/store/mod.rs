@@ -232,14 +232,32 @@ pub struct EventPage {
 pub struct CommittedRange {
     pub first: i64,
     pub last: i64,
+    /// Whether the commit queued webhook (push) deliveries: only then is the delivery worker
+    /// woken (a claim per commit would be a write per commit).
+    pub pushes: bool,
 }
 
 impl CommittedRange {
-    /// Parses the `NOTIFY annals_events` payload `first-last`.
+    /// The `NOTIFY annals_events` payload: `first-last`, with ` push` when it queued webhook
+    /// deliveries.
+    pub fn payload(&self) -> String {
+        let push = if self.pushes { " push" } else { "" };
+        format!("{}-{}{push}", self.first, self.last)
+    }
+
+    /// Parses a `payload`.
     pub fn parse(text: &str) -> Option<Self> {
-        let (first, last) = text.split_once('-')?;
+        let (range, pushes) = match text.strip_suffix(" push") {
+            Some(range) => (range, true),
+            None => (text, false),
+        };
+        let (first, last) = range.split_once('-')?;
         let (first, last) = (first.parse().ok()?, last.parse().ok()?);
-        (first <= last).then_some(Self { first, last })
+        (first <= last).then_some(Self {
+            first,
+            last,
+            pushes,
+        })
     }
 }
 
@@ -377,4 +395,24 @@ pub trait Store: bus::BusStore + analytics::AnalyticsStore + Send + Sync + 'stat
 
     /// Stops taking writes, commits everything already queued, and waits for the writer.
     async fn shutdown(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommittedRange;
+
+    #[test]
+    fn commit_notices_say_whether_they_queued_webhooks() {
+        for pushes in [false, true] {
+            let range = CommittedRange {
+                first: 3,
+                last: 9,
+                pushes,
+            };
+            assert_eq!(CommittedRange::parse(&range.payload()), Some(range));
+        }
+        assert_eq!(CommittedRange::parse("3-9").map(|r| r.pushes), Some(false));
+        assert_eq!(CommittedRange::parse("9-3"), None);
+        assert_eq!(CommittedRange::parse("3-9 pull"), None);
+    }
 }

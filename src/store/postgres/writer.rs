@@ -9,7 +9,8 @@
 //!   once is stored once.
 //! - Event rows go in with one binary `COPY` per group, idempotency keys with one
 //!   `INSERT … SELECT FROM UNNEST(…)`: never row by row.
-//! - `NOTIFY annals_events, '<first>-<last>'` is sent in the same transaction: listeners hear of
+//! - `NOTIFY annals_events, '<first>-<last>[ push]'` is sent in the same transaction (` push`
+//!   when the group queued webhook deliveries, which wakes every node's delivery worker): listeners hear of
 //!   a seq range only once it is committed.
 //! - A failing group is retried one append per transaction, so a failure stays with its request.
 
@@ -33,7 +34,7 @@ use crate::ingest::Queued;
 use crate::ingest::idempotency::{self, StoredKey};
 use crate::ingest::queue::next_group;
 use crate::store::copy::{Imported, check_ascending};
-use crate::store::{AppendOutcome, AppendedItem, StoreError};
+use crate::store::{AppendOutcome, AppendedItem, CommittedRange, StoreError};
 
 pub(super) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
 
@@ -382,6 +383,7 @@ async fn write_group(
     }
     keys.insert(&tx).await?;
     add_counts(&tx, rows.iter().map(|r| (r.event, received_at))).await?;
+    let mut pushes = false;
     if !bus.index.is_empty() {
         let mut deliveries = Vec::new();
         for row in &rows {
@@ -394,6 +396,7 @@ async fn write_group(
                 &mut deliveries,
             );
         }
+        pushes = deliveries.iter().any(|d| !d.target.pull);
         super::bus::insert_deliveries(&tx, &deliveries, received_at).await?;
     }
     if seq > first_seq {
@@ -404,7 +407,12 @@ async fn write_group(
             )
             .await
             .map_err(unavailable)?;
-        tx.query(&advance, &[&seq, &format!("{}-{}", first_seq + 1, seq)])
+        let range = CommittedRange {
+            first: first_seq + 1,
+            last: seq,
+            pushes,
+        };
+        tx.query(&advance, &[&seq, &range.payload()])
             .await
             .map_err(unavailable)?;
     }

@@ -179,6 +179,8 @@ pub(super) fn run(
         }
         let mut appends = Vec::with_capacity(group.len());
         let mut reservations = Vec::with_capacity(group.len());
+        // Whether any of this turn's groups queued webhook deliveries.
+        let mut pushes = false;
         for queued in group {
             let (job, reservation) = queued.into_parts();
             reservations.push(reservation);
@@ -193,7 +195,7 @@ pub(super) fn run(
                 }
                 between @ (WriterCommand::Exec(_) | WriterCommand::Import { .. }) => {
                     // What was queued before it commits first.
-                    commit_group(
+                    pushes |= commit_group(
                         &conn,
                         &mut insert,
                         std::mem::take(&mut appends),
@@ -216,7 +218,7 @@ pub(super) fn run(
             }
         }
         let flush = rollups.due(rx.is_empty());
-        commit_group(
+        pushes |= commit_group(
             &conn,
             &mut insert,
             appends,
@@ -232,6 +234,7 @@ pub(super) fn run(
             let _ = commits.send(CommittedRange {
                 first: before + 1,
                 last: last_seq,
+                pushes,
             });
         }
         if wal_restart.wanted() {
@@ -290,9 +293,9 @@ fn commit_group(
     health: &WriteHealth,
     bus_index: &SubscriptionIndex,
     (rollups, flush): (&mut Rollups, bool),
-) {
+) -> bool {
     if appends.is_empty() {
-        return;
+        return false;
     }
     let received_at = Timestamp::now();
     let mut seq = *last_seq;
@@ -318,6 +321,7 @@ fn commit_group(
         if flush {
             rollups.write_with(conn, &counts, seq)?;
         }
+        let mut pushes = false;
         if !bus_index.is_empty() {
             let mut deliveries = Vec::new();
             for row in &rows {
@@ -331,16 +335,18 @@ fn commit_group(
                 );
             }
             super::bus::insert_deliveries(conn, &mut insert.deliveries, &deliveries, received_at)?;
+            pushes = deliveries.iter().any(|d| !d.target.pull);
         }
         let events = (seq - *last_seq) as usize;
         Ok((
             outcomes,
             user_index.copy_slice(conn, *last_seq, events),
             counts,
+            pushes,
         ))
     });
     match grouped {
-        Ok((outcomes, slice, counts)) => {
+        Ok((outcomes, slice, counts, pushes)) => {
             *last_seq = seq;
             if flush {
                 rollups.written_through(seq);
@@ -354,11 +360,13 @@ fn commit_group(
             for (append, outcome) in appends.into_iter().zip(outcomes) {
                 let _ = append.reply.send(Ok(outcome));
             }
+            pushes
         }
         Err(e) if appends.len() > 1 => {
             tracing::warn!(error = %format!("{e:#}"), jobs = appends.len(), "group commit failed; retrying its appends one by one");
+            let mut pushes = false;
             for append in appends {
-                commit_group(
+                pushes |= commit_group(
                     conn,
                     insert,
                     vec![append],
@@ -369,6 +377,7 @@ fn commit_group(
                     (&mut *rollups, flush),
                 );
             }
+            pushes
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "append failed and was rolled back");
@@ -381,6 +390,7 @@ fn commit_group(
             if let Some(append) = appends.into_iter().next() {
                 let _ = append.reply.send(Err(error));
             }
+            false
         }
     }
 }
