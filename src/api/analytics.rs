@@ -179,6 +179,15 @@ impl Interval {
     }
 }
 
+/// Named counts, largest first, ties by name (the order every analytics answer lists them in).
+fn largest_first<N: PartialOrd>(counts: &mut [(String, N)]) {
+    counts.sort_unstable_by(|a, b| {
+        b.1.partial_cmp(&a.1)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| a.0.cmp(&b.0))
+    });
+}
+
 fn rfc3339(secs: i64) -> String {
     Timestamp::from_micros(secs.saturating_mul(1_000_000)).to_rfc3339()
 }
@@ -257,7 +266,7 @@ async fn events_by_type(
                 .is_none_or(|pattern| pattern.matches(t))
         })
         .collect();
-    types.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    largest_first(&mut types);
     let total: i64 = types.iter().map(|(_, n)| n).sum();
     let distinct = types.len();
     types.truncate(p.limit.unwrap_or(super::query_params::DEFAULT_LIMIT));
@@ -368,7 +377,7 @@ fn series_json(
         }
     }
     let mut named: Vec<(String, i64)> = totals.into_iter().collect();
-    named.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    largest_first(&mut named);
     let truncated = named.len() > MAX_GROUPS;
     let named: std::collections::HashSet<String> =
         named.into_iter().take(MAX_GROUPS).map(|(k, _)| k).collect();
@@ -518,7 +527,7 @@ pub(super) async fn live_metrics(
     }
     let last_minute: f64 = by_type.values().sum();
     let mut types: Vec<(String, f64)> = by_type.into_iter().collect();
-    types.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    largest_first(&mut types);
     types.truncate(LIVE_TYPES);
     let hour = floor_to(secs, HOUR_SECS);
     let mut histogram = Histogram::default();

@@ -50,12 +50,9 @@ impl SecurityRecorder {
             ..Self::default()
         };
         let this = recorder.clone();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FLUSH);
-            loop {
-                tick.tick().await;
-                this.flush(store.as_ref()).await;
-            }
+        let task = crate::jobs::every(FLUSH, move || {
+            let (this, store) = (this.clone(), store.clone());
+            async move { this.flush(store.as_ref()).await }
         });
         (recorder, task)
     }

@@ -34,12 +34,9 @@ impl LatencyRecorder {
     pub fn start(store: Arc<dyn Store>) -> (Self, JoinHandle<()>) {
         let recorder = Self::default();
         let this = recorder.clone();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FLUSH);
-            loop {
-                tick.tick().await;
-                this.flush(store.as_ref()).await;
-            }
+        let task = crate::jobs::every(FLUSH, move || {
+            let (this, store) = (this.clone(), store.clone());
+            async move { this.flush(store.as_ref()).await }
         });
         (recorder, task)
     }
