@@ -118,12 +118,20 @@ impl Params {
         }
     }
 
-    /// The client the counts are of: the caller's own, or for an admin the one named (`None`:
-    /// all). A non-admin naming another client is refused.
-    fn scope(&self, principal: &Principal) -> Result<Option<String>, ApiError> {
-        Ok(principal
-            .read_scope(self.client_id.clone())?
-            .map(|c| c.to_string()))
+    /// What every analytics read starts with: the `events:read` scope, the parameters in
+    /// `known`, and the client the counts are of — the caller's own, or for an admin the one
+    /// named (`None`: all); a non-admin naming another client is refused.
+    fn for_reader(
+        principal: &Principal,
+        raw: Option<&str>,
+        known: &[&str],
+    ) -> Result<(Self, Option<String>), ApiError> {
+        principal.require(Scope::EventsRead)?;
+        let p = Self::parse(raw, known)?;
+        let client = principal
+            .read_scope(p.client_id.clone())?
+            .map(|c| c.to_string());
+        Ok((p, client))
     }
 }
 
@@ -250,12 +258,11 @@ async fn events_by_type(
     Auth(principal): Auth,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    principal.require(Scope::EventsRead)?;
-    let p = Params::parse(
+    let (p, client) = Params::for_reader(
+        &principal,
         raw.as_deref(),
         &["client_id", "from", "to", "source", "event_type", "limit"],
     )?;
-    let client = p.scope(&principal)?;
     let range = minute_range(p.from, p.to);
     let by_type = counts_by_type(&state, client, p.source.clone(), range).await?;
     let mut types: Vec<(String, i64)> = by_type
@@ -287,8 +294,8 @@ async fn timeseries(
     Auth(principal): Auth,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    principal.require(Scope::EventsRead)?;
-    let p = Params::parse(
+    let (p, client) = Params::for_reader(
+        &principal,
         raw.as_deref(),
         &[
             "client_id",
@@ -300,7 +307,6 @@ async fn timeseries(
             "group_by",
         ],
     )?;
-    let client = p.scope(&principal)?;
     let interval = p.interval.unwrap_or(Interval::Hour);
     let step = interval.secs();
     let to = match p.to {
@@ -425,9 +431,7 @@ async fn processing_metrics(
     Auth(principal): Auth,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    principal.require(Scope::EventsRead)?;
-    let p = Params::parse(raw.as_deref(), &["client_id", "days"])?;
-    let client = p.scope(&principal)?;
+    let (p, client) = Params::for_reader(&principal, raw.as_deref(), &["client_id", "days"])?;
     let days = p.days.unwrap_or(7);
     let now = unix_secs(Timestamp::now());
     let from = floor_to(now - days * DAY_SECS, HOUR_SECS);
@@ -455,9 +459,7 @@ async fn queue_status(
     Auth(principal): Auth,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    principal.require(Scope::EventsRead)?;
-    let p = Params::parse(raw.as_deref(), &["client_id"])?;
-    let owner = p.scope(&principal)?;
+    let (_, owner) = Params::for_reader(&principal, raw.as_deref(), &["client_id"])?;
     let deliveries = state.store.delivery_counts(owner).await?;
     let now = Timestamp::now();
     let mut body = json!({

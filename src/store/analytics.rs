@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use super::StoreError;
 use crate::domain::Timestamp;
 use crate::domain::analytics::{
-    CountQuery, CountRow, Counted, DeliveryCounts, GroupBy, LatencyRow, MAX_COUNTED_ROWS, Rollup,
+    CountQuery, Counted, DeliveryCounts, GroupBy, LatencyRow, MAX_COUNTED_ROWS,
 };
 
 pub use crate::ingest::queue::QueueDepth;
@@ -95,30 +95,4 @@ pub(crate) fn within_row_limit(rows: Vec<Counted>) -> Result<Vec<Counted>, Store
     } else {
         Ok(rows)
     }
-}
-
-/// The upsert that adds count rows to one rollup, single-row (SQLite).
-pub(crate) fn upsert_count_sql(rollup: Rollup) -> &'static str {
-    match rollup {
-        Rollup::Minute => {
-            "INSERT INTO event_counts_minute (client_id, bucket, event_type, source, count) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, bucket, event_type, source) \
-             DO UPDATE SET count = count + excluded.count"
-        }
-        Rollup::Hour => {
-            "INSERT INTO event_counts_hour (client_id, bucket, event_type, source, count) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, bucket, event_type, source) \
-             DO UPDATE SET count = count + excluded.count"
-        }
-    }
-}
-
-/// Every rollup table, with the rows of a group to add to it.
-pub(crate) fn rollup_rows<'a>(
-    counts: &crate::domain::analytics::EventCounts<'a>,
-) -> [(Rollup, Vec<CountRow<'a>>); 2] {
-    [
-        (Rollup::Minute, counts.rows(Rollup::Minute)),
-        (Rollup::Hour, counts.rows(Rollup::Hour)),
-    ]
 }

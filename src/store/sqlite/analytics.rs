@@ -22,14 +22,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::SqliteStore;
 use crate::domain::Timestamp;
 use crate::domain::analytics::{
-    CountQuery, Counted, DeliveryCounts, EventCounts, HOUR_SECS, LatencyRow, MINUTE_SECS, Rollup,
-    floor_to, unix_secs,
+    CountQuery, CountRow, Counted, DeliveryCounts, EventCounts, HOUR_SECS, LatencyRow, MINUTE_SECS,
+    Rollup, floor_to, unix_secs,
 };
 use crate::store::StoreError;
-use crate::store::analytics::{
-    AnalyticsStore, QueueDepth, SqlParam, count_sql, rollup_rows, upsert_count_sql,
-    within_row_limit,
-};
+use crate::store::analytics::{AnalyticsStore, QueueDepth, SqlParam, count_sql, within_row_limit};
 
 /// Longest a committed event's count waits in memory while the queue stays busy.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -187,6 +184,30 @@ pub(super) fn add_counts(conn: &Connection, counts: &EventCounts<'_>) -> rusqlit
         }
     }
     Ok(())
+}
+
+/// The upsert that adds count rows to one rollup, single-row (SQLite).
+fn upsert_count_sql(rollup: Rollup) -> &'static str {
+    match rollup {
+        Rollup::Minute => {
+            "INSERT INTO event_counts_minute (client_id, bucket, event_type, source, count) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, bucket, event_type, source) \
+             DO UPDATE SET count = count + excluded.count"
+        }
+        Rollup::Hour => {
+            "INSERT INTO event_counts_hour (client_id, bucket, event_type, source, count) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, bucket, event_type, source) \
+             DO UPDATE SET count = count + excluded.count"
+        }
+    }
+}
+
+/// Every rollup table, with the rows of a group to add to it.
+fn rollup_rows<'a>(counts: &EventCounts<'a>) -> [(Rollup, Vec<CountRow<'a>>); 2] {
+    [
+        (Rollup::Minute, counts.rows(Rollup::Minute)),
+        (Rollup::Hour, counts.rows(Rollup::Hour)),
+    ]
 }
 
 #[async_trait]
