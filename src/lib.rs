@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod ingest;
+pub mod integrity;
 pub mod jobs;
 pub mod listener;
 pub mod server;

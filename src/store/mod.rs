@@ -12,6 +12,7 @@ pub mod analytics;
 pub mod bus;
 pub mod copy;
 pub mod indexed;
+pub mod integrity;
 pub mod postgres;
 pub mod sqlite;
 
@@ -288,7 +289,9 @@ pub(crate) fn stored_hash(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
 }
 
 #[async_trait]
-pub trait Store: bus::BusStore + analytics::AnalyticsStore + Send + Sync + 'static {
+pub trait Store:
+    bus::BusStore + analytics::AnalyticsStore + integrity::IntegrityStore + Send + Sync + 'static
+{
     /// Short name for health output and logs (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
 

@@ -11,6 +11,7 @@
 
 mod analytics;
 mod bus;
+mod integrity;
 mod query;
 mod writer;
 

@@ -12,6 +12,7 @@ pub mod backup;
 mod bus;
 mod checkpoint;
 mod heap;
+mod integrity;
 mod multi_row;
 mod query;
 pub mod serve_lock;
