@@ -106,7 +106,7 @@ fn unknown_variables(names: impl Iterator<Item = String>) -> Vec<String> {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the HTTP service (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create or upgrade the database schema, then exit.
     Migrate(StoreArgs),
     /// Manage API keys.
@@ -117,8 +117,22 @@ enum Command {
     /// Copy everything a store holds into another (SQLite to PostgreSQL, or back), keeping
     /// seqs, ids, keys and the audit trail; run again, it carries on where it stopped.
     Copy(CopyArgs),
+    /// Recompute the Merkle tree from the events and check every stored hash and signed
+    /// checkpoint against it; names the first changed or missing event. Exits 1 if anything
+    /// differs.
+    Verify(VerifyArgs),
     /// Measure ingest throughput against its ceilings (see README).
     Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The signing key to trust (as for `serve`); checkpoints signed by another key count as
+    /// bad. Without one configured or on file, any valid signature counts.
+    #[command(flatten)]
+    integrity: crate::config::IntegrityArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -341,9 +355,13 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
             None | Some(Command::Serve(_) | Command::Migrate(_)) => "info",
-            Some(Command::Keys(_) | Command::Bench(_) | Command::Backup(_) | Command::Copy(_)) => {
-                "warn"
-            }
+            Some(
+                Command::Keys(_)
+                | Command::Bench(_)
+                | Command::Backup(_)
+                | Command::Copy(_)
+                | Command::Verify(_),
+            ) => "warn",
         }
     }
 
@@ -354,7 +372,7 @@ impl Cli {
         }
         match self.command {
             None => server::serve(self.serve).await,
-            Some(Command::Serve(args)) => server::serve(args).await,
+            Some(Command::Serve(args)) => server::serve(*args).await,
             Some(Command::Migrate(store)) => {
                 let store = server::open_store(&store).await?;
                 store.shutdown().await;
@@ -365,8 +383,58 @@ impl Cli {
             Some(Command::Keys(command)) => run_keys(command).await,
             Some(Command::Backup(args)) => run_backup(args).await,
             Some(Command::Copy(args)) => run_copy(args).await,
+            Some(Command::Verify(args)) => run_verify(args).await,
         }
     }
+}
+
+async fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let trusted = args.integrity.trusted_key(&args.store.location()?)?;
+    let store = server::open_store(&args.store).await?;
+    let outcome = crate::integrity::verify::verify(store.as_ref(), trusted).await;
+    store.shutdown().await;
+    let report = outcome?;
+    println!(
+        "Merkle tree: {} leaves; {} events checked against their leaves, {} removed by \
+         retention (their leaves kept), {} newer than the tree.",
+        report.tree_size,
+        report.events_checked,
+        report.removed_by_retention,
+        report.not_yet_in_tree
+    );
+    let signers: Vec<String> = report
+        .signers
+        .iter()
+        .map(|(key, n)| format!("{n} by key {key}"))
+        .collect();
+    println!(
+        "Checkpoints: {}{}{}.",
+        report.checkpoints,
+        if signers.is_empty() { "" } else { ", signed " },
+        signers.join(", ")
+    );
+    match trusted {
+        Some(key) => println!(
+            "Trusted signing key: {}.",
+            crate::integrity::checkpoint::key_id(&key)
+        ),
+        None => println!("No signing key configured: any valid signature was accepted."),
+    }
+    if report.findings.is_empty() {
+        println!("OK: every event, tree node and checkpoint matches.");
+        return Ok(());
+    }
+    for finding in &report.findings {
+        println!("TAMPERED: {finding}");
+    }
+    if report.more_findings > 0 {
+        println!("... and {} more findings.", report.more_findings);
+    }
+    anyhow::bail!(
+        "verification failed: {} findings; the first: {}",
+        report.findings.len() as u64 + report.more_findings,
+        report.findings[0]
+    )
 }
 
 async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::domain::ClientId;
 use crate::domain::type_policy::EventTypePolicy;
+use crate::integrity::checkpoint::Signer;
 use crate::listener::TrustedProxies;
 use crate::store::indexed::IndexedField;
 use crate::store::postgres::PostgresOptions;
@@ -342,6 +343,82 @@ pub struct ServeArgs {
     /// Failed authentications per minute from one address before it gets 429.
     #[arg(long, env = "ANNALS_FAILED_AUTH_PER_MINUTE", default_value_t = 60)]
     pub failed_auth_per_minute: u32,
+
+    #[command(flatten)]
+    pub integrity: IntegrityArgs,
+}
+
+/// The Merkle tree's checkpoints: who signs them, under what name, how often.
+#[derive(Args, Clone, Debug, Default)]
+pub struct IntegrityArgs {
+    /// The checkpoint signing key: 32 bytes (an Ed25519 seed) in hex or base64. Unset, the key
+    /// file is used.
+    #[arg(long, env = "ANNALS_SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
+
+    /// The checkpoint signing key's file, made on first start if missing (default: beside a
+    /// SQLite store, `<store>.signing-key`; on PostgreSQL `./annals.signing-key`).
+    #[arg(long, env = "ANNALS_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// The log's name, the first line of every signed checkpoint.
+    #[arg(long, env = "ANNALS_LOG_ORIGIN", default_value = "annals")]
+    pub log_origin: String,
+
+    /// Seconds between signed checkpoints while events arrive (1 to 86400).
+    #[arg(long, env = "ANNALS_CHECKPOINT_INTERVAL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub checkpoint_interval_secs: u64,
+}
+
+impl IntegrityArgs {
+    /// A fresh random key held in memory, no file (tests and the benchmark, whose PostgreSQL
+    /// servers would otherwise share `./annals.signing-key`).
+    fn for_tests() -> Self {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).expect("randomness");
+        Self {
+            signing_key: Some(hex::encode(seed)),
+            signing_key_file: None,
+            log_origin: String::from("annals"),
+            checkpoint_interval_secs: 60,
+        }
+    }
+
+    /// Where the key file is: the setting, or the default for this store.
+    pub fn key_file(&self, location: &DatabaseLocation) -> PathBuf {
+        match (&self.signing_key_file, location) {
+            (Some(file), _) => file.clone(),
+            (None, DatabaseLocation::Sqlite(path)) => {
+                crate::integrity::checkpoint::default_key_file(Some(path))
+            }
+            (None, DatabaseLocation::Postgres(_)) => {
+                crate::integrity::checkpoint::default_key_file(None)
+            }
+        }
+    }
+
+    /// The node's signer: the key given, or the key file's (made if missing).
+    pub fn signer(&self, location: &DatabaseLocation) -> anyhow::Result<Signer> {
+        crate::integrity::checkpoint::check_origin(&self.log_origin)?;
+        match &self.signing_key {
+            Some(text) => Signer::from_text(text, self.log_origin.clone()),
+            None => Signer::from_file(&self.key_file(location), self.log_origin.clone()),
+        }
+    }
+
+    /// The public key of the configured signer, without making a key file: `annals verify`
+    /// trusts checkpoints signed by it only. `None` when no key is configured or on file.
+    pub fn trusted_key(&self, location: &DatabaseLocation) -> anyhow::Result<Option<[u8; 32]>> {
+        if let Some(text) = &self.signing_key {
+            return Ok(Some(Signer::from_text(text, "")?.public_key()));
+        }
+        let file = self.key_file(location);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => Ok(Some(Signer::from_text(&text, "")?.public_key())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", file.display())),
+        }
+    }
 }
 
 /// Request limits, checked at start-up.
@@ -408,6 +485,7 @@ impl ServeArgs {
             webhook_retry_base_ms: 5000,
             webhook_concurrency: 32,
             failed_auth_per_minute: 60,
+            integrity: IntegrityArgs::for_tests(),
         }
     }
 

@@ -62,6 +62,8 @@ pub struct RunningServer {
     latency: LatencyRecorder,
     latency_flusher: JoinHandle<()>,
     deliveries: DeliveryWorker,
+    /// The Merkle tree keeper (`integrity::keeper`).
+    tree_keeper: JoinHandle<()>,
     /// Raised when the server stops: open event streams end, so the drain need not wait.
     stopping: tokio::sync::watch::Sender<bool>,
     /// A SQLite store's one-server lock, given up once the store has stopped.
@@ -75,6 +77,7 @@ impl RunningServer {
         let _ = self.shutdown.send(());
         self.task.await.context("server task")?;
         self.deliveries.stop().await;
+        self.tree_keeper.abort();
         if let Some(job) = self.retention {
             job.abort();
         }
@@ -110,6 +113,10 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         DatabaseLocation::Sqlite(path) => Some(serve_lock::claim(&path)?),
         DatabaseLocation::Postgres(_) => None,
     };
+    let signer = args
+        .integrity
+        .signer(&args.store.location()?)
+        .context("the checkpoint signing key")?;
     let store = open_store(&args.store).await?;
     let auth = Arc::new(Authenticator::new(
         store.clone(),
@@ -167,6 +174,12 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         },
     )
     .context("starting the webhook delivery worker")?;
+    let tree_keeper = crate::integrity::keeper::spawn(
+        store.clone(),
+        signer.clone(),
+        Duration::from_secs(1),
+        Duration::from_secs(args.integrity.checkpoint_interval_secs),
+    );
     let app = router(
         AppState::new(Services {
             store: store.clone(),
@@ -190,6 +203,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
             streams: crate::api::stream::Streams::new(stop_streams),
             latency: latency.clone(),
             telemetry: Default::default(),
+            signer,
         }),
         extra,
     );
@@ -220,6 +234,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
         latency,
         latency_flusher,
         deliveries,
+        tree_keeper,
         stopping,
         serve_lock,
     })

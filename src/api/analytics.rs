@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::extract::Auth;
-use super::query_params::{parse_limit, parse_pairs, time_bound};
+use super::query_params::{known_params, parse_limit, time_bound};
 use crate::auth::Principal;
 use crate::domain::access::Scope;
 use crate::domain::analytics::{
@@ -66,46 +66,24 @@ impl Params {
     /// Parses the query string, taking only the parameters in `known`; every bad or unknown
     /// parameter is reported.
     fn parse(raw: Option<&str>, known: &[&str]) -> Result<Self, ApiError> {
-        let pairs = parse_pairs(raw)?;
         let mut p = Self::default();
-        let mut errors = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for (name, value) in &pairs {
-            if !seen.insert(name.as_str()) {
-                errors.push(FieldError::new(name, "is given more than once"));
-                continue;
-            }
-            if !known.contains(&name.as_str()) {
-                errors.push(FieldError::new(
-                    name,
-                    format!(
-                        "unknown parameter; this endpoint takes {}",
-                        known.join(", ")
-                    ),
-                ));
-                continue;
-            }
-            let result = match name.as_str() {
-                "client_id" => ClientId::parse_stored(value.clone()).map(|c| p.client_id = Some(c)),
-                "from" => time_bound(value).map(|t| p.from = Some(t)),
-                "to" => time_bound(value).map(|t| p.to = Some(t)),
-                "source" => super::query_params::filter_text(value).map(|s| p.source = Some(s)),
-                "event_type" => TopicPattern::parse(value).map(|t| p.event_type = Some(t)),
-                "limit" => parse_limit(value).map(|n| p.limit = Some(n)),
-                "interval" => Interval::parse(value).map(|i| p.interval = Some(i)),
-                "group_by" => GroupBy::parse(value).map(|g| p.group_by = Some(g)),
-                "days" => value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|d| (1..=MAX_DAYS).contains(d))
-                    .map(|d| p.days = Some(d))
-                    .ok_or_else(|| format!("must be a whole number of days from 1 to {MAX_DAYS}")),
-                _ => Ok(()),
-            };
-            if let Err(message) = result {
-                errors.push(FieldError::new(name, message));
-            }
-        }
+        let mut errors = known_params(raw, known, |name, value| match name {
+            "client_id" => ClientId::parse_stored(value.to_owned()).map(|c| p.client_id = Some(c)),
+            "from" => time_bound(value).map(|t| p.from = Some(t)),
+            "to" => time_bound(value).map(|t| p.to = Some(t)),
+            "source" => super::query_params::filter_text(value).map(|s| p.source = Some(s)),
+            "event_type" => TopicPattern::parse(value).map(|t| p.event_type = Some(t)),
+            "limit" => parse_limit(value).map(|n| p.limit = Some(n)),
+            "interval" => Interval::parse(value).map(|i| p.interval = Some(i)),
+            "group_by" => GroupBy::parse(value).map(|g| p.group_by = Some(g)),
+            "days" => value
+                .parse::<i64>()
+                .ok()
+                .filter(|d| (1..=MAX_DAYS).contains(d))
+                .map(|d| p.days = Some(d))
+                .ok_or_else(|| format!("must be a whole number of days from 1 to {MAX_DAYS}")),
+            _ => Ok(()),
+        })?;
         if let (Some(from), Some(to)) = (p.from, p.to)
             && from >= to
         {

@@ -18,6 +18,7 @@ pub(crate) mod header_names;
 mod health;
 mod inbound;
 mod ingest;
+mod integrity;
 mod keys;
 mod live;
 mod metrics;
@@ -100,6 +101,8 @@ pub struct Services {
     pub latency: crate::ingest::latency::LatencyRecorder,
     /// The node's Prometheus metrics (`GET /metrics`).
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Signs the Merkle tree's checkpoints (`POST /v1/integrity/checkpoints`).
+    pub signer: crate::integrity::checkpoint::Signer,
 }
 
 impl Services {
@@ -155,6 +158,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(stream::router())
         .merge(inbound::router())
         .merge(analytics::router())
+        .merge(integrity::router())
         .merge(metrics::router())
         .route_layer(
             ServiceBuilder::new()

@@ -198,6 +198,35 @@ fn empty_range(from: Option<Timestamp>, to: Option<Timestamp>) -> Option<FieldEr
     }
 }
 
+/// Reads a query string whose parameters must all be in `known`, each at most once, handing
+/// each to `take`; returns what was wrong with them (bad values, repeats, unknown names), all
+/// together, for the caller to add its own checks to.
+pub fn known_params(
+    raw: Option<&str>,
+    known: &[&str],
+    mut take: impl FnMut(&str, &str) -> Result<(), String>,
+) -> Result<Vec<FieldError>, ApiError> {
+    let pairs = parse_pairs(raw)?;
+    let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in &pairs {
+        if !seen.insert(name.as_str()) {
+            errors.push(FieldError::new(name, "is given more than once"));
+        } else if !known.contains(&name.as_str()) {
+            errors.push(FieldError::new(
+                name,
+                format!(
+                    "unknown parameter; this endpoint takes {}",
+                    known.join(", ")
+                ),
+            ));
+        } else if let Err(message) = take(name, value) {
+            errors.push(FieldError::new(name, message));
+        }
+    }
+    Ok(errors)
+}
+
 /// The value of a filter on a text field. No stored row has an empty one (ingest refuses it),
 /// so an empty filter is a mistake, often an unset variable in the caller's URL, not a question
 /// whose answer is "nothing".

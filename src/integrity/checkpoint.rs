@@ -146,7 +146,13 @@ impl Signer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut seed = [0u8; 32];
                 getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-                write_new_key(path, &seed)?;
+                if let Err(e) = write_new_key(path, &seed) {
+                    // Another process made it first: use theirs.
+                    if path.exists() {
+                        return Self::from_file(path, origin);
+                    }
+                    return Err(e);
+                }
                 tracing::info!(path = %path.display(), key_id = %key_id(&SigningKey::from_bytes(&seed).verifying_key().to_bytes()), "made a checkpoint signing key");
                 Ok(Self::from_seed(seed, origin))
             }
@@ -206,7 +212,7 @@ pub fn default_key_file(sqlite_path: Option<&Path>) -> PathBuf {
     }
 }
 
-/// Checks a key text is usable before anything starts.
+/// Checks the log's name is usable before anything starts.
 pub fn check_origin(origin: &str) -> anyhow::Result<()> {
     if origin.is_empty() || origin.len() > 200 || origin.chars().any(char::is_control) {
         bail!("ANNALS_LOG_ORIGIN must be 1 to 200 characters without control characters");

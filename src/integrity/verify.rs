@@ -30,6 +30,8 @@ pub enum Finding {
     NodeChanged { level: u8, index: u64 },
     /// The checkpoint's signature does not verify.
     BadSignature { tree_size: u64 },
+    /// The checkpoint is signed by a key other than the trusted one.
+    UntrustedKey { tree_size: u64, key_id: String },
     /// The tree at the checkpoint's size has another head than the one signed.
     HeadDiffers { tree_size: u64, after: u64 },
     /// A checkpoint of a size the tree no longer reaches.
@@ -68,6 +70,11 @@ impl std::fmt::Display for Finding {
                     "the checkpoint of tree size {tree_size} has a bad signature"
                 )
             }
+            Self::UntrustedKey { tree_size, key_id } => write!(
+                f,
+                "the checkpoint of tree size {tree_size} is not signed by the trusted key \
+                 (it names key {key_id})"
+            ),
             Self::HeadDiffers { tree_size, after } => write!(
                 f,
                 "the tree of size {tree_size} no longer has the head its checkpoint signed: \
@@ -161,10 +168,14 @@ pub async fn verify(
     let mut heads: BTreeMap<u64, Hash> = BTreeMap::new();
     for cp in &checkpoints {
         *report.signers.entry(cp.key_id()).or_default() += 1;
-        let trusted = trusted_key.is_none_or(|k| k == cp.public_key);
-        if !cp.signature_holds() || !trusted {
+        if !cp.signature_holds() {
             report.found(Finding::BadSignature {
                 tree_size: cp.tree_size,
+            });
+        } else if trusted_key.is_some_and(|k| k != cp.public_key) {
+            report.found(Finding::UntrustedKey {
+                tree_size: cp.tree_size,
+                key_id: cp.key_id(),
             });
         } else if cp.tree_size > state.size {
             report.found(Finding::TreeShorter {

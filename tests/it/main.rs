@@ -16,6 +16,7 @@ mod fuzz;
 mod helpers;
 mod inbound;
 mod ingest;
+mod integrity;
 mod isolation;
 mod limits;
 mod live;

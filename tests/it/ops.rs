@@ -282,7 +282,7 @@ async fn every_documented_operation_is_served() {
             }
         }
     }
-    assert!(operations >= 45, "{operations} operations");
+    assert!(operations >= 51, "{operations} operations");
     let page = app.http.get(app.url("/docs")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.text().await.unwrap().contains("/docs/docs.js"));
