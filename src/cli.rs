@@ -525,14 +525,17 @@ async fn run_copy(args: CopyArgs) -> anyhow::Result<()> {
     let report = outcome?;
     let counted = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     println!(
-        "Copied {} (the destination's newest event is seq {}), {}, {}, {}, {} and {}.",
+        "Copied {} (the destination's newest event is seq {}), {}, {}, {}, {}, {}, and {} \
+         (Merkle tree of {} leaves).",
         counted(report.events, "event"),
         report.last_seq,
         counted(report.keys, "API key"),
         counted(report.security_events, "security event"),
         counted(report.audit_records, "audit record"),
         counted(report.subscriptions, "subscription"),
-        counted(report.integrations, "integration")
+        counted(report.integrations, "integration"),
+        counted(report.checkpoints, "signed checkpoint"),
+        report.tree_size
     );
     println!(
         "Both stores hold {} up to seq {}.",

@@ -67,6 +67,29 @@ pub fn edge_tiles(size: u64) -> Vec<TileId> {
     }
 }
 
+/// Every tile of a tree of `size` leaves, level by level.
+pub fn all_tiles(size: u64) -> Vec<TileId> {
+    let mut tiles = Vec::new();
+    for level in 0u8.. {
+        let entries = size
+            .checked_shr(u32::from(level) * u32::from(HEIGHT))
+            .unwrap_or(0);
+        if entries == 0 {
+            break;
+        }
+        tiles.extend((0..entries.div_ceil(WIDTH)).map(|index| TileId { level, index }));
+    }
+    tiles
+}
+
+/// How many of a tile's entries a tree of `size` leaves holds.
+pub fn entries_within(tile: TileId, size: u64) -> u64 {
+    let entries = size
+        .checked_shr(u32::from(tile.level) * u32::from(HEIGHT))
+        .unwrap_or(0);
+    entries.saturating_sub(tile.index * WIDTH).min(WIDTH)
+}
+
 /// Tiles read from a store; answers perfect subtrees from them. A node whose entries are not
 /// there (a store that lost or cut a tile) is noted and answered with zeros: check
 /// [`TileSet::missing`] after computing.
@@ -237,6 +260,26 @@ mod tests {
         let cut = TileSet::new(cut);
         root(&cut, 10);
         assert!(cut.missing().is_some());
+    }
+
+    #[test]
+    fn a_tree_cut_to_a_size_keeps_the_entries_below_it() {
+        let ids = all_tiles(65_537);
+        assert_eq!(ids.len(), 257 + 1 + 1);
+        assert_eq!(
+            entries_within(
+                TileId {
+                    level: 0,
+                    index: 256
+                },
+                65_537
+            ),
+            1
+        );
+        assert_eq!(entries_within(TileId { level: 1, index: 0 }, 65_537), 256);
+        assert_eq!(entries_within(TileId { level: 2, index: 0 }, 65_537), 1);
+        assert_eq!(entries_within(TileId { level: 0, index: 3 }, 700), 0);
+        assert!(all_tiles(0).is_empty());
     }
 
     #[test]

@@ -30,7 +30,9 @@ use crate::domain::audit::StoredAudit;
 use crate::domain::security::StoredSecurityEvent;
 use crate::domain::{NewEvent, StoredEvent, Timestamp};
 
+use super::integrity::TreeState;
 use super::{Store, StoreError};
+use crate::integrity::tiles;
 
 /// A batch of events ends once its events' `data` and `headers` pass this many bytes, so a
 /// batch of large events stays within memory (an event may hold up to 64 MiB).
@@ -180,6 +182,10 @@ pub struct CopyReport {
     pub audit_records: u64,
     pub subscriptions: u64,
     pub integrations: u64,
+    /// The Merkle tree's size at the destination after the copy.
+    pub tree_size: u64,
+    /// Signed checkpoints the source holds, now at the destination too.
+    pub checkpoints: u64,
 }
 
 /// What the copy tells whoever watches it (a progress bar, or nothing).
@@ -200,6 +206,8 @@ pub async fn copy_store(
 ) -> anyhow::Result<CopyReport> {
     let started = Instant::now();
     let mut report = CopyReport::default();
+    // The tree as it is before the events go: every event it holds is committed, so copied.
+    let tree = source.tree_state().await?;
 
     // Events first: the check that the destination is this source's (or empty) comes before
     // anything is written.
@@ -279,6 +287,7 @@ pub async fn copy_store(
     )
     .await?;
     (report.subscriptions, report.integrations) = copy_bus(source, destination).await?;
+    (report.tree_size, report.checkpoints) = copy_tree(source, destination, tree).await?;
     tracing::debug!(elapsed = ?started.elapsed(), ?report, "copy finished");
     Ok(report)
 }
@@ -309,6 +318,55 @@ async fn copy_bus(source: &dyn Store, destination: &dyn Store) -> Result<(u64, u
         }
     }
     Ok((copied, names))
+}
+
+/// Copies the source's Merkle tree as it was at `tree` (tiles cut to that size) and its signed
+/// checkpoints, so the destination's keeper goes on from the same tree and the checkpoints
+/// clients hold still verify there. The destination's events are the source's, so its tree,
+/// where it has one, is a prefix of the source's; one that starts at another seq is left as it
+/// is (and said). Returns the destination's tree size and the checkpoints copied.
+async fn copy_tree(
+    source: &dyn Store,
+    destination: &dyn Store,
+    tree: TreeState,
+) -> anyhow::Result<(u64, u64)> {
+    let there = destination.tree_state().await?;
+    if there.size > 0 && there.base != tree.base {
+        tracing::warn!(
+            source_base = tree.base,
+            destination_base = there.base,
+            "the destination's Merkle tree starts at another seq than the source's: not copied"
+        );
+        return Ok((there.size, 0));
+    }
+    if there.size < tree.size {
+        let ids = tiles::all_tiles(tree.size);
+        for chunk in ids.chunks(64) {
+            let mut rows = source.read_tiles(chunk.to_vec()).await?;
+            for (id, hashes) in &mut rows {
+                hashes.truncate(tiles::entries_within(*id, tree.size) as usize * 32);
+            }
+            // The state moves only with the last chunk: until then the new tiles lie past it.
+            if !destination.extend_tree(there, there, rows).await? {
+                anyhow::bail!("the destination's Merkle tree changed during the copy");
+            }
+        }
+        if !destination.extend_tree(there, tree, Vec::new()).await? {
+            anyhow::bail!("the destination's Merkle tree changed during the copy");
+        }
+    }
+    let mut copied = 0;
+    let mut before = Some(tree.size.saturating_add(1));
+    loop {
+        let page = source.checkpoints(before, 1000).await?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.tree_size);
+        for checkpoint in page {
+            destination.add_checkpoint(checkpoint).await?;
+            copied += 1;
+        }
+    }
+    Ok((destination.tree_state().await?.size, copied))
 }
 
 /// Copies `table`'s rows past `after`; returns how many.

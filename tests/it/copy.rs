@@ -220,9 +220,25 @@ async fn copy_moves_everything(from: Backend, to: Backend) {
         .await;
     let source = source.restart().await;
     let after = snapshot(&source).await;
+    // A signed checkpoint of the whole source goes over with its tree.
+    let r = source
+        .http
+        .post(source.url("/v1/integrity/checkpoints"))
+        .header("x-api-key", &source.admin_key)
+        .send()
+        .await
+        .unwrap();
+    let (status, checkpoint) = status_json(r).await;
+    assert_eq!(status, StatusCode::CREATED, "{checkpoint}");
+    assert_eq!(checkpoint["tree_size"], 8, "{checkpoint}");
     let text = succeeded(&copy(&source.db.url, &destination.url).await);
     assert!(text.contains("Copied 1 event "), "{text}");
-    assert!(text.contains("1 subscription and 1 integration"), "{text}");
+    assert!(
+        text.contains(
+            "1 subscription, 1 integration, and 1 signed checkpoint (Merkle tree of 8 leaves)"
+        ),
+        "{text}"
+    );
     assert!(
         text.contains("Both stores hold 8 events up to seq 8"),
         "{text}"
@@ -233,6 +249,52 @@ async fn copy_moves_everything(from: Backend, to: Backend) {
     // The copy serves everything as the source did, under the same keys.
     let mut copied = TestApp::serve(destination).await;
     copied.admin_key = admin_key;
+    // The source's checkpoint holds at the copy: same tree, proofs check against it.
+    let (_, latest) = status_json(
+        copied
+            .get("/v1/integrity/checkpoints/latest", &client_key)
+            .await,
+    )
+    .await;
+    assert_eq!(latest, checkpoint);
+    let (status, proof) = status_json(
+        copied
+            .get(&format!("/v1/events/{late}/proof?tree_size=8"), &client_key)
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{proof}");
+    assert_eq!(proof["checkpoint"], checkpoint);
+    assert_eq!(proof["leaf_matches_event"], true);
+    let root: [u8; 32] = hex::decode(checkpoint["root_hash"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let path: Vec<[u8; 32]> = proof["audit_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            hex::decode(h.as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        })
+        .collect();
+    assert!(annals::integrity::merkle::verify_inclusion(
+        &annals::integrity::merkle::leaf_hash(
+            proof["canonical_event"].as_str().unwrap().as_bytes()
+        ),
+        proof["leaf_index"].as_u64().unwrap(),
+        8,
+        &path,
+        &root
+    ));
+    let report = annals::integrity::verify::verify(copied.store.as_ref(), None)
+        .await
+        .unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    assert_eq!(report.checkpoints, 1);
     let now = snapshot(&copied).await;
     assert_eq!(now.events, after.events, "events differ");
     assert_eq!(now.events.last().unwrap()["id"], late.as_str());

@@ -19,6 +19,8 @@ fn start(db: &str) -> (Child, String) {
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("ANNALS_DATABASE_URL", db)
         .env("ANNALS_API_KEY", KEY)
+        // In memory: on PostgreSQL the key file would be made in the working directory.
+        .env("ANNALS_SIGNING_KEY", "11".repeat(32))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
