@@ -461,7 +461,70 @@ async fn verify_names_what_was_changed_behind_the_servers_back(backend: Backend)
     assert!(text.contains("not signed by the trusted key"), "{text}");
 }
 
+async fn retention_keeps_the_tree_and_its_proofs(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let acme = app.key("acme", "events:read,events:write").await;
+    let old = batch(&app, &acme, 20, "old").await;
+    let (status, first_view) = sign(&app).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let first = signed(&first_view);
+    // Retention (as the job runs it) removes every event stored so far.
+    let removed = annals::jobs::retention::purge_events(
+        app.store.as_ref(),
+        annals::domain::Timestamp::now(),
+        7,
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed, 20);
+    let kept = batch(&app, &acme, 10, "kept").await;
+    let (status, second_view) = sign(&app).await;
+    assert_eq!(status, StatusCode::CREATED, "{second_view}");
+    let second = signed(&second_view);
+    assert_eq!(second.tree_size, 30);
+    // A kept event's proof reaches the head over the removed ones' leaves.
+    let (status, proof) = status_json(
+        app.get(&format!("/v1/events/{}/proof", kept[4]), &acme)
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{proof}");
+    assert_eq!(proof["leaf_index"], 24);
+    assert!(merkle::verify_inclusion(
+        &hash(&proof["leaf_hash"]),
+        24,
+        30,
+        &hashes(&proof["audit_path"]),
+        &second.root
+    ));
+    let (_, c) = status_json(app.get("/v1/integrity/consistency?first=20", &acme).await).await;
+    assert!(merkle::verify_consistency(
+        20,
+        30,
+        &first.root,
+        &second.root,
+        &hashes(&c["proof"])
+    ));
+    // A removed event is gone for proofs as for reads.
+    let (status, _) = status_json(
+        app.get(&format!("/v1/events/{}/proof", old[0]), &acme)
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let report = annals::integrity::verify::verify(app.store.as_ref(), None)
+        .await
+        .unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    assert_eq!(report.removed_by_retention, 20);
+    assert_eq!(report.events_checked, 10);
+    app.stop().await;
+}
+
 crate::conformance!(
     proofs_check_out_against_signed_checkpoints,
-    verify_names_what_was_changed_behind_the_servers_back
+    verify_names_what_was_changed_behind_the_servers_back,
+    retention_keeps_the_tree_and_its_proofs
 );
