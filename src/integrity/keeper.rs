@@ -20,6 +20,7 @@ use super::canonical::event_leaf;
 use super::checkpoint::{Checkpoint, Signer};
 use super::merkle::{self, Hash, NodeId, Nodes, needed_for};
 use super::tiles::{self, TileSet};
+use crate::store::copy::CopyTable;
 use crate::store::integrity::TreeState;
 use crate::store::{Store, StoreError};
 
@@ -55,11 +56,17 @@ pub struct TreeHead {
     pub root: Hash,
 }
 
-/// Hashes every committed event the tree lacks into it; returns the state it reached.
+/// Hashes every event committed before the call that the tree lacks into it; returns the
+/// state it reached. Events committed meanwhile wait for the next call: under steady ingest a
+/// call is a few full rounds, not a chase of each new commit with a transaction of its own.
 pub async fn catch_up(store: &dyn Store) -> Result<TreeState, KeeperError> {
+    let target = store.copy_position(CopyTable::Events).await?;
     loop {
         let state = store.tree_state().await?;
         let next_seq = state.seq_of(state.size);
+        if state.size > 0 && next_seq > target {
+            return Ok(state);
+        }
         let events = store.events_after(next_seq - 1, BATCH).await?;
         let Some(first) = events.first() else {
             return Ok(state);
