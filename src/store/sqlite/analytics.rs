@@ -11,7 +11,8 @@
 //! - Counts only become pending once their group has committed, and leave it only once the
 //!   transaction that wrote them has: a rolled-back group changes nothing.
 //! - After a crash the writer counts the events past `through_seq` from `events` at start, so
-//!   nothing counted in memory is lost.
+//!   nothing counted in memory is lost — the serving process's writer only (the one holding
+//!   the serve lock): a management command opened beside a running server leaves them to it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -45,8 +46,11 @@ pub(super) struct Rollups {
 
 impl Rollups {
     /// Reads the progress and counts, in one transaction, the events committed past it (after
-    /// a crash: those whose counts were still in memory).
-    pub(super) fn load(conn: &Connection, last_seq: i64) -> anyhow::Result<Self> {
+    /// a crash: those whose counts were still in memory) — only in the process that serves the
+    /// store (`serving`): beside a running server, the events past the progress are that
+    /// server's pending counts, and a management command counting them too would count them
+    /// twice.
+    pub(super) fn load(conn: &Connection, last_seq: i64, serving: bool) -> anyhow::Result<Self> {
         let through: i64 = conn
             .query_row(
                 "SELECT through_seq FROM rollup_progress WHERE id = 1",
@@ -60,7 +64,7 @@ impl Rollups {
             counted_through: through,
             flushed_at: Instant::now(),
         };
-        if through < last_seq {
+        if serving && through < last_seq {
             let mut stmt = conn.prepare(
                 "SELECT client_id, occurred_at, event_type, coalesce(source, '') FROM events \
                  WHERE seq > ?1 ORDER BY seq",
@@ -324,6 +328,57 @@ impl AnalyticsStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::super::embedded;
+    use super::super::{SqliteOptions, SqliteStore, serve_lock};
+    use crate::domain::envelope::test_event;
+    use crate::store::Store;
+
+    fn progress_and_total(path: &std::path::Path) -> (i64, i64) {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.query_row(
+            "SELECT (SELECT through_seq FROM rollup_progress), \
+             (SELECT coalesce(sum(count), 0) FROM event_counts_minute)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    }
+
+    /// Counts a crash left in memory are made up at start by the serving process only: a
+    /// management command opened beside a server must leave them to the server, which holds
+    /// them in memory and would write them too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_serving_process_counts_what_is_past_the_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let lock = serve_lock::claim(&path).unwrap();
+        let store = SqliteStore::open(SqliteOptions::new(path.clone())).unwrap();
+        let event = || test_event(serde_json::json!({"event_type": "a.b.created"}));
+        store.append(vec![event(), event(), event()]).await.unwrap();
+        store.shutdown().await;
+        drop(store);
+        drop(lock);
+        assert_eq!(progress_and_total(&path), (3, 3));
+        // As a crash with the counts of all three still in memory leaves it.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "UPDATE rollup_progress SET through_seq = 0; DELETE FROM event_counts_minute; \
+                 DELETE FROM event_counts_hour;",
+            )
+            .unwrap();
+        // `annals keys …` beside the server: counts nothing.
+        let store = SqliteStore::open(SqliteOptions::new(path.clone())).unwrap();
+        store.shutdown().await;
+        drop(store);
+        assert_eq!(progress_and_total(&path), (0, 0));
+        // The server's next start: counts them, once.
+        let lock = serve_lock::claim(&path).unwrap();
+        let store = SqliteStore::open(SqliteOptions::new(path.clone())).unwrap();
+        store.shutdown().await;
+        drop(store);
+        drop(lock);
+        assert_eq!(progress_and_total(&path), (3, 3));
+    }
 
     /// The migration that adds the rollups counts the events already stored, floored to the
     /// minute and the hour, also before 1970.

@@ -20,6 +20,7 @@
 //! The lock is a file of its own, not the database: on NFS `flock` is emulated with the same
 //! POSIX locks SQLite takes on the database, which a lock of ours would release or replace.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,29 @@ use super::{audit_path, real_path};
 pub struct ServeLock {
     _events: File,
     _audit: File,
+    /// The store's real path, in `SERVED_HERE` while this lives.
+    database: PathBuf,
+}
+
+/// The stores whose serve lock this process holds.
+static SERVED_HERE: std::sync::Mutex<BTreeSet<PathBuf>> = std::sync::Mutex::new(BTreeSet::new());
+
+impl Drop for ServeLock {
+    fn drop(&mut self) {
+        if let Ok(mut served) = SERVED_HERE.lock() {
+            served.remove(&self.database);
+        }
+    }
+}
+
+/// Whether this process holds `database`'s serve lock: it serves the store (or copies into
+/// it), so upkeep that must happen in one process only — counting committed events into the
+/// analytics rollups — is its to do. A management command (`keys`, `verify`, …) beside a
+/// running server is not.
+pub fn served_here(database: &Path) -> bool {
+    SERVED_HERE
+        .lock()
+        .is_ok_and(|served| served.contains(&real_path(database)))
 }
 
 /// The lock file next to `database`: `annals.db` → `annals.db-serve.lock`.
@@ -71,9 +95,13 @@ pub fn claim(database: &Path) -> anyhow::Result<ServeLock> {
             lock.display()
         )
     })?;
+    if let Ok(mut served) = SERVED_HERE.lock() {
+        served.insert(database.clone());
+    }
     Ok(ServeLock {
         _events: events,
         _audit: audit_lock,
+        database: database.clone(),
     })
 }
 

@@ -117,6 +117,7 @@ pub(super) fn run(
     health: WriteHealth,
     file: Arc<StoreFile>,
     bus_index: SharedIndex,
+    serving: bool,
 ) {
     // The group's few statements stay cached, whatever the `Exec` jobs between groups prepare.
     conn.set_prepared_statement_cache_capacity(64);
@@ -139,7 +140,7 @@ pub(super) fn run(
             return;
         }
     };
-    let mut rollups = match Rollups::load(&conn, last_seq) {
+    let mut rollups = match Rollups::load(&conn, last_seq, serving) {
         Ok(rollups) => rollups,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "writer could not bring the analytics rollups up to date; stopping");
@@ -722,6 +723,7 @@ mod tests {
                 WriteHealth::default(),
                 file,
                 Default::default(),
+                true,
             )
         })
     }
