@@ -399,7 +399,6 @@ impl SqliteStore {
         let writer_commits = commits.clone();
         let write_health = writer::WriteHealth::default();
         let writer_health = write_health.clone();
-        let serving = serve_lock::served_here(&options.path);
         let handle = std::thread::Builder::new()
             .name(String::from(WRITER_THREAD))
             .spawn({
@@ -414,7 +413,6 @@ impl SqliteStore {
                         writer_health,
                         file,
                         bus_index,
-                        serving,
                     )
                 }
             })

@@ -117,8 +117,9 @@ pub(super) fn run(
     health: WriteHealth,
     file: Arc<StoreFile>,
     bus_index: SharedIndex,
-    serving: bool,
 ) {
+    // Upkeep only the serving process may do (see `Rollups::load`).
+    let serving = super::serve_lock::served_here(&file.path);
     // The group's few statements stay cached, whatever the `Exec` jobs between groups prepare.
     conn.set_prepared_statement_cache_capacity(64);
     // The multi-row `INSERT`s; a local, so dropped before the `conn` parameter.
@@ -723,7 +724,6 @@ mod tests {
                 WriteHealth::default(),
                 file,
                 Default::default(),
-                true,
             )
         })
     }
