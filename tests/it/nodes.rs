@@ -105,6 +105,60 @@ async fn two_nodes_write_concurrently_and_agree() {
         assert_eq!(range.first, next);
         next = range.last + 1;
     }
+
+    // Both nodes' tree keepers extend one tree: racing catch-ups end in the same tree (the
+    // loser of each compare-and-set starts again), and a proof read on b checks against the
+    // checkpoint a signed.
+    use annals::integrity::{keeper, merkle, verify};
+    let (on_a, on_b) = tokio::join!(
+        keeper::catch_up(a.store.as_ref()),
+        keeper::catch_up(b.store.as_ref())
+    );
+    let (on_a, on_b) = (on_a.unwrap(), on_b.unwrap());
+    assert_eq!(on_a.size, 210);
+    assert_eq!(on_a, on_b);
+    let checkpoint: Value = http
+        .post(format!("{}/v1/integrity/checkpoints", bases[0]))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(checkpoint["tree_size"], 210, "{checkpoint}");
+    let id = from_a[123]["id"].as_str().unwrap();
+    let proof: Value = http
+        .get(format!("{}/v1/events/{id}/proof", bases[1]))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(proof["checkpoint"], checkpoint);
+    let hash = |v: &Value| -> merkle::Hash {
+        hex::decode(v.as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let path: Vec<merkle::Hash> = proof["audit_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(hash)
+        .collect();
+    assert!(merkle::verify_inclusion(
+        &merkle::leaf_hash(proof["canonical_event"].as_str().unwrap().as_bytes()),
+        123,
+        210,
+        &path,
+        &hash(&checkpoint["root_hash"])
+    ));
+    let report = verify::verify(b.store.as_ref(), None).await.unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
