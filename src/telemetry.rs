@@ -47,6 +47,9 @@ pub struct ScrapeGauges {
     pub streams_open: Gauge,
     pub deliveries: Family<Labels, Gauge>,
     pub store_up: Gauge,
+    pub merkle_tree_size: Gauge,
+    pub merkle_events_behind: Gauge,
+    pub merkle_checkpoint_size: Gauge,
 }
 
 impl Default for Telemetry {
@@ -86,6 +89,9 @@ impl Default for Telemetry {
             streams_open: Gauge::default(),
             deliveries: Family::default(),
             store_up: Gauge::default(),
+            merkle_tree_size: Gauge::default(),
+            merkle_events_behind: Gauge::default(),
+            merkle_checkpoint_size: Gauge::default(),
         };
         let g = &gauges;
         registry.register(
@@ -122,6 +128,21 @@ impl Default for Telemetry {
             "store_up",
             "1 when the store answers and its writer runs",
             g.store_up.clone(),
+        );
+        registry.register(
+            "merkle_tree_size",
+            "Events in the Merkle tree",
+            g.merkle_tree_size.clone(),
+        );
+        registry.register(
+            "merkle_events_behind",
+            "Committed events not yet in the Merkle tree (stays near 0; growth means the keeper is stuck)",
+            g.merkle_events_behind.clone(),
+        );
+        registry.register(
+            "merkle_checkpoint_size",
+            "Tree size of the newest signed checkpoint",
+            g.merkle_checkpoint_size.clone(),
         );
         Self {
             registry,

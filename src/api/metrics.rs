@@ -1,6 +1,6 @@
 //! `GET /metrics`: the node's metrics in Prometheus' text format, for admin keys (a scraper
 //! sends one as `Authorization: Bearer …`). Counters come from `Telemetry`; the queue, stream,
-//! delivery and store gauges are read at each scrape.
+//! delivery, store and Merkle tree gauges are read at each scrape.
 
 use axum::Router;
 use axum::extract::State;
@@ -12,6 +12,7 @@ use super::AppState;
 use super::extract::Auth;
 use crate::domain::access::Scope;
 use crate::error::ApiError;
+use crate::store::copy::CopyTable;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
@@ -43,6 +44,18 @@ async fn metrics(
         ] {
             g.deliveries.get_or_create(&vec![("status", status)]).set(n);
         }
+    }
+    if let (Ok(tree), Ok(newest)) = (
+        state.store.tree_state().await,
+        state.store.copy_position(CopyTable::Events).await,
+    ) {
+        g.merkle_tree_size.set(tree.size as i64);
+        let hashed_through = tree.seq_of(tree.size) - 1;
+        g.merkle_events_behind.set((newest - hashed_through).max(0));
+    }
+    if let Ok(latest) = state.store.checkpoints(None, 1).await {
+        g.merkle_checkpoint_size
+            .set(latest.first().map_or(0, |c| c.tree_size as i64));
     }
     Ok((
         [(

@@ -177,6 +177,13 @@ async fn committed_ranges_are_announced_to_subscribers(backend: Backend) {
     app.stop().await;
 }
 
+/// The value of the sample `name` (with its labels) in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
 /// `GET /metrics`: Prometheus text for admin keys, counting what this node did and reading the
 /// store's figures at each scrape.
 async fn metrics_count_requests_events_and_deliveries(backend: Backend) {
@@ -205,11 +212,7 @@ async fn metrics_count_requests_events_and_deliveries(backend: Backend) {
         "text/plain; version=0.0.4; charset=utf-8"
     );
     let text = r.text().await.unwrap();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
-    };
+    let value = |name: &str| metric(&text, name);
     assert_eq!(value("annals_events_stored_total"), 2.0);
     assert_eq!(value("annals_events_duplicate_total"), 1.0);
     assert_eq!(value("annals_append_seconds_count"), 3.0);
@@ -218,6 +221,30 @@ async fn metrics_count_requests_events_and_deliveries(backend: Backend) {
     assert_eq!(value("annals_store_up"), 1.0);
     assert_eq!(value("annals_write_queue_jobs"), 0.0);
     assert_eq!(value("annals_streams_open"), 0.0);
+    // The tree, whether or not its keeper has come round yet: every event is in it or behind.
+    assert_eq!(
+        value("annals_merkle_tree_size") + value("annals_merkle_events_behind"),
+        2.0
+    );
+    assert_eq!(value("annals_merkle_checkpoint_size"), 0.0);
+    let r = app
+        .http
+        .post(app.url("/v1/integrity/checkpoints"))
+        .header("x-api-key", &app.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let text = app
+        .get("/metrics", &app.admin_key)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| metric(&text, name);
+    assert_eq!(value("annals_merkle_tree_size"), 2.0);
+    assert_eq!(value("annals_merkle_events_behind"), 0.0);
+    assert_eq!(value("annals_merkle_checkpoint_size"), 2.0);
 
     let r = app.get("/metrics", &key).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
