@@ -15,6 +15,7 @@ use super::canonical::event_leaf;
 use super::checkpoint::Checkpoint;
 use super::merkle::{Frontier, Hash, NodeId};
 use super::tiles::{self, TileId};
+use crate::store::integrity::TreeState;
 use crate::store::{Store, StoreError};
 
 /// What verification found wrong, in the order found.
@@ -164,7 +165,6 @@ pub async fn verify(
     };
     let checkpoints = all_checkpoints(store).await?;
     report.checkpoints = checkpoints.len() as u64;
-    // Size → head, of the checkpoints whose signature holds.
     let mut heads: BTreeMap<u64, Hash> = BTreeMap::new();
     for cp in &checkpoints {
         *report.signers.entry(cp.key_id()).or_default() += 1;
@@ -187,9 +187,14 @@ pub async fn verify(
         }
     }
 
-    let mut tiles = StoredTiles::default();
-    let mut frontier = Frontier::default();
-    let mut previous_checkpoint = 0u64;
+    let mut walk = Walk {
+        store,
+        tiles: StoredTiles::default(),
+        frontier: Frontier::default(),
+        report,
+        heads,
+        previous_checkpoint: 0,
+    };
     let mut after = state.base;
     let mut first_read = true;
     loop {
@@ -199,20 +204,10 @@ pub async fn verify(
             // Retention removes the oldest events; their leaves stand in for them.
             let first_kept = events.first().map_or(state.seq_of(state.size), |e| e.seq);
             let removed = state.index_of(first_kept).unwrap_or(0).min(state.size);
-            for index in 0..removed {
-                let stored = leaf_at(store, &mut tiles, &mut report, index).await?;
-                add_leaf(
-                    store,
-                    &mut tiles,
-                    &mut frontier,
-                    &mut report,
-                    stored.unwrap_or([0; 32]),
-                    &heads,
-                    &mut previous_checkpoint,
-                )
-                .await?;
+            while walk.frontier.size() < removed {
+                walk.add_stored().await?;
             }
-            report.removed_by_retention = removed;
+            walk.report.removed_by_retention = removed;
         }
         let Some(last) = events.last() else { break };
         after = last.seq;
@@ -221,124 +216,102 @@ pub async fn verify(
                 continue;
             };
             if index >= state.size {
-                report.not_yet_in_tree += 1;
+                walk.report.not_yet_in_tree += 1;
                 continue;
             }
             // Events the walk skipped over are missing.
-            while frontier.size() < index {
-                let missing = frontier.size();
-                report.found(Finding::EventMissing {
-                    seq: state.seq_of(missing),
-                });
-                let stored = leaf_at(store, &mut tiles, &mut report, missing).await?;
-                add_leaf(
-                    store,
-                    &mut tiles,
-                    &mut frontier,
-                    &mut report,
-                    stored.unwrap_or([0; 32]),
-                    &heads,
-                    &mut previous_checkpoint,
-                )
-                .await?;
+            while walk.frontier.size() < index {
+                walk.add_missing(&state).await?;
             }
             let computed = event_leaf(event);
-            let stored = leaf_at(store, &mut tiles, &mut report, index).await?;
+            let stored = walk.stored_leaf(index).await?;
             if stored.is_some_and(|s| s != computed) {
-                report.found(Finding::EventChanged {
+                walk.report.found(Finding::EventChanged {
                     seq: event.seq,
                     id: event.id.to_string(),
                 });
             }
-            report.events_checked += 1;
-            add_leaf(
-                store,
-                &mut tiles,
-                &mut frontier,
-                &mut report,
-                stored.unwrap_or(computed),
-                &heads,
-                &mut previous_checkpoint,
-            )
-            .await?;
+            walk.report.events_checked += 1;
+            walk.add(stored.unwrap_or(computed)).await?;
         }
     }
-    while frontier.size() < state.size {
-        let missing = frontier.size();
-        report.found(Finding::EventMissing {
-            seq: state.seq_of(missing),
+    while walk.frontier.size() < state.size {
+        walk.add_missing(&state).await?;
+    }
+    Ok(walk.report)
+}
+
+/// The tree rebuilt leaf by leaf, checked against the store as it grows.
+struct Walk<'a> {
+    store: &'a dyn Store,
+    tiles: StoredTiles,
+    frontier: Frontier,
+    report: Report,
+    /// Size → head, of the checkpoints whose signature holds.
+    heads: BTreeMap<u64, Hash>,
+    previous_checkpoint: u64,
+}
+
+impl Walk<'_> {
+    /// The stored leaf hash of `index`, reporting it when the tree lacks it.
+    async fn stored_leaf(&mut self, index: u64) -> Result<Option<Hash>, StoreError> {
+        let node = NodeId { level: 0, index };
+        let stored = self.tiles.entry(self.store, node).await?;
+        if stored.is_none() {
+            self.report
+                .found(Finding::TreeIncomplete { level: 0, index });
+        }
+        Ok(stored)
+    }
+
+    /// Adds the next leaf as stored (its event is gone).
+    async fn add_stored(&mut self) -> Result<(), StoreError> {
+        let stored = self.stored_leaf(self.frontier.size()).await?;
+        self.add(stored.unwrap_or([0; 32])).await
+    }
+
+    /// Reports the next leaf's event missing, and adds the leaf as stored.
+    async fn add_missing(&mut self, state: &TreeState) -> Result<(), StoreError> {
+        self.report.found(Finding::EventMissing {
+            seq: state.seq_of(self.frontier.size()),
         });
-        let stored = leaf_at(store, &mut tiles, &mut report, missing).await?;
-        add_leaf(
-            store,
-            &mut tiles,
-            &mut frontier,
-            &mut report,
-            stored.unwrap_or([0; 32]),
-            &heads,
-            &mut previous_checkpoint,
-        )
-        .await?;
+        self.add_stored().await
     }
-    Ok(report)
-}
 
-/// The stored leaf hash of `index`, reporting it when the tree lacks it.
-async fn leaf_at(
-    store: &dyn Store,
-    tiles: &mut StoredTiles,
-    report: &mut Report,
-    index: u64,
-) -> Result<Option<Hash>, StoreError> {
-    let node = NodeId { level: 0, index };
-    let stored = tiles.entry(store, node).await?;
-    if stored.is_none() {
-        report.found(Finding::TreeIncomplete { level: 0, index });
-    }
-    Ok(stored)
-}
-
-/// Adds a leaf to the walk: checks the stored nodes it completes and the checkpoint at the new
-/// size, if any.
-async fn add_leaf(
-    store: &dyn Store,
-    tiles: &mut StoredTiles,
-    frontier: &mut Frontier,
-    report: &mut Report,
-    leaf: Hash,
-    heads: &BTreeMap<u64, Hash>,
-    previous_checkpoint: &mut u64,
-) -> Result<(), StoreError> {
-    let mut completed = Vec::new();
-    frontier.push(leaf, |node, hash| {
-        if node.level > 0 && node.level % tiles::HEIGHT == 0 {
-            completed.push((node, *hash));
+    /// Adds a leaf: checks the stored nodes it completes and the checkpoint at the new size,
+    /// if any.
+    async fn add(&mut self, leaf: Hash) -> Result<(), StoreError> {
+        let mut completed = Vec::new();
+        self.frontier.push(leaf, |node, hash| {
+            if node.level > 0 && node.level % tiles::HEIGHT == 0 {
+                completed.push((node, *hash));
+            }
+        });
+        for (node, hash) in completed {
+            match self.tiles.entry(self.store, node).await? {
+                None => self.report.found(Finding::TreeIncomplete {
+                    level: node.level,
+                    index: node.index,
+                }),
+                Some(stored) if stored != hash => self.report.found(Finding::NodeChanged {
+                    level: node.level,
+                    index: node.index,
+                }),
+                Some(_) => {}
+            }
         }
-    });
-    for (node, hash) in completed {
-        match tiles.entry(store, node).await? {
-            None => report.found(Finding::TreeIncomplete {
-                level: node.level,
-                index: node.index,
-            }),
-            Some(stored) if stored != hash => report.found(Finding::NodeChanged {
-                level: node.level,
-                index: node.index,
-            }),
-            Some(_) => {}
+        let size = self.frontier.size();
+        if let Some(head) = self.heads.get(&size) {
+            if *head != self.frontier.root() {
+                self.report.found(Finding::HeadDiffers {
+                    tree_size: size,
+                    after: self.previous_checkpoint,
+                });
+            }
+            self.previous_checkpoint = size;
         }
+        Ok(())
     }
-    let size = frontier.size();
-    if let Some(head) = heads.get(&size) {
-        if *head != frontier.root() {
-            report.found(Finding::HeadDiffers {
-                tree_size: size,
-                after: *previous_checkpoint,
-            });
-        }
-        *previous_checkpoint = size;
-    }
-    Ok(())
 }
 
 /// Every checkpoint, oldest first.
