@@ -345,6 +345,18 @@ impl TestApp {
         body["id"].as_str().unwrap().to_string()
     }
 
+    /// `POST /v1/integrity/checkpoints` with the admin key: the tree caught up and signed.
+    pub async fn sign_checkpoint(&self) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url("/v1/integrity/checkpoints"))
+            .header("x-api-key", &self.admin_key)
+            .send()
+            .await
+            .expect("request sent");
+        status_json(r).await
+    }
+
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await.expect("clean stop");

@@ -71,17 +71,6 @@ async fn batch(app: &TestApp, key: &str, n: usize, tag: &str) -> Vec<String> {
         .collect()
 }
 
-async fn sign(app: &TestApp) -> (StatusCode, Value) {
-    let r = app
-        .http
-        .post(app.url("/v1/integrity/checkpoints"))
-        .header("x-api-key", &app.admin_key)
-        .send()
-        .await
-        .unwrap();
-    status_json(r).await
-}
-
 async fn proofs_check_out_against_signed_checkpoints(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
@@ -91,7 +80,7 @@ async fn proofs_check_out_against_signed_checkpoints(backend: Backend) {
     let writer = app.key("acme", "events:write").await;
 
     // An empty store has nothing to sign.
-    let (status, body) = sign(&app).await;
+    let (status, body) = app.sign_checkpoint().await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_error(&body, "conflict");
     let (status, body) =
@@ -100,12 +89,12 @@ async fn proofs_check_out_against_signed_checkpoints(backend: Backend) {
 
     let acme_ids = batch(&app, &acme, 40, "first").await;
     batch(&app, &other, 7, "first").await;
-    let (status, first_view) = sign(&app).await;
+    let (status, first_view) = app.sign_checkpoint().await;
     assert_eq!(status, StatusCode::CREATED, "{first_view}");
     let first = signed(&first_view);
     assert_eq!(first.tree_size, 47);
     // Nothing new: the same checkpoint, not a second one.
-    let (status, again) = sign(&app).await;
+    let (status, again) = app.sign_checkpoint().await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again, first_view);
 
@@ -123,7 +112,7 @@ async fn proofs_check_out_against_signed_checkpoints(backend: Backend) {
     assert_eq!(proof["checkpoint"], Value::Null);
 
     let more = batch(&app, &acme, 300, "second").await;
-    let (status, second_view) = sign(&app).await;
+    let (status, second_view) = app.sign_checkpoint().await;
     assert_eq!(status, StatusCode::CREATED, "{second_view}");
     let second = signed(&second_view);
     assert_eq!(second.tree_size, 348);
@@ -288,7 +277,7 @@ async fn proofs_check_out_against_signed_checkpoints(backend: Backend) {
     // After a restart the tree goes on from where it was, and proofs still hold.
     let app = app.restart().await;
     batch(&app, &acme, 5, "third").await;
-    let (status, third_view) = sign(&app).await;
+    let (status, third_view) = app.sign_checkpoint().await;
     assert_eq!(status, StatusCode::CREATED, "{third_view}");
     let third = signed(&third_view);
     // Five events, and the security events the refusals above became (`annals.security.*`).
@@ -378,10 +367,10 @@ async fn verify_names_what_was_changed_behind_the_servers_back(backend: Backend)
     };
     let acme = app.key("acme", "events:read,events:write").await;
     batch(&app, &acme, 600, "a").await;
-    let (status, _) = sign(&app).await;
+    let (status, _) = app.sign_checkpoint().await;
     assert_eq!(status, StatusCode::CREATED);
     batch(&app, &acme, 30, "b").await;
-    let (status, _) = sign(&app).await;
+    let (status, _) = app.sign_checkpoint().await;
     assert_eq!(status, StatusCode::CREATED);
     let trusted = Some(
         annals::integrity::checkpoint::Signer::from_text(
@@ -467,7 +456,7 @@ async fn retention_keeps_the_tree_and_its_proofs(backend: Backend) {
     };
     let acme = app.key("acme", "events:read,events:write").await;
     let old = batch(&app, &acme, 20, "old").await;
-    let (status, first_view) = sign(&app).await;
+    let (status, first_view) = app.sign_checkpoint().await;
     assert_eq!(status, StatusCode::CREATED);
     let first = signed(&first_view);
     // Retention (as the job runs it) removes every event stored so far.
@@ -480,7 +469,7 @@ async fn retention_keeps_the_tree_and_its_proofs(backend: Backend) {
     .unwrap();
     assert_eq!(removed, 20);
     let kept = batch(&app, &acme, 10, "kept").await;
-    let (status, second_view) = sign(&app).await;
+    let (status, second_view) = app.sign_checkpoint().await;
     assert_eq!(status, StatusCode::CREATED, "{second_view}");
     let second = signed(&second_view);
     assert_eq!(second.tree_size, 30);

@@ -227,14 +227,7 @@ async fn metrics_count_requests_events_and_deliveries(backend: Backend) {
         2.0
     );
     assert_eq!(value("annals_merkle_checkpoint_size"), 0.0);
-    let r = app
-        .http
-        .post(app.url("/v1/integrity/checkpoints"))
-        .header("x-api-key", &app.admin_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(app.sign_checkpoint().await.0, StatusCode::CREATED);
     let text = app
         .get("/metrics", &app.admin_key)
         .await
