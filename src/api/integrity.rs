@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::extract::Auth;
-use super::query_params::{known_params, parse_limit};
+use super::query_params::known_params;
 use crate::domain::FieldError;
 use crate::domain::access::Scope;
 use crate::error::ApiError;
@@ -29,6 +29,9 @@ use crate::integrity::checkpoint::Checkpoint;
 use crate::integrity::keeper::{self, KeeperError};
 use crate::integrity::merkle::{self, NodeId};
 use crate::store::integrity::TreeState;
+
+/// Most checkpoints one listing returns.
+const MAX_CHECKPOINTS: usize = 100;
 
 pub fn router() -> Router<AppState> {
     let routes = || {
@@ -115,7 +118,12 @@ async fn list(
                 .filter(|n| *n >= 1)
                 .map(|n| before = Some(n))
                 .ok_or_else(|| String::from("must be a tree size, a whole number from 1")),
-            _ => parse_limit(value).map(|n| limit = n.min(100)),
+            _ => value
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_CHECKPOINTS).contains(n))
+                .map(|n| limit = n)
+                .ok_or_else(|| format!("must be a whole number from 1 to {MAX_CHECKPOINTS}")),
         },
     )?;
     if !errors.is_empty() {

@@ -264,6 +264,7 @@ async fn proofs_check_out_against_signed_checkpoints(backend: Backend) {
             "first",
         ),
         (String::from("/v1/integrity/checkpoints?limit=0"), "limit"),
+        (String::from("/v1/integrity/checkpoints?limit=101"), "limit"),
         (String::from("/v1/integrity/checkpoints?before=x"), "before"),
     ] {
         let (status, body) = status_json(app.get(&path, &acme).await).await;
