@@ -133,6 +133,11 @@ struct VerifyArgs {
     /// bad. Without one configured or on file, any valid signature counts.
     #[command(flatten)]
     integrity: crate::config::IntegrityArgs,
+    /// Trust only checkpoints signed by this Ed25519 public key (32 bytes, base64 as each
+    /// checkpoint shows it, or hex): how an auditor without the signing key pins it. Overrides
+    /// the signing key above.
+    #[arg(long, value_parser = crate::integrity::checkpoint::parse_public_key)]
+    public_key: Option<[u8; 32]>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -389,7 +394,10 @@ impl Cli {
 }
 
 async fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let trusted = args.integrity.trusted_key(&args.store.location()?)?;
+    let trusted = match args.public_key {
+        Some(key) => Some(key),
+        None => args.integrity.trusted_key(&args.store.location()?)?,
+    };
     let store = server::open_store(&args.store).await?;
     let outcome = crate::integrity::verify::verify(store.as_ref(), trusted).await;
     store.shutdown().await;

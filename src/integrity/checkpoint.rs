@@ -96,6 +96,23 @@ fn note(origin: &str, size: u64, root: &Hash, at: Timestamp) -> String {
     )
 }
 
+/// A public key given as text: 32 bytes in base64 (as checkpoints show it) or hex, and a valid
+/// Ed25519 point.
+pub fn parse_public_key(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    let bytes = BASE64
+        .decode(text)
+        .ok()
+        .filter(|b| b.len() == 32)
+        .or_else(|| hex::decode(text).ok())
+        .ok_or_else(|| String::from("must be 32 bytes in base64 or hex"))?;
+    let key: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| String::from("must be 32 bytes in base64 or hex"))?;
+    VerifyingKey::from_bytes(&key).map_err(|_| String::from("is not an Ed25519 public key"))?;
+    Ok(key)
+}
+
 /// The first 8 bytes of the key's SHA-256, in hex.
 pub fn key_id(public_key: &[u8; 32]) -> String {
     hex::encode(&Sha256::digest(public_key)[..8])
@@ -239,6 +256,16 @@ mod tests {
         let mut bent = cp;
         bent.public_key = Signer::from_seed([8; 32], "x").public_key();
         assert!(!bent.signature_holds());
+    }
+
+    #[test]
+    fn public_keys_parse_from_base64_or_hex_and_nothing_else() {
+        let key = Signer::from_seed([5; 32], "o").public_key();
+        assert_eq!(parse_public_key(&BASE64.encode(key)), Ok(key));
+        assert_eq!(parse_public_key(&hex::encode(key)), Ok(key));
+        assert!(parse_public_key("short").is_err());
+        assert!(parse_public_key(&BASE64.encode([1u8; 31])).is_err());
+        assert!(parse_public_key("").is_err());
     }
 
     #[test]

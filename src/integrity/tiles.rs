@@ -251,6 +251,23 @@ mod tests {
         assert!(all.missing().is_none());
     }
 
+    /// A keeper that read size 10 while another extended the tree to 13 reads tiles of 13
+    /// entries; cut to its size, its extension is the one the tree of 10 would get.
+    #[test]
+    fn tiles_longer_than_the_size_read_are_cut_before_extending() {
+        let mut tiles = TileSet::default();
+        extend(&mut tiles, 0, &leaves(0, 13)).unwrap();
+        let mut read = tiles.changed();
+        for (id, hashes) in &mut read {
+            hashes.truncate(entries_within(*id, 10) as usize * 32);
+        }
+        let mut behind = TileSet::new(read);
+        let head = extend(&mut behind, 10, &leaves(10, 5)).unwrap();
+        let mut whole = TileSet::default();
+        assert_eq!(head, extend(&mut whole, 0, &leaves(0, 15)).unwrap());
+        assert_eq!(behind.changed(), whole.changed());
+    }
+
     #[test]
     fn a_cut_tile_is_reported_not_guessed() {
         let mut tiles = TileSet::default();

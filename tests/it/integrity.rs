@@ -373,16 +373,14 @@ async fn verify_names_what_was_changed_behind_the_servers_back(backend: Backend)
     batch(&app, &acme, 30, "b").await;
     let (status, _) = app.sign_checkpoint().await;
     assert_eq!(status, StatusCode::CREATED);
-    let trusted = Some(
-        annals::integrity::checkpoint::Signer::from_text(
-            app.args.integrity.signing_key.as_deref().unwrap(),
-            "",
-        )
-        .unwrap()
-        .public_key(),
-    );
+    let public_key = annals::integrity::checkpoint::Signer::from_text(
+        app.args.integrity.signing_key.as_deref().unwrap(),
+        "",
+    )
+    .unwrap()
+    .public_key();
 
-    let report = annals::integrity::verify::verify(app.store.as_ref(), trusted)
+    let report = annals::integrity::verify::verify(app.store.as_ref(), Some(public_key))
         .await
         .unwrap();
     assert!(report.findings.is_empty(), "{:?}", report.findings);
@@ -449,6 +447,32 @@ async fn verify_names_what_was_changed_behind_the_servers_back(backend: Backend)
     };
     assert!(!ok);
     assert!(text.contains("not signed by the trusted key"), "{text}");
+
+    // An auditor pins the public key instead (no signing key at hand).
+    let pinned = |key: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(["verify", "--public-key", key])
+            .env("ANNALS_DATABASE_URL", &app.db.url)
+            .env_remove("ANNALS_SIGNING_KEY")
+            .env_remove("ANNALS_LOG")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let real = BASE64.encode(public_key);
+    let text = pinned(&real);
+    assert!(text.contains("event seq 300"), "{text}");
+    assert!(!text.contains("not signed by the trusted key"), "{text}");
+    let other = annals::integrity::checkpoint::Signer::from_seed([9; 32], "").public_key();
+    let text = pinned(&hex::encode(other));
+    assert!(text.contains("not signed by the trusted key"), "{text}");
+    let text = pinned("not-a-key");
+    assert!(text.contains("must be 32 bytes"), "{text}");
 }
 
 async fn retention_keeps_the_tree_and_its_proofs(backend: Backend) {
