@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::extract::Auth;
-use super::query_params::{known_params, parse_limit, time_bound};
+use super::query_params::{invalid_if_any, known_params, parse_limit, time_bound};
 use crate::auth::Principal;
 use crate::domain::access::Scope;
 use crate::domain::analytics::{
@@ -89,11 +89,8 @@ impl Params {
         {
             errors.push(FieldError::new("to", "must be later than from"));
         }
-        if errors.is_empty() {
-            Ok(p)
-        } else {
-            Err(ApiError::invalid_fields(errors))
-        }
+        invalid_if_any(errors)?;
+        Ok(p)
     }
 
     /// What every analytics read starts with: the `events:read` scope, the parameters in

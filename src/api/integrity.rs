@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::extract::Auth;
-use super::query_params::known_params;
+use super::query_params::{invalid_if_any, known_params, only_known_params};
 use crate::domain::FieldError;
 use crate::domain::access::Scope;
 use crate::error::ApiError;
@@ -108,7 +108,7 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::EventsRead)?;
     let (mut before, mut limit) = (None, 20);
-    let errors = known_params(
+    only_known_params(
         raw.as_deref(),
         &["before", "limit"],
         |name, value| match name {
@@ -126,9 +126,6 @@ async fn list(
                 .ok_or_else(|| format!("must be a whole number from 1 to {MAX_CHECKPOINTS}")),
         },
     )?;
-    if !errors.is_empty() {
-        return Err(ApiError::invalid_fields(errors));
-    }
     let found = state.store.checkpoints(before, limit).await?;
     Ok(Json(Value::Array(
         found.into_iter().map(|c| json!(c.view())).collect(),
@@ -190,12 +187,9 @@ async fn inclusion(
         )));
     };
     let mut size = None;
-    let errors = known_params(raw.as_deref(), &["tree_size"], |_, value| {
+    only_known_params(raw.as_deref(), &["tree_size"], |_, value| {
         tree_size(value, index + 1, &tree).map(|n| size = Some(n))
     })?;
-    if !errors.is_empty() {
-        return Err(ApiError::invalid_fields(errors));
-    }
     let size = match size {
         Some(n) => n,
         None => default_size(&state, index + 1, &tree).await?,
@@ -244,9 +238,7 @@ async fn consistency(
     if first.is_none() && !errors.iter().any(|e| e.field == "first") {
         errors.push(FieldError::new("first", "is required: the older tree size"));
     }
-    if !errors.is_empty() {
-        return Err(ApiError::invalid_fields(errors));
-    }
+    invalid_if_any(errors)?;
     let first = first.expect("checked above");
     let second = match second {
         Some(n) => n,

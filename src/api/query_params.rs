@@ -227,6 +227,25 @@ pub fn known_params(
     Ok(errors)
 }
 
+/// `known_params` for a query string with no checks across parameters: any problem is the
+/// answer (a 422 naming each parameter).
+pub fn only_known_params(
+    raw: Option<&str>,
+    known: &[&str],
+    take: impl FnMut(&str, &str) -> Result<(), String>,
+) -> Result<(), ApiError> {
+    invalid_if_any(known_params(raw, known, take)?)
+}
+
+/// `Ok` when `errors` is empty, else the 422 that names each.
+pub fn invalid_if_any(errors: Vec<FieldError>) -> Result<(), ApiError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_fields(errors))
+    }
+}
+
 /// The value of a filter on a text field. No stored row has an empty one (ingest refuses it),
 /// so an empty filter is a mistake, often an unset variable in the caller's URL, not a question
 /// whose answer is "nothing".

@@ -93,9 +93,7 @@ pub async fn catch_up(store: &dyn Store) -> Result<TreeState, KeeperError> {
         // Cut to the size read: a keeper that extended the tree since wrote longer tiles (its
         // compare-and-set then fails ours, but the leaves must go where this size puts them).
         let mut read = store.read_tiles(tiles::tiles_to_extend(state.size)).await?;
-        for (id, hashes) in &mut read {
-            hashes.truncate(tiles::entries_within(*id, state.size) as usize * 32);
-        }
+        tiles::cut_to(&mut read, state.size);
         let mut tiles = TileSet::new(read);
         let size = state.size;
         let (tiles, added) = tokio::task::spawn_blocking(move || {

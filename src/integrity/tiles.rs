@@ -45,49 +45,51 @@ pub fn tiles_for(nodes: &[NodeId]) -> Vec<TileId> {
         .collect()
 }
 
+/// How many perfect subtrees of tile level `level` (tree level `8 · level`) a tree of `size`
+/// leaves holds: the entries its tiles at that level have between them.
+fn entries_at(level: u8, size: u64) -> u64 {
+    size.checked_shr(u32::from(level) * u32::from(HEIGHT))
+        .unwrap_or(0)
+}
+
 /// The partial tiles at the right edge of a tree of `size` leaves: the ones the next leaves
 /// extend.
 pub fn edge_tiles(size: u64) -> Vec<TileId> {
-    let mut tiles = Vec::new();
-    let mut level = 0u8;
-    loop {
-        let entries = size
-            .checked_shr(u32::from(level) * u32::from(HEIGHT))
-            .unwrap_or(0);
-        if entries == 0 {
-            return tiles;
-        }
-        if entries % WIDTH != 0 {
-            tiles.push(TileId {
-                level,
-                index: entries / WIDTH,
-            });
-        }
-        level += 1;
-    }
+    (0u8..)
+        .map(|level| (level, entries_at(level, size)))
+        .take_while(|(_, entries)| *entries > 0)
+        .filter(|(_, entries)| entries % WIDTH != 0)
+        .map(|(level, entries)| TileId {
+            level,
+            index: entries / WIDTH,
+        })
+        .collect()
 }
 
 /// Every tile of a tree of `size` leaves, level by level.
 pub fn all_tiles(size: u64) -> Vec<TileId> {
-    let mut tiles = Vec::new();
-    for level in 0u8.. {
-        let entries = size
-            .checked_shr(u32::from(level) * u32::from(HEIGHT))
-            .unwrap_or(0);
-        if entries == 0 {
-            break;
-        }
-        tiles.extend((0..entries.div_ceil(WIDTH)).map(|index| TileId { level, index }));
-    }
-    tiles
+    (0u8..)
+        .map(|level| (level, entries_at(level, size)))
+        .take_while(|(_, entries)| *entries > 0)
+        .flat_map(|(level, entries)| {
+            (0..entries.div_ceil(WIDTH)).map(move |index| TileId { level, index })
+        })
+        .collect()
 }
 
 /// How many of a tile's entries a tree of `size` leaves holds.
 pub fn entries_within(tile: TileId, size: u64) -> u64 {
-    let entries = size
-        .checked_shr(u32::from(tile.level) * u32::from(HEIGHT))
-        .unwrap_or(0);
-    entries.saturating_sub(tile.index * WIDTH).min(WIDTH)
+    entries_at(tile.level, size)
+        .saturating_sub(tile.index * WIDTH)
+        .min(WIDTH)
+}
+
+/// Cuts tiles read from a store to what a tree of `size` leaves holds: a tile may already be
+/// longer (the tree grew since `size` was read, or it is being copied as it was at `size`).
+pub fn cut_to(tiles: &mut [(TileId, Vec<u8>)], size: u64) {
+    for (id, hashes) in tiles {
+        hashes.truncate(entries_within(*id, size) as usize * 32);
+    }
 }
 
 /// Tiles read from a store; answers perfect subtrees from them. A node whose entries are not
@@ -258,9 +260,7 @@ mod tests {
         let mut tiles = TileSet::default();
         extend(&mut tiles, 0, &leaves(0, 13)).unwrap();
         let mut read = tiles.changed();
-        for (id, hashes) in &mut read {
-            hashes.truncate(entries_within(*id, 10) as usize * 32);
-        }
+        cut_to(&mut read, 10);
         let mut behind = TileSet::new(read);
         let head = extend(&mut behind, 10, &leaves(10, 5)).unwrap();
         let mut whole = TileSet::default();

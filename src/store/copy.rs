@@ -343,9 +343,7 @@ async fn copy_tree(
         let ids = tiles::all_tiles(tree.size);
         for chunk in ids.chunks(64) {
             let mut rows = source.read_tiles(chunk.to_vec()).await?;
-            for (id, hashes) in &mut rows {
-                hashes.truncate(tiles::entries_within(*id, tree.size) as usize * 32);
-            }
+            tiles::cut_to(&mut rows, tree.size);
             // The state moves only with the last chunk: until then the new tiles lie past it.
             if !destination.extend_tree(there, there, rows).await? {
                 anyhow::bail!("the destination's Merkle tree changed during the copy");

@@ -73,6 +73,10 @@ pub trait IntegrityStore: Send + Sync {
     }
 }
 
+/// The columns of `merkle_checkpoints`, in the order `checkpoint_from_columns` takes them.
+pub(crate) const CHECKPOINT_COLUMNS: &str =
+    "origin, tree_size, root, signed_at, public_key, signature";
+
 /// A stored checkpoint's columns read back; a row whose blobs have the wrong length is
 /// `Internal` (it was not written by Annals).
 pub(crate) fn checkpoint_from_columns(

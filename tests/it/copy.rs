@@ -259,29 +259,9 @@ async fn copy_moves_everything(from: Backend, to: Backend) {
     assert_eq!(status, StatusCode::OK, "{proof}");
     assert_eq!(proof["checkpoint"], checkpoint);
     assert_eq!(proof["leaf_matches_event"], true);
-    let root: [u8; 32] = hex::decode(checkpoint["root_hash"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let path: Vec<[u8; 32]> = proof["audit_path"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            hex::decode(h.as_str().unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap()
-        })
-        .collect();
-    assert!(annals::integrity::merkle::verify_inclusion(
-        &annals::integrity::merkle::leaf_hash(
-            proof["canonical_event"].as_str().unwrap().as_bytes()
-        ),
-        proof["leaf_index"].as_u64().unwrap(),
-        8,
-        &path,
-        &root
+    assert!(crate::helpers::inclusion_holds(
+        &proof,
+        &crate::helpers::hash(&checkpoint["root_hash"])
     ));
     let report = annals::integrity::verify::verify(copied.store.as_ref(), None)
         .await

@@ -444,3 +444,29 @@ pub async fn all_pages(
     }
     out
 }
+
+/// A 32-byte hash from its hex text in an answer.
+pub fn hash(value: &Value) -> annals::integrity::merkle::Hash {
+    hex::decode(value.as_str().expect("hex text"))
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes")
+}
+
+/// A list of hashes from an answer.
+pub fn hashes(value: &Value) -> Vec<annals::integrity::merkle::Hash> {
+    value.as_array().expect("array").iter().map(hash).collect()
+}
+
+/// Whether an inclusion proof answer checks out as an auditor would check it: the leaf hashed
+/// from its canonical event, the audit path from there to `root` in a tree of its `tree_size`.
+pub fn inclusion_holds(proof: &Value, root: &annals::integrity::merkle::Hash) -> bool {
+    use annals::integrity::merkle;
+    merkle::verify_inclusion(
+        &merkle::leaf_hash(proof["canonical_event"].as_str().expect("text").as_bytes()),
+        proof["leaf_index"].as_u64().expect("a leaf index"),
+        proof["tree_size"].as_u64().expect("a tree size"),
+        &hashes(&proof["audit_path"]),
+        root,
+    )
+}

@@ -6,24 +6,13 @@
 use std::process::Command;
 
 use annals::integrity::checkpoint::Checkpoint;
-use annals::integrity::merkle::{self, Hash};
+use annals::integrity::merkle;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, assert_error, status_json};
-
-fn hash(value: &Value) -> Hash {
-    hex::decode(value.as_str().expect("hex text"))
-        .expect("hex")
-        .try_into()
-        .expect("32 bytes")
-}
-
-fn hashes(value: &Value) -> Vec<Hash> {
-    value.as_array().expect("array").iter().map(hash).collect()
-}
+use crate::helpers::{Backend, TestApp, assert_error, hash, hashes, status_json};
 
 /// A checkpoint as an auditor reads it from the JSON, its signature checked.
 fn signed(view: &Value) -> Checkpoint {

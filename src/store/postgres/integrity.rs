@@ -12,9 +12,9 @@ use crate::integrity::checkpoint::Checkpoint;
 use crate::integrity::tiles::TileId;
 use crate::store::StoreError;
 use crate::store::copy::BATCH_BYTES;
-use crate::store::integrity::{IntegrityStore, TreeState, checkpoint_from_columns};
-
-const CHECKPOINT_COLUMNS: &str = "origin, tree_size, root, signed_at, public_key, signature";
+use crate::store::integrity::{
+    CHECKPOINT_COLUMNS, IntegrityStore, TreeState, checkpoint_from_columns,
+};
 
 fn state_from(row: &tokio_postgres::Row) -> TreeState {
     TreeState {
