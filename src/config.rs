@@ -349,7 +349,7 @@ pub struct ServeArgs {
 }
 
 /// The Merkle tree's checkpoints: who signs them, under what name, how often.
-#[derive(Args, Clone, Debug, Default)]
+#[derive(Args, Clone, Debug)]
 pub struct IntegrityArgs {
     /// The checkpoint signing key: 32 bytes (an Ed25519 seed) in hex or base64. Unset, the key
     /// file is used.
@@ -368,9 +368,17 @@ pub struct IntegrityArgs {
     /// Seconds between signed checkpoints while events arrive (1 to 86400).
     #[arg(long, env = "ANNALS_CHECKPOINT_INTERVAL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub checkpoint_interval_secs: u64,
+
+    /// How often the keeper hashes new events into the tree. Not a setting (a second keeps
+    /// proofs of new events close at hand for little work); tests lengthen it to hold the tree
+    /// back.
+    #[arg(skip = IntegrityArgs::TREE_INTERVAL)]
+    pub tree_interval: std::time::Duration,
 }
 
 impl IntegrityArgs {
+    const TREE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
     /// A fresh random key held in memory, no file (tests and the benchmark, whose PostgreSQL
     /// servers would otherwise share `./annals.signing-key`).
     fn for_tests() -> Self {
@@ -381,6 +389,7 @@ impl IntegrityArgs {
             signing_key_file: None,
             log_origin: String::from("annals"),
             checkpoint_interval_secs: 60,
+            tree_interval: Self::TREE_INTERVAL,
         }
     }
 

@@ -177,7 +177,7 @@ pub async fn start_with(args: ServeArgs, extra: Router<AppState>) -> anyhow::Res
     let tree_keeper = crate::integrity::keeper::spawn(
         store.clone(),
         signer.clone(),
-        Duration::from_secs(1),
+        args.integrity.tree_interval,
         Duration::from_secs(args.integrity.checkpoint_interval_secs),
     );
     let app = router(

@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! - Leaves are appended in seq order with no gap: the keeper reads the events after the
-//!   tree's last leaf and stops at a missing seq (an event deleted before it was hashed), which
-//!   it reports instead of skipping — the tree never silently leaves an event out.
+//!   tree's last leaf and stops at a missing seq (an event deleted before it was hashed, which
+//!   retention never does: only something outside Annals), which it reports instead of
+//!   skipping — the tree never silently leaves an event out.
 //! - On PostgreSQL every node runs a keeper; each extension is a compare-and-set on the tree
 //!   state (`IntegrityStore::extend_tree`), so racing keepers never write one size twice.
 //! - A checkpoint's size is one the tree reached, and its head is computed from the stored

@@ -2,7 +2,8 @@
 //! operator sets `ANNALS_EVENT_RETENTION_DAYS` (default 0 = keep forever), events older than
 //! that with their idempotency keys — in small batches, each its own short transaction, so
 //! ingest never waits behind one long delete. Events go oldest first, so `seq` stays gapless
-//! from the oldest kept event on; the analytics rollups of the minutes and hours before the
+//! from the oldest kept event on, and only once the Merkle tree holds them (a keeper that fell
+//! behind would otherwise find a gap it must stop at); the analytics rollups of the minutes and hours before the
 //! cutoff go with them. Finished webhook deliveries and integration log rows go after
 //! `ANNALS_DELIVERY_RETENTION_DAYS` (default 30); waiting deliveries are never removed.
 

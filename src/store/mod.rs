@@ -341,7 +341,9 @@ pub trait Store:
     async fn query_audit(&self, query: AuditQuery) -> Result<Vec<StoredAudit>, StoreError>;
     /// Event retention: deletes at most `limit` of the oldest events received before `before`,
     /// with their idempotency keys; returns how many events. (PostgreSQL also drops whole
-    /// monthly partitions that end before `before`; their rows are not counted.)
+    /// monthly partitions that end before `before`; their rows are not counted.) Never an event
+    /// the Merkle tree has not taken yet: the tree is gapless, so a keeper that found one gone
+    /// would stop there for good.
     async fn delete_events_before(
         &self,
         before: Timestamp,

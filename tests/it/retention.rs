@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::conformance;
-use crate::helpers::{Backend, TestApp, all_events};
+use crate::helpers::{Backend, TestApp, all_events, status_json};
 
 async fn event_retention_deletes_only_old_events_and_their_keys(backend: Backend) {
     let Some(app) = TestApp::spawn_with(backend, |a| a.event_retention_days = 30).await else {
@@ -37,6 +37,8 @@ async fn event_retention_deletes_only_old_events_and_their_keys(backend: Backend
         }
     }
 
+    // Retention takes only events the Merkle tree holds: bring it up to date.
+    assert!(app.sign_checkpoint().await.0.is_success());
     let deleted = purge_events(app.store.as_ref(), cutoff, 7).await.unwrap();
     assert_eq!(deleted, 30, "in batches of 7");
     let kept = all_events(&app.http, &app.base, &key).await;
@@ -153,6 +155,7 @@ async fn seqs_of_deleted_newest_events_are_never_reused(backend: Backend) {
         .await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert!(app.sign_checkpoint().await.0.is_success());
     let deleted = purge_events(app.store.as_ref(), Timestamp::now(), 100)
         .await
         .unwrap();
@@ -171,7 +174,99 @@ async fn seqs_of_deleted_newest_events_are_never_reused(backend: Backend) {
     app.stop().await;
 }
 
+/// Retention never takes an event the Merkle tree has not taken yet: the tree is gapless, so a
+/// keeper that found one gone would stop there for good (and every event after it would go
+/// without proofs). A tree held back (its keeper runs hourly here) holds retention back.
+async fn retention_waits_for_the_merkle_tree(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |a| {
+        a.integrity.tree_interval = std::time::Duration::from_secs(3600)
+    })
+    .await
+    else {
+        return;
+    };
+    let key = app.key("acme", "events:write,events:read").await;
+    let event = |n: i32| json!({"event_type": "iam.user.created", "event_id": format!("e{n}"), "user_id": "u1", "data": {"n": n}});
+    for n in 0..5 {
+        app.record(&key, event(n)).await;
+    }
+    // The keeper ran once, at start; the events came after it.
+    let hashed = tree_size(&app, &key).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let deleted = purge_events(app.store.as_ref(), Timestamp::now(), 2)
+        .await
+        .unwrap();
+    assert_eq!(deleted, hashed, "only the events in the tree");
+    let kept = all_events(&app.http, &app.base, &key).await;
+    assert_eq!(kept.len() as u64, 5 - hashed);
+    assert_eq!(kept[0]["seq"], hashed + 1);
+    if hashed < 5 {
+        // A kept event's key still guards it.
+        let r = app.post("/v1/events", &key, &event(4)).await;
+        assert_eq!(r.status(), StatusCode::OK, "still a duplicate");
+    }
+
+    if backend == Backend::Postgres {
+        // An expired partition holding an event the tree lacks stays.
+        let (client, conn) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE events_2020_02 PARTITION OF events FOR VALUES FROM ('2020-02-01') TO ('2020-03-01'); \
+                 INSERT INTO events (seq, id, client_id, event_type, occurred_at, received_at, data, headers) \
+                 VALUES (1000000, gen_random_uuid(), 'acme', 'x.y.created', '2020-02-15', '2020-02-15', '{}', '{}');",
+            )
+            .await
+            .unwrap();
+        purge_events(app.store.as_ref(), Timestamp::now(), 100)
+            .await
+            .unwrap();
+        let partitions: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_class WHERE relname = 'events_2020_02'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(partitions, 1, "the partition stays");
+        client
+            .batch_execute("DROP TABLE events_2020_02")
+            .await
+            .unwrap();
+    }
+
+    // Once the tree has them, they go.
+    assert_eq!(app.sign_checkpoint().await.0, StatusCode::CREATED);
+    assert_eq!(tree_size(&app, &key).await, 5);
+    let deleted = purge_events(app.store.as_ref(), Timestamp::now(), 2)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 5 - hashed);
+    assert!(all_events(&app.http, &app.base, &key).await.is_empty());
+    let r = app.post("/v1/events", &key, &event(4)).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "its key went with the event"
+    );
+    // The tree goes on from the removed events.
+    assert_eq!(app.sign_checkpoint().await.0, StatusCode::CREATED);
+    assert_eq!(tree_size(&app, &key).await, 6);
+    app.stop().await;
+}
+
+/// The Merkle tree's size (`GET /v1/integrity/tree`).
+async fn tree_size(app: &TestApp, key: &str) -> u64 {
+    let (status, tree) = status_json(app.get("/v1/integrity/tree", key).await).await;
+    assert_eq!(status, StatusCode::OK, "{tree}");
+    tree["tree_size"].as_u64().unwrap()
+}
+
 conformance!(
     event_retention_deletes_only_old_events_and_their_keys,
     seqs_of_deleted_newest_events_are_never_reused,
+    retention_waits_for_the_merkle_tree,
 );

@@ -1006,7 +1006,28 @@ impl Store for PostgresStore {
         if !leader {
             return Ok(0);
         }
+        // The last seq in the Merkle tree: no event after it goes (see the trait).
+        let hashed: i64 = tx
+            .query_one("SELECT base_seq + size FROM merkle_state WHERE id = 1", &[])
+            .await
+            .map_err(unavailable)?
+            .get(0);
         for partition in expired_partitions(&tx, cutoff).await? {
+            let unhashed: bool = tx
+                .query_one(
+                    &format!("SELECT EXISTS (SELECT 1 FROM {partition} WHERE seq > $1)"),
+                    &[&hashed],
+                )
+                .await
+                .map_err(unavailable)?
+                .get(0);
+            if unhashed {
+                tracing::warn!(
+                    partition,
+                    "event retention keeps an expired partition until the Merkle tree has taken its events"
+                );
+                continue;
+            }
             tx.batch_execute(&format!("DROP TABLE {partition}"))
                 .await
                 .map_err(unavailable)?;
@@ -1015,16 +1036,16 @@ impl Store for PostgresStore {
         let keys = tx
             .execute(
                 "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys \
-                 WHERE received_at < $1 LIMIT $2)",
-                &[&cutoff, &(limit as i64)],
+                 WHERE received_at < $1 AND event_seq <= $3 LIMIT $2)",
+                &[&cutoff, &(limit as i64), &hashed],
             )
             .await
             .map_err(unavailable)?;
         let events = tx
             .execute(
                 "DELETE FROM events WHERE received_at < $1 AND seq IN (SELECT seq FROM events \
-                 WHERE received_at < $1 ORDER BY seq LIMIT $2)",
-                &[&cutoff, &(limit as i64)],
+                 WHERE received_at < $1 AND seq <= $3 ORDER BY seq LIMIT $2)",
+                &[&cutoff, &(limit as i64), &hashed],
             )
             .await
             .map_err(unavailable)?;

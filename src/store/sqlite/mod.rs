@@ -973,11 +973,15 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<u64, StoreError> {
         self.write(move |tx| {
-            // The oldest rows by seq, up to the first one that is not old enough: seq follows
-            // the time of receipt, so this is a prefix walk of the primary key, never a scan.
+            // The oldest rows by seq, up to the first one that is not old enough or not yet in
+            // the Merkle tree: seq follows the time of receipt, so this is a prefix walk of the
+            // primary key, never a scan.
             let last: Option<i64> = {
-                let mut stmt =
-                    tx.prepare_cached("SELECT seq, received_at FROM events ORDER BY seq LIMIT ?1")?;
+                let mut stmt = tx.prepare_cached(
+                    "SELECT seq, received_at FROM events \
+                     WHERE seq <= (SELECT base_seq + size FROM merkle_state WHERE id = 1) \
+                     ORDER BY seq LIMIT ?1",
+                )?;
                 let mut rows = stmt.query([limit as i64])?;
                 let mut last = None;
                 while let Some(row) = rows.next()? {
