@@ -121,6 +121,9 @@ enum Command {
     /// checkpoint against it; names the first changed or missing event. Exits 1 if anything
     /// differs.
     Verify(VerifyArgs),
+    /// Send the events of an NDJSON file (one `POST /v1/events` body per line) to a running
+    /// server in batches, through its own ingest path; names any refused line.
+    Import(crate::import::ImportArgs),
     /// Measure ingest throughput against its ceilings (see README).
     Bench(BenchArgs),
 }
@@ -365,7 +368,8 @@ impl Cli {
                 | Command::Bench(_)
                 | Command::Backup(_)
                 | Command::Copy(_)
-                | Command::Verify(_),
+                | Command::Verify(_)
+                | Command::Import(_),
             ) => "warn",
         }
     }
@@ -389,6 +393,7 @@ impl Cli {
             Some(Command::Backup(args)) => run_backup(args).await,
             Some(Command::Copy(args)) => run_copy(args).await,
             Some(Command::Verify(args)) => run_verify(args).await,
+            Some(Command::Import(args)) => crate::import::run(args).await,
         }
     }
 }

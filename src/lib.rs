@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod import;
 pub mod ingest;
 pub mod integrity;
 pub mod jobs;

@@ -12,7 +12,7 @@ mod dashboard;
 mod deliveries;
 mod events;
 mod export;
-mod extract;
+pub(crate) mod extract;
 mod head_limits;
 pub(crate) mod header_names;
 mod health;

@@ -14,6 +14,7 @@ mod encoding;
 mod export;
 mod fuzz;
 mod helpers;
+mod import;
 mod inbound;
 mod ingest;
 mod integrity;
