@@ -4,8 +4,9 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
+use tokio::io::AsyncWriteExt;
 
 use crate::auth::{KeyService, NewKeyRequest};
 use crate::bench::BenchArgs;
@@ -121,11 +122,27 @@ enum Command {
     /// checkpoint against it; names the first changed or missing event. Exits 1 if anything
     /// differs.
     Verify(VerifyArgs),
+    /// Write every event matching the filters, oldest first, as NDJSON (or CSV with
+    /// `format=csv`): the filters and formats of `GET /v1/events/export`, as `name=value`
+    /// arguments, read straight from the store (beside a running server too).
+    Export(ExportArgs),
     /// Send the events of an NDJSON file (one `POST /v1/events` body per line) to a running
     /// server in batches, through its own ingest path; names any refused line.
     Import(crate::import::ImportArgs),
     /// Measure ingest throughput against its ceilings (see README).
     Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Filters as `name=value` (`event_type=billing.#`, `client_id=acme`, `from=2024-01-01`,
+    /// `data.plan=pro`, `format=csv`), unencoded; none exports every event of every client.
+    filters: Vec<String>,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -369,7 +386,8 @@ impl Cli {
                 | Command::Backup(_)
                 | Command::Copy(_)
                 | Command::Verify(_)
-                | Command::Import(_),
+                | Command::Import(_)
+                | Command::Export(_),
             ) => "warn",
         }
     }
@@ -394,7 +412,74 @@ impl Cli {
             Some(Command::Copy(args)) => run_copy(args).await,
             Some(Command::Verify(args)) => run_verify(args).await,
             Some(Command::Import(args)) => crate::import::run(args).await,
+            Some(Command::Export(args)) => run_export(args).await,
         }
+    }
+}
+
+async fn run_export(args: ExportArgs) -> anyhow::Result<()> {
+    use crate::api::export;
+    let mut pairs = Vec::with_capacity(args.filters.len());
+    for filter in &args.filters {
+        let Some((name, value)) = filter.split_once('=') else {
+            bail!("the filter '{filter}' is not name=value");
+        };
+        pairs.push((name.to_string(), value.to_string()));
+    }
+    let refused = |e: crate::error::ApiError| match &e.field {
+        Some(field) if !field.is_empty() => anyhow::anyhow!("{field}: {}", e.message),
+        _ => anyhow::anyhow!("{}", e.message),
+    };
+    let export::Plan {
+        format,
+        mut query,
+        requested_client,
+    } = export::plan(pairs).map_err(refused)?;
+    query.client_id = requested_client;
+    let out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &args.output {
+        Some(path) => Box::new(
+            tokio::fs::File::create(path)
+                .await
+                .with_context(|| format!("creating {}", path.display()))?,
+        ),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let mut out = tokio::io::BufWriter::new(out);
+    let store = server::open_store(&args.store).await?;
+    let outcome = async {
+        out.write_all(&export::head(format)).await?;
+        let mut events = 0u64;
+        loop {
+            let page = store.query_events(query.clone()).await?;
+            out.write_all(&export::render(format, &page.events)?)
+                .await?;
+            events += page.events.len() as u64;
+            match page.next_after {
+                Some(after) => query.after_seq = Some(after),
+                None => break,
+            }
+        }
+        out.flush().await?;
+        anyhow::Ok(events)
+    }
+    .await;
+    store.shutdown().await;
+    match outcome {
+        Ok(events) => {
+            eprintln!(
+                "Exported {events} event{}.",
+                if events == 1 { "" } else { "s" }
+            );
+            Ok(())
+        }
+        // `annals export | head`: the reader has what it wanted.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -33,7 +33,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
+pub enum Format {
     Ndjson,
     Csv,
 }
@@ -105,8 +105,60 @@ fn csv_row(out: &mut String, fields: &[&str]) {
     out.push_str("\r\n");
 }
 
+/// What an export's filters ask for: the format, the query (one page of `EXPORT_PAGE`, oldest
+/// first unless `order` says otherwise) and the client named, if any, whose scope the caller
+/// checks. The same `name=value` pairs as `GET /v1/events`, plus `format`; no `limit` or
+/// `cursor`, since an export takes everything.
+pub struct Plan {
+    pub format: Format,
+    pub query: EventQuery,
+    pub requested_client: Option<crate::domain::ClientId>,
+}
+
+pub fn plan(mut pairs: Vec<(String, String)>) -> Result<Plan, ApiError> {
+    let mut format = Format::Ndjson;
+    if let Some(at) = pairs.iter().position(|(name, _)| name == "format") {
+        format = match pairs.remove(at).1.as_str() {
+            "ndjson" => Format::Ndjson,
+            "csv" => Format::Csv,
+            _ => return Err(ApiError::invalid("format", "must be ndjson or csv")),
+        };
+    }
+    for name in ["limit", "cursor"] {
+        if pairs.iter().any(|(n, _)| n == name) {
+            return Err(ApiError::invalid(
+                name,
+                "an export streams every matching event; page with GET /v1/events instead",
+            ));
+        }
+    }
+    let params = parse_list_params(&pairs)?;
+    let mut query = params.query;
+    query.limit = EXPORT_PAGE;
+    if !pairs.iter().any(|(n, _)| n == "order") {
+        query.order = Order::Asc; // an export reads like a log: oldest first
+    }
+    Ok(Plan {
+        format,
+        query,
+        requested_client: params.requested_client,
+    })
+}
+
+/// What an export starts with: CSV's header row; nothing for NDJSON.
+pub fn head(format: Format) -> Vec<u8> {
+    match format {
+        Format::Csv => {
+            let mut header = String::new();
+            csv_row(&mut header, &CSV_COLUMNS);
+            header.into_bytes()
+        }
+        Format::Ndjson => Vec::new(),
+    }
+}
+
 /// A page of events in the export format.
-fn render(format: Format, events: &[StoredEvent]) -> Result<Vec<u8>, serde_json::Error> {
+pub fn render(format: Format, events: &[StoredEvent]) -> Result<Vec<u8>, serde_json::Error> {
     match format {
         Format::Ndjson => {
             let mut out = Vec::with_capacity(events.len() * 512);
@@ -196,41 +248,16 @@ async fn export(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EventsRead)?;
-    let mut pairs = parse_pairs(raw.as_deref())?;
-    let mut format = Format::Ndjson;
-    if let Some(at) = pairs.iter().position(|(name, _)| name == "format") {
-        format = match pairs.remove(at).1.as_str() {
-            "ndjson" => Format::Ndjson,
-            "csv" => Format::Csv,
-            _ => return Err(ApiError::invalid("format", "must be ndjson or csv")),
-        };
-    }
-    for name in ["limit", "cursor"] {
-        if pairs.iter().any(|(n, _)| n == name) {
-            return Err(ApiError::invalid(
-                name,
-                "an export streams every matching event; page with GET /v1/events instead",
-            ));
-        }
-    }
-    let params = parse_list_params(&pairs)?;
-    let mut query = params.query;
-    query.client_id = principal.read_scope(params.requested_client)?;
-    query.limit = EXPORT_PAGE;
-    if !pairs.iter().any(|(n, _)| n == "order") {
-        query.order = Order::Asc; // an export reads like a log: oldest first
-    }
+    let Plan {
+        format,
+        mut query,
+        requested_client,
+    } = plan(parse_pairs(raw.as_deref())?)?;
+    query.client_id = principal.read_scope(requested_client)?;
 
     // The first page before the answer, so its errors are still JSON errors.
     let first = state.store.query_events(query.clone()).await?;
-    let mut head = match format {
-        Format::Csv => {
-            let mut header = String::new();
-            csv_row(&mut header, &CSV_COLUMNS);
-            header.into_bytes()
-        }
-        Format::Ndjson => Vec::new(),
-    };
+    let mut head = head(format);
     head.extend(render(format, &first.events).map_err(ApiError::internal)?);
     query.after_seq = first.next_after;
     let rest = Cursor {

@@ -11,7 +11,7 @@ mod audit;
 mod dashboard;
 mod deliveries;
 mod events;
-mod export;
+pub(crate) mod export;
 pub(crate) mod extract;
 mod head_limits;
 pub(crate) mod header_names;

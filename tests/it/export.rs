@@ -7,6 +7,17 @@ use serde_json::{Value, json};
 use crate::conformance;
 use crate::helpers::{Backend, TestApp, assert_error, status_json};
 
+/// Records `count` events made by `event(n)`, in batches of 500.
+async fn record_many(app: &TestApp, key: &str, count: usize, event: impl Fn(usize) -> Value) {
+    for first in (0..count).step_by(500) {
+        let events: Vec<Value> = (first..count.min(first + 500)).map(&event).collect();
+        let r = app
+            .post("/v1/events/batch", key, &json!({"events": events}))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+}
+
 async fn export_streams_everything_in_scope(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
@@ -14,19 +25,11 @@ async fn export_streams_everything_in_scope(backend: Backend) {
     let key = app.key("acme", "events:write,events:read").await;
     let other = app.key("other", "events:write,events:read").await;
     // 2 500 events: the export crosses internal pages of 1 000.
-    for chunk in 0..5 {
-        let events: Vec<Value> = (0..500)
-            .map(|i| {
-                let n = chunk * 500 + i;
-                json!({"event_type": if n % 2 == 0 { "shop.order.placed" } else { "shop.order.paid" },
-                       "user_id": format!("u{}", n % 7), "data": {"n": n}})
-            })
-            .collect();
-        let r = app
-            .post("/v1/events/batch", &key, &json!({"events": events}))
-            .await;
-        assert_eq!(r.status(), StatusCode::CREATED);
-    }
+    record_many(&app, &key, 2500, |n| {
+        json!({"event_type": if n % 2 == 0 { "shop.order.placed" } else { "shop.order.paid" },
+               "user_id": format!("u{}", n % 7), "data": {"n": n}})
+    })
+    .await;
     app.record(
         &other,
         json!({"event_type": "secret.thing.done", "data": {"n": -1}}),
@@ -153,4 +156,113 @@ async fn export_streams_everything_in_scope(backend: Backend) {
     app.stop().await;
 }
 
-conformance!(export_streams_everything_in_scope);
+/// `annals export`, run beside the server on its store, writes what the HTTP export sends,
+/// byte for byte; without `client_id` it takes every client's events (it reads the store as
+/// its operator); its filters are refused as the API refuses them.
+async fn the_cli_export_writes_what_the_http_export_sends(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let key = app.key("acme", "events:write,events:read").await;
+    let other = app.key("other", "events:write,events:read").await;
+    record_many(&app, &key, 1500, |n| {
+        json!({"event_type": if n % 3 == 0 { "shop.order.placed" } else { "shop.order.paid" },
+               "user_id": format!("u{}", n % 7), "source": "=cmd", "data": {"n": n, "note": "a,\"b\""}})
+    })
+    .await;
+    app.record(&other, json!({"event_type": "shop.order.placed"}))
+        .await;
+    let annals = |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_annals"))
+            .arg("export")
+            .args(args)
+            .env("ANNALS_DATABASE_URL", &app.db.url)
+            .env_remove("ANNALS_API_KEY")
+            .env_remove("ANNALS_LOG")
+            .env_remove("RUST_LOG")
+            .output()
+    };
+
+    let http = app
+        .get("/v1/events/export?event_type=shop.%23", &key)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let out = annals(&["client_id=acme", "event_type=shop.#"])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, http.to_vec(), "the same NDJSON");
+    assert_eq!(
+        http.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count(),
+        1500,
+        "across pages"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Exported 1500 events."));
+
+    let http = app
+        .get("/v1/events/export?format=csv&order=desc&user_id=u3", &key)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("out.csv");
+    let out = annals(&[
+        "format=csv",
+        "order=desc",
+        "user_id=u3",
+        "client_id=acme",
+        "--output",
+        file.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), http.to_vec(), "the same CSV");
+
+    // The operator's view: every client.
+    let out = annals(&["event_type=shop.order.placed"]).await.unwrap();
+    let clients: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["client_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(clients.len(), 501);
+    assert_eq!(clients.last().unwrap(), "other");
+
+    for (args, said) in [
+        (
+            &["limit=5"][..],
+            "limit: an export streams every matching event",
+        ),
+        (&["format=xml"][..], "format: must be ndjson or csv"),
+        (&["nonsense"][..], "the filter 'nonsense' is not name=value"),
+    ] {
+        let out = annals(args).await.unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(said), "{args:?}: {err}");
+    }
+    app.stop().await;
+}
+
+conformance!(
+    export_streams_everything_in_scope,
+    the_cli_export_writes_what_the_http_export_sends,
+);
