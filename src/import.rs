@@ -44,6 +44,8 @@ pub struct ImportArgs {
 
 /// Longest wait for a busy server before the import gives up.
 const MOST_WAITED: Duration = Duration::from_secs(300);
+/// Shortest wait before sending a batch again, whatever `Retry-After` says.
+const LEAST_WAIT: Duration = Duration::from_millis(200);
 
 /// What an import did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -206,7 +208,8 @@ async fn send(
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
-            .map_or(Duration::from_secs(1), Duration::from_secs);
+            .map_or(Duration::from_secs(1), Duration::from_secs)
+            .max(LEAST_WAIT);
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             let stored = answer["ids"].as_array().map_or(0, Vec::len) as u64;
@@ -251,7 +254,66 @@ fn refused(status: StatusCode, answer: &Value, numbers: &[u64]) -> anyhow::Error
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+
+    /// A server that answers `503` to the first `busy` requests, then stores every batch.
+    async fn busy_server(busy: usize) -> (String, Arc<AtomicUsize>) {
+        use axum::http::{HeaderMap, StatusCode as Status};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let app = axum::Router::new().route(
+            "/v1/events/batch",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    if seen.fetch_add(1, Ordering::SeqCst) < busy {
+                        let mut headers = HeaderMap::new();
+                        headers.insert("retry-after", "0".parse().unwrap());
+                        return (Status::SERVICE_UNAVAILABLE, headers, axum::Json(json!({})));
+                    }
+                    let n = body["events"].as_array().map_or(0, Vec::len);
+                    let ids: Vec<u64> = (0..n as u64).collect();
+                    let answer = json!({"ids": ids, "duplicates": [0]});
+                    (Status::CREATED, HeaderMap::new(), axum::Json(answer))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/events/batch", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, calls)
+    }
+
+    #[tokio::test]
+    async fn a_busy_server_is_waited_out_and_every_line_counted() {
+        crate::bus::client::install_crypto_provider();
+        let (url, calls) = busy_server(2).await;
+        let args = ImportArgs {
+            file: PathBuf::from("-"),
+            url: String::new(),
+            key: String::from("k"),
+            batch: 2,
+            skip: 1,
+        };
+        let input = "{\"event_type\":\"a.b.created\"}\n".repeat(5) + "\n";
+        let imported = import(input.as_bytes(), &reqwest::Client::new(), &url, &args)
+            .await
+            .map_err(|(_, e)| e)
+            .unwrap();
+        assert_eq!(
+            imported,
+            Imported {
+                events: 4,
+                duplicates: 2,
+                through_line: 6
+            },
+            "lines 2-5 in two batches, after two refusals"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
 
     #[test]
     fn a_refusal_names_each_item_by_its_line() {
