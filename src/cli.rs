@@ -426,15 +426,11 @@ async fn run_export(args: ExportArgs) -> anyhow::Result<()> {
         };
         pairs.push((name.to_string(), value.to_string()));
     }
-    let refused = |e: crate::error::ApiError| match &e.field {
-        Some(field) if !field.is_empty() => anyhow::anyhow!("{field}: {}", e.message),
-        _ => anyhow::anyhow!("{}", e.message),
-    };
     let export::Plan {
         format,
         mut query,
         requested_client,
-    } = export::plan(pairs).map_err(refused)?;
+    } = export::plan(pairs).map_err(|e| anyhow::Error::msg(e.summary()))?;
     query.client_id = requested_client;
     let out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &args.output {
         Some(path) => Box::new(

@@ -69,6 +69,14 @@ impl ApiError {
         self
     }
 
+    /// The error in one line for a command-line user: `field: message`, or the message alone.
+    pub fn summary(&self) -> String {
+        match &self.field {
+            Some(field) if !field.is_empty() => format!("{field}: {}", self.message),
+            _ => self.message.clone(),
+        }
+    }
+
     pub fn bad_json(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
     }

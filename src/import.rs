@@ -146,12 +146,7 @@ async fn import(
                 return Err((imported, e));
             }
             Err(e) => {
-                let e = match &e.field {
-                    Some(field) if !field.is_empty() => {
-                        anyhow::anyhow!("line {number}: {field}: {}", e.message)
-                    }
-                    _ => anyhow::anyhow!("line {number}: {}", e.message),
-                };
+                let e = anyhow::anyhow!("line {number}: {}", e.summary());
                 return Err((imported, e));
             }
         };

@@ -52,6 +52,16 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// A connection of the test's own to its PostgreSQL database, to look or change things
+    /// behind the server's back.
+    pub async fn postgres_client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
     /// `None` (after saying so) when PostgreSQL is asked for and `ANNALS_TEST_DATABASE_URL` is
     /// unset. On CI that is a failure, not a skip.
     pub async fn create(backend: Backend) -> Option<Self> {

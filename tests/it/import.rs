@@ -31,6 +31,12 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The import succeeded and its report holds `said`.
+fn succeeded_saying(out: &Output, said: &str) {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(said), "{}", text(&out.stdout));
+}
+
 fn line(n: u32) -> String {
     json!({"event_type": "billing.invoice.paid", "event_id": format!("inv-{n}"), "user_id": "u1",
            "occurred_at": "2024-05-01T10:00:00Z", "data": {"n": n, "card_number": "4242"}})
@@ -45,11 +51,9 @@ async fn imports_in_batches_and_again_as_duplicates(backend: Backend) {
     let mut lines: Vec<String> = (1..=5).map(line).collect();
     lines.insert(2, String::new()); // a blank line is skipped
     let out = import(&app, &key, &lines, &["--batch", "2"]).await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("5 events stored (5 new, 0 already recorded), through line 6"),
-        "{}",
-        text(&out.stdout)
+    succeeded_saying(
+        &out,
+        "5 events stored (5 new, 0 already recorded), through line 6",
     );
     let stored = all_events(&app.http, &app.base, &key).await;
     let ids: Vec<&str> = stored
@@ -80,12 +84,7 @@ async fn imports_in_batches_and_again_as_duplicates(backend: Backend) {
         .unwrap();
     drop(stdin);
     let out = child.wait_with_output().await.unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("(0 new, 5 already recorded)"),
-        "{}",
-        text(&out.stdout)
-    );
+    succeeded_saying(&out, "(0 new, 5 already recorded)");
     assert_eq!(all_events(&app.http, &app.base, &key).await.len(), 5);
     app.stop().await;
 }
@@ -116,12 +115,7 @@ async fn a_refused_line_stops_the_import_where_skip_resumes_it(backend: Backend)
     // The line fixed, the import resumes after the stored lines.
     lines[3] = line(4);
     let out = import(&app, &key, &lines, &["--batch", "2", "--skip", "2"]).await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("4 events stored (4 new"),
-        "{}",
-        text(&out.stdout)
-    );
+    succeeded_saying(&out, "4 events stored (4 new");
     assert_eq!(all_events(&app.http, &app.base, &key).await.len(), 6);
 
     // A line that is no JSON is refused before anything is sent.

@@ -309,10 +309,7 @@ fn verify_cli(app: &TestApp) -> (bool, String) {
 /// Runs SQL on the test's database behind the server's back.
 async fn tamper(app: &TestApp, sql: &str) {
     if app.db.url.starts_with("postgres") {
-        let (client, conn) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = app.db.postgres_client().await;
         client.batch_execute(sql).await.unwrap();
     } else {
         let conn = rusqlite::Connection::open(&app.db.url).unwrap();
@@ -326,10 +323,7 @@ async fn tamper(app: &TestApp, sql: &str) {
 async fn flip_first_leaf(app: &TestApp) {
     const READ: &str = "SELECT hashes FROM merkle_tiles WHERE level = 0 AND idx = 0";
     if app.db.url.starts_with("postgres") {
-        let (client, conn) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = app.db.postgres_client().await;
         let mut tile: Vec<u8> = client.query_one(READ, &[]).await.unwrap().get(0);
         tile[0] ^= 1;
         client

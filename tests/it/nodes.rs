@@ -169,10 +169,7 @@ async fn queries_span_monthly_partitions() {
     assert_eq!(r.status(), StatusCode::CREATED);
 
     // The service made this month's partition and the next two.
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = db.postgres_client().await;
     let count = |sql: &'static str| {
         let client = &client;
         async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }

@@ -447,10 +447,7 @@ async fn indexed_data_fields(backend: Backend) {
     );
 
     if backend == Backend::Postgres {
-        let (client, conn) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = app.db.postgres_client().await;
         let rows = client
             .query(
                 "SELECT indexname FROM pg_indexes WHERE tablename = 'events' \

@@ -98,10 +98,7 @@ async fn event_retention_deletes_only_old_events_and_their_keys(backend: Backend
 
     if backend == Backend::Postgres {
         // A month long past: its partition goes whole, with its keys.
-        let (client, conn) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = app.db.postgres_client().await;
         client
             .batch_execute(
                 "CREATE TABLE events_2020_01 PARTITION OF events FOR VALUES FROM ('2020-01-01') TO ('2020-02-01'); \
@@ -208,10 +205,7 @@ async fn retention_waits_for_the_merkle_tree(backend: Backend) {
 
     if backend == Backend::Postgres {
         // An expired partition holding an event the tree lacks stays.
-        let (client, conn) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = app.db.postgres_client().await;
         client
             .batch_execute(
                 "CREATE TABLE events_2020_02 PARTITION OF events FOR VALUES FROM ('2020-02-01') TO ('2020-03-01'); \
